@@ -1,0 +1,116 @@
+"""Runtime helpers shared by training, simulation and the CLI: device choice, seeding,
+thread count, atomic file writes and provenance."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import random
+import subprocess
+import tempfile
+from pathlib import Path
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+
+def select_device(requested: str | None = None) -> torch.device:
+    """Return ``requested`` if given (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...), else CUDA when
+    available, else CPU. Asking for CUDA on a machine without it is an error, not a fallback."""
+    if requested in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {requested!r} was requested but CUDA is not available here")
+    return device
+
+
+def set_threads(threads: int | None) -> None:
+    """Honour an explicit intra-op thread count (``None`` or 0 keeps PyTorch's default)."""
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Snapshot of every global RNG, for checkpoints."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore a snapshot taken by :func:`rng_state`."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Open ``path`` for binary writing so that a reader never sees a partial file: the data go
+    to a temp file in the same folder, which is fsynced and then ``os.replace``d over the
+    target when the ``with`` block ends without an exception (and deleted if it raises)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` that never leaves a truncated checkpoint behind (see :func:`atomic_open`)."""
+    with atomic_open(path) as handle:
+        torch.save(obj, handle)
+
+
+def git_commit() -> str | None:
+    """The current git commit of the working directory, or ``None`` outside a checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def machine_info(device: torch.device | None = None) -> dict[str, Any]:
+    """What ran a job: host, CPU count, torch version, device and threads."""
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    if device is not None:
+        info["device"] = str(device)
+        if device.type == "cuda":
+            info["gpu"] = torch.cuda.get_device_name(device)
+    return info

@@ -1,0 +1,34 @@
+"""Shared fixtures: where the real data sets are, and small deterministic settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _real_data_root() -> Path | None:
+    for candidate in (os.environ.get("SPIKEFORGE_DATA"), REPO.parent / "shared" / "data"):
+        if candidate and (Path(candidate) / "MNIST" / "raw").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_data_root() -> Path:
+    """Root holding the published MNIST / Fashion-MNIST / CIFAR-10 files (``make test`` points
+    ``SPIKEFORGE_DATA`` at ``../shared/data``)."""
+    root = _real_data_root()
+    if root is None:
+        pytest.skip("real data sets not found: set SPIKEFORGE_DATA to a folder with MNIST/raw")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    torch.manual_seed(0)
+    yield
