@@ -42,10 +42,13 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """Snapshot of every global RNG, for checkpoints."""
+    """Snapshot of every global RNG, for checkpoints. Only tensors and plain Python values, so
+    that it loads with ``torch.load(..., weights_only=True)``."""
+    np_state = np.random.get_state(legacy=False)
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {**np_state, "state": {"key": torch.from_numpy(np_state["state"]["key"].copy()),
+                                        "pos": int(np_state["state"]["pos"])}},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -56,7 +59,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore a snapshot taken by :func:`rng_state`."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np_state = dict(state["numpy"])
+    np_state["state"] = {"key": np_state["state"]["key"].numpy(), "pos": np_state["state"]["pos"]}
+    np.random.set_state(np_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

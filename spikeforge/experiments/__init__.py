@@ -1,0 +1,1 @@
+"""Experiments: configs in, results JSON, tables and plots out."""

@@ -1,0 +1,93 @@
+"""The training configuration (``spikeforge train CONFIG.yaml key=value ...``).
+
+Every key, its type and its default is declared here; ``configs/*.yaml`` only say what differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from spikeforge.config import ConfigError
+
+
+@dataclass
+class AugmentConfig:
+    """Batch augmentation of training images (see :class:`spikeforge.data.Augment`)."""
+
+    crop_padding: int = 0
+    hflip: bool = False
+    cutout: int = 0
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "mnist"
+    root: str | None = None
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train_subset: int | None = None
+    test_subset: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cnn_small"
+    activation: str = "relu"
+    pool: Literal["avg", "max"] = "avg"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    epochs: int = 10
+    warmup_epochs: float = 0.0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/train"
+    device: str = "auto"
+    threads: int | None = None
+    amp: bool = True
+    channels_last: bool = True
+    progress: bool | None = None
+
+
+@dataclass
+class TrainConfig:
+    kind: Literal["ann"] = "ann"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self, prefix: str = "") -> None:
+        """Check names against the live registries, so a typo fails before any work."""
+        from spikeforge.data import DATASETS
+        from spikeforge.models import available
+        from spikeforge.models.activations import ACTIVATIONS
+
+        checks = [("data.dataset", self.data.dataset, list(DATASETS)),
+                  ("model.name", self.model.name, available()),
+                  ("model.activation", self.model.activation, sorted(ACTIVATIONS))]
+        for key, value, valid in checks:
+            if value not in valid:
+                raise ConfigError(f"config key {prefix + key!r} is {value!r}; valid choices: "
+                                  + ", ".join(valid))
+        positive = [("data.batch_size", self.data.batch_size),
+                    ("data.eval_batch_size", self.data.eval_batch_size),
+                    ("optim.epochs", self.optim.epochs), ("optim.lr", self.optim.lr)]
+        for key, value in positive:
+            if value <= 0:
+                raise ConfigError(f"config key {prefix + key!r} must be > 0, got {value!r}")

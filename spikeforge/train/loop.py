@@ -1,0 +1,303 @@
+"""The training loop: epochs of SGD/AdamW with a warm-up + cosine schedule, a checkpoint after
+every epoch, exact resume, JSONL metrics, AMP on CUDA and DDP under ``torchrun``.
+
+Reproducibility: batches and augmentation depend only on ``(seed, epoch)`` (see
+:class:`spikeforge.data.BatchLoader`), and every global RNG is saved in the checkpoint, so a
+run that is killed and resumed with ``resume=True`` ends with the same weights as one that was
+never interrupted (on CPU, same thread count).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+import spikeforge
+from spikeforge.config import to_dict
+from spikeforge.data import Augment, BatchLoader, ImageDataset, load_dataset
+from spikeforge.models import create
+from spikeforge.runtime import (
+    atomic_open,
+    git_commit,
+    machine_info,
+    rng_state,
+    seed_everything,
+    select_device,
+    set_rng_state,
+    set_threads,
+)
+from spikeforge.train import distributed
+from spikeforge.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from spikeforge.train.config import OptimConfig, TrainConfig
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+RESULTS = "results.json"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns: final and best test accuracy (%), the per-epoch history, the
+    output folder and the summary written to ``results.json``."""
+
+    test_accuracy: float
+    best_test_accuracy: float
+    history: list[dict[str, Any]]
+    out_dir: Path
+    summary: dict[str, Any]
+
+
+def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step`` (0-based).
+
+    Linear warm-up from 1/warmup to 1 over ``warmup_steps``, then either constant or cosine
+    decay to 0 at ``total_steps``: f = ½(1 + cos(π (s − w)/(S − w))) (Loshchilov & Hutter 2017).
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    total = cfg.epochs * steps_per_epoch
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total, warmup, cfg.schedule))
+
+
+def _amp(device: torch.device, enabled: bool) -> tuple[Any, torch.amp.GradScaler]:
+    """Autocast context and grad scaler: bf16 on CUDA where supported, else fp16 with loss
+    scaling; nothing on CPU (float32 training is exact and reproducible there)."""
+    if not (enabled and device.type == "cuda"):
+        return nullcontext(), torch.amp.GradScaler("cuda", enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return (torch.autocast("cuda", dtype=dtype),
+            torch.amp.GradScaler("cuda", enabled=dtype == torch.float16))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             autocast: Any = None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (%) of ``model`` over ``loader``."""
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for x, y in loader:
+        with autocast or nullcontext():
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        count += y.numel()
+    return loss_sum / max(count, 1), 100.0 * correct / max(count, 1)
+
+
+def _load_data(cfg: TrainConfig) -> tuple[ImageDataset, ImageDataset]:
+    d = cfg.data
+    train = load_dataset(d.dataset, "train", root=d.root)
+    test = load_dataset(d.dataset, "test", root=d.root)
+    if d.train_subset:
+        train = train.subset(d.train_subset, seed=cfg.seed)
+    if d.test_subset:
+        test = test.subset(d.test_subset, seed=cfg.seed)
+    return train, test
+
+
+def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    """A checkpoint may only be resumed by the same experiment (epochs and run options may
+    change); otherwise the weights would silently belong to another model or data set."""
+    now = to_dict(cfg)
+    before = saved.get("config", {})
+    differ = [f"{section}.{k}" for section in ("data", "model")
+              for k in now[section] if before.get(section, {}).get(k) != now[section][k]]
+    if before.get("seed") != now["seed"]:
+        differ.append("seed")
+    if differ:
+        raise CheckpointError(f"cannot resume from {str(path)!r}: its config differs in "
+                         f"{', '.join(differ)}; use another run.out_dir or the same config")
+
+
+def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.data`` and write into ``cfg.run.out_dir``:
+    ``checkpoint.pt`` (after every epoch), ``metrics.jsonl`` (one line per epoch) and, at the
+    end, ``results.json`` (accuracy, history and provenance).
+
+    Args:
+        cfg: the full training configuration.
+        resume: continue from ``out_dir/checkpoint.pt`` if it exists (after a kill or Ctrl-C,
+            or to extend ``optim.epochs``); start fresh if there is none.
+    """
+    started = time.perf_counter()
+    set_threads(cfg.run.threads)
+    device = select_device(cfg.run.device)
+    ctx = distributed.init(device)
+    device = distributed.device_for(ctx, device)
+    out_dir = Path(cfg.run.out_dir)
+    ckpt_path = out_dir / CHECKPOINT
+    try:
+        seed_everything(cfg.seed)
+        train_set, test_set = _load_data(cfg)
+        model = create(cfg.model.name, num_classes=train_set.num_classes,
+                       in_channels=train_set.in_channels, activation=cfg.model.activation,
+                       pool=cfg.model.pool, **cfg.model.options).to(device)
+        memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
+        model = model.to(memory_format=memory_format)
+        aug = cfg.data.augment
+        train_loader = BatchLoader(
+            train_set, cfg.data.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
+            augment=Augment(aug.crop_padding, aug.hflip, aug.cutout),
+            rank=ctx.rank, world_size=ctx.world_size, device=device,
+            channels_last=cfg.run.channels_last)
+        test_loader = BatchLoader(test_set, cfg.data.eval_batch_size, device=device,
+                                  channels_last=cfg.run.channels_last)
+        optimizer = build_optimizer(model.parameters(), cfg.optim)
+        scheduler = build_scheduler(optimizer, cfg.optim, len(train_loader))
+        autocast, scaler = _amp(device, cfg.run.amp)
+        history: list[dict[str, Any]] = []
+        start_epoch = 0
+        if resume and ckpt_path.is_file():
+            saved = load_checkpoint(ckpt_path, map_location=device)
+            _check_resumable(saved, cfg, ckpt_path)
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            scaler.load_state_dict(saved["scaler"])
+            set_rng_state(saved["rng"])
+            history, start_epoch = list(saved["history"]), int(saved["epoch"])
+            if ctx.is_main:
+                print(f"resuming {ckpt_path} after epoch {start_epoch}", file=sys.stderr)
+                _write_metrics(out_dir / METRICS, history)
+        elif ctx.is_main and (out_dir / METRICS).exists():
+            (out_dir / METRICS).unlink()
+        net = (nn.parallel.DistributedDataParallel(model) if ctx.enabled else model)
+
+        for epoch in range(start_epoch, cfg.optim.epochs):
+            tick = time.perf_counter()
+            train_loader.set_epoch(epoch)
+            train_loss, train_acc = _train_epoch(
+                net, train_loader, optimizer, scheduler, scaler, autocast, cfg, epoch, ctx)
+            seconds = time.perf_counter() - tick
+            test_loss, test_acc = evaluate(model, test_loader, autocast)
+            record = {
+                "epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
+                "test_loss": test_loss, "test_accuracy": test_acc,
+                "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
+                "images_per_s": len(train_loader) * cfg.data.batch_size * ctx.world_size
+                / seconds,
+            }
+            history.append(record)
+            if ctx.is_main:
+                save_checkpoint({
+                    "model": model.state_dict(), "model_spec": model.spikeforge_spec,
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(), "epoch": epoch + 1, "history": history,
+                    "rng": rng_state(), "config": to_dict(cfg),
+                    "version": spikeforge.__version__,
+                }, ckpt_path)
+                _append_metrics(out_dir / METRICS, record)
+                print(f"epoch {epoch + 1}/{cfg.optim.epochs}  loss {train_loss:.4f}  "
+                      f"train {train_acc:.2f}%  test {test_acc:.2f}%  ({seconds:.1f} s)",
+                      file=sys.stderr, flush=True)
+            distributed.barrier(ctx)
+
+        checksums = distributed.parameter_checksums(model, ctx)
+        final_loss, final_acc = evaluate(model, test_loader, autocast) if not history else (
+            history[-1]["test_loss"], history[-1]["test_accuracy"])
+        summary = {
+            "kind": cfg.kind, "dataset": cfg.data.dataset, "model": cfg.model.name,
+            "test_accuracy": final_acc, "test_loss": final_loss,
+            "best_test_accuracy": max((h["test_accuracy"] for h in history), default=final_acc),
+            "epochs": len(history), "history": history,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "world_size": ctx.world_size, "rank_parameter_checksums": checksums,
+            "provenance": {
+                "config": to_dict(cfg), "seed": cfg.seed, "command": " ".join(sys.argv),
+                "spikeforge": spikeforge.__version__, "git_commit": git_commit(),
+                "train_seconds": sum(h["epoch_seconds"] for h in history),
+                "wall_seconds_this_process": time.perf_counter() - started,
+                "machine": machine_info(device),
+            },
+        }
+        if ctx.is_main:
+            with atomic_open(out_dir / RESULTS) as handle:
+                handle.write(json.dumps(summary, indent=2).encode())
+        return TrainResult(final_acc, summary["best_test_accuracy"], history, out_dir, summary)
+    finally:
+        distributed.shutdown(ctx)
+
+
+def _train_epoch(net: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer,
+                 scheduler: Any, scaler: torch.amp.GradScaler, autocast: Any,
+                 cfg: TrainConfig, epoch: int, ctx: distributed.DistContext
+                 ) -> tuple[float, float]:
+    net.train()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.int64)
+    count = 0
+    show = ctx.is_main and (cfg.run.progress if cfg.run.progress is not None
+                            else sys.stderr.isatty())
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not show,
+               leave=False, unit="batch")
+    for step, (x, y) in enumerate(bar):
+        with autocast:
+            logits = net(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopped. "
+                f"The last good checkpoint (after epoch {epoch}) is kept in "
+                f"{cfg.run.out_dir}. Lower optim.lr or set optim.grad_clip.")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.optim.grad_clip:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        loss_sum += loss.detach().double().cpu() * y.numel()
+        correct += (logits.detach().argmax(1) == y).sum().cpu()
+        count += y.numel()
+        if show and step % 20 == 0:
+            bar.set_postfix(loss=f"{loss_sum.item() / count:.4f}",
+                            acc=f"{100.0 * correct.item() / count:.2f}%")
+    return loss_sum.item() / max(count, 1), 100.0 * correct.item() / max(count, 1)
+
+
+def _append_metrics(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite the JSONL log from the checkpoint's history (drops lines of an epoch that was
+    logged but not checkpointed before a kill)."""
+    with atomic_open(path) as handle:
+        handle.write("".join(json.dumps(h) + "\n" for h in history).encode())

@@ -1,0 +1,54 @@
+"""The command line: help everywhere, clear errors, exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from spikeforge.cli import build_parser, main
+
+SUBCOMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "spikeforge.cli", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_top_level_help_lists_every_subcommand():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for name in SUBCOMMANDS:
+        assert name in out.stdout
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert "usage: spikeforge " + command in capsys.readouterr().out
+
+
+def test_bad_config_key_fails_before_work(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("optim:\n  learning_rate: 0.1\n")
+    assert main(["train", str(cfg), "--out-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "optim.learning_rate" in err and "weight_decay" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_models_lists_the_zoo(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("cnn_small", "lenet", "vgg9", "resnet18", "resnet20"):
+        assert name in out
+
+
+def test_datasets_reports_missing_files(tmp_path, capsys):
+    assert main(["datasets", "--data-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "mnist_demo" in out and "missing" in out and str(tmp_path) in out
