@@ -27,6 +27,6 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     cells = [[_cell(row.get(c), digits) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     def line(values: Sequence[str]) -> str:
-        return "| " + " | ".join(v.rjust(w) for v, w in zip(values, widths)) + " |"
+        return "| " + " | ".join(v.rjust(w) for v, w in zip(values, widths, strict=True)) + " |"
     sep = "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"
     return "\n".join([line(columns), sep, *(line(r) for r in cells)])
