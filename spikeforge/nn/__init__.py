@@ -1,0 +1,11 @@
+"""ANN-side layers: activations designed for conversion to spiking networks.
+
+These are ordinary (non-spiking) ``nn.Module`` s used while training the ANN; the converter
+later replaces them by spiking neurons whose threshold comes from the layer's parameters.
+"""
+
+from __future__ import annotations
+
+from spikeforge.nn.activations import ClippedReLU
+
+__all__ = ["ClippedReLU"]
