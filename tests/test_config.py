@@ -17,6 +17,14 @@ def test_defaults_and_overrides_are_typed():
     assert cfg.model.options == {"dropout": 0.2}
 
 
+def test_exponent_notation_is_a_number(tmp_path):
+    """Plain PyYAML reads 1e-3 as a string; spikeforge reads it as users mean it."""
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 1e-3\n  weight_decay: 5e-4\n")
+    cfg = load_config(TrainConfig, path, ["optim.momentum=9e-1"])
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.momentum) == (1e-3, 5e-4, 0.9)
+
+
 @pytest.mark.parametrize("overrides, fragments", [
     (["optim.lrr=0.1"], ["'optim.lrr'", "lr", "momentum", "weight_decay"]),
     (["bogus=1"], ["'bogus'", "data", "optim"]),

@@ -142,7 +142,7 @@ def test_checkpoint_errors_name_the_file(tmp_path):
 
     evil = tmp_path / "evil.pt"
     with open(evil, "wb") as handle:
-        pickle.dump({"model": Exploit()}, handle)
+        pickle.dump({"model": Exploit()}, handle, protocol=2)
     with pytest.raises(CheckpointError, match="evil.pt.*refused"):
         load_checkpoint(evil)
     torch.save({"model": Exploit()}, tmp_path / "evil2.pt")

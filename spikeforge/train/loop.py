@@ -93,6 +93,20 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
         optimizer, lambda step: lr_factor(step, total, warmup, cfg.schedule))
 
 
+def _apply_optim_config(optimizer: torch.optim.Optimizer,
+                        scheduler: torch.optim.lr_scheduler.LambdaLR, cfg: OptimConfig) -> None:
+    """After loading a checkpoint, make the config's hyper-parameters win over the saved ones
+    (they are equal when resuming the same run; different when a user resumes with, say, a
+    new ``optim.lr`` or more ``optim.epochs``). Moments and the step count are kept."""
+    scheduler.base_lrs = [cfg.lr for _ in optimizer.param_groups]
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group in optimizer.param_groups:
+        group.update(initial_lr=cfg.lr, lr=cfg.lr * factor, weight_decay=cfg.weight_decay)
+        if cfg.name == "sgd":
+            group.update(momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 def _amp(device: torch.device, enabled: bool) -> tuple[Any, torch.amp.GradScaler]:
     """Autocast context and grad scaler: bf16 on CUDA where supported, else fp16 with loss
     scaling; nothing on CPU (float32 training is exact and reproducible there)."""
@@ -187,6 +201,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
+            _apply_optim_config(optimizer, scheduler, cfg.optim)
             scaler.load_state_dict(saved["scaler"])
             set_rng_state(saved["rng"])
             history, start_epoch = list(saved["history"]), int(saved["epoch"])
