@@ -60,6 +60,7 @@ class RunConfig:
     threads: int | None = None
     amp: bool = True
     channels_last: bool = True
+    # true: a tqdm bar; false: a log line every 10% of an epoch; null: bar on a terminal only
     progress: bool | None = None
 
 

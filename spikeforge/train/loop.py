@@ -279,6 +279,8 @@ def _train_epoch(net: nn.Module, loader: BatchLoader, optimizer: torch.optim.Opt
                             else sys.stderr.isatty())
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not show,
                leave=False, unit="batch")
+    heartbeat = max(1, len(loader) // 10)  # progress lines when there is no progress bar
+    tick = time.perf_counter()
     for step, (x, y) in enumerate(bar):
         with autocast:
             logits = net(x)
@@ -302,6 +304,11 @@ def _train_epoch(net: nn.Module, loader: BatchLoader, optimizer: torch.optim.Opt
         if show and step % 20 == 0:
             bar.set_postfix(loss=f"{loss_sum.item() / count:.4f}",
                             acc=f"{100.0 * correct.item() / count:.2f}%")
+        elif ctx.is_main and not show and (step + 1) % heartbeat == 0:  # logs without a bar
+            print(f"  epoch {epoch + 1} step {step + 1}/{len(loader)}  "
+                  f"loss {loss_sum.item() / count:.4f}  "
+                  f"{count * ctx.world_size / (time.perf_counter() - tick):.0f} images/s",
+                  file=sys.stderr, flush=True)
     return loss_sum.item() / max(count, 1), 100.0 * correct.item() / max(count, 1)
 
 
