@@ -1,0 +1,156 @@
+"""The neuron core: pure step functions with typed state (DESIGN.md §1).
+
+One neuron is a threshold θ (a scalar, or a tensor broadcastable to the input, e.g. one value
+per channel), a spike rule, a reset, a leak and an initial potential. One step, for input
+current z(t):
+
+    m(t) = l · v(t−1) + z(t)                              (membrane before firing; l = leak)
+    s(t) = rule(m(t), n(t−1))                             (n = net count emitted so far)
+    v(t) = m(t) − θ s(t)          reset by subtraction    (charge conserving, conversion)
+    v(t) = m(t) · [s(t) = 0]      reset to zero           (Lee et al. 2020 LIF)
+    n(t) = n(t−1) + s(t)
+
+Spike rules (s is a count of unit spikes, the emitted value is θ·s):
+
+* ``binary``    s = 1 if m ≥ θ else 0 (IF / LIF; Diehl 2015, Rueckauer 2017).
+* ``ternary``   s = +1 if m ≥ θ; −1 if m ≤ −θ and n > 0 (gated: a negative spike only retracts
+  an earlier positive one, so the net output stays ≥ 0 like a ReLU) — or without the
+  n > 0 condition when ``symmetric``; else 0 (TerMapping, Yu et al., TNNLS 2022).
+* ``augmented`` s = ⌊m/θ⌋ for m ≥ θ (the number of unit spikes that would fire in this step,
+  capped at ``cap``), and the gated negative mirror s = −min(⌊−m/θ⌋, n) for m ≤ −θ
+  (AugMapping, Yu et al., TNNLS 2022).
+
+Everything here is a pure function of tensors: no module state, no in-place updates of the
+inputs, differentiable where the spike rule allows (training wraps the spike in a surrogate).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+SpikeRule = Literal["binary", "ternary", "augmented"]
+Reset = Literal["subtract", "zero"]
+Initial = Literal["zero", "half"]
+SPIKE_RULES: tuple[str, ...] = ("binary", "ternary", "augmented")
+RESETS: tuple[str, ...] = ("subtract", "zero")
+INITIALS: tuple[str, ...] = ("zero", "half")
+
+
+class NeuronParams(NamedTuple):
+    """What a neuron is (see the module docstring for the equations).
+
+    Attributes:
+        threshold: θ > 0, a float or a tensor broadcastable to the input of one step.
+        rule: ``"binary"``, ``"ternary"`` or ``"augmented"``.
+        reset: ``"subtract"`` (default; conserves charge) or ``"zero"``.
+        leak: l in m = l·v + z; 1.0 is the non-leaky IF neuron.
+        symmetric: negative spikes (ternary / augmented) without the net-positive gate.
+        cap: largest |s| per step of an augmented neuron (``None``: uncapped).
+    """
+
+    threshold: Tensor | float
+    rule: SpikeRule = "binary"
+    reset: Reset = "subtract"
+    leak: float = 1.0
+    symmetric: bool = False
+    cap: int | None = None
+
+
+class NeuronState(NamedTuple):
+    """The state carried between steps.
+
+    Attributes:
+        v: membrane potential after the last reset.
+        count: net number of unit spikes emitted so far (positive minus negative).
+    """
+
+    v: Tensor
+    count: Tensor
+
+
+def check_params(params: NeuronParams) -> None:
+    """Raise ``ValueError`` naming the bad field of ``params``."""
+    if params.rule not in SPIKE_RULES:
+        raise ValueError(f"unknown spike rule {params.rule!r}; valid: {', '.join(SPIKE_RULES)}")
+    if params.reset not in RESETS:
+        raise ValueError(f"unknown reset {params.reset!r}; valid: {', '.join(RESETS)}")
+    theta = torch.as_tensor(params.threshold)
+    if not bool(torch.isfinite(theta).all()) or bool((theta <= 0).any()):
+        raise ValueError(f"neuron threshold must be finite and > 0, got {params.threshold}")
+    if params.cap is not None and params.cap < 1:
+        raise ValueError(f"augmented spike cap must be >= 1 or None, got {params.cap}")
+
+
+def init_state(like: Tensor, params: NeuronParams, initial: Initial = "zero") -> NeuronState:
+    """The state before the first step, for inputs shaped like ``like`` (one step).
+
+    Args:
+        like: a tensor with the shape, dtype and device of one step's input current.
+        params: the neuron.
+        initial: v(0) = 0 (``"zero"``) or v(0) = θ/2 (``"half"``, which centres the
+            quantisation error of rate coding; Bu et al., ICLR 2022).
+    """
+    if initial not in INITIALS:
+        raise ValueError(f"unknown initial potential {initial!r}; valid: {', '.join(INITIALS)}")
+    v = torch.zeros_like(like)
+    if initial == "half":
+        v = v + torch.as_tensor(params.threshold, dtype=like.dtype, device=like.device) / 2
+    return NeuronState(v, torch.zeros_like(like))
+
+
+def spike(m: Tensor, count: Tensor, params: NeuronParams) -> Tensor:
+    """The spike rule: the signed number of unit spikes s(t) for membrane ``m`` and net count
+    ``count`` so far (same dtype as ``m``)."""
+    theta = params.threshold
+    positive = m >= theta
+    if params.rule == "binary":
+        return positive.to(m.dtype)
+    may_retract = torch.ones_like(positive) if params.symmetric else count > 0
+    negative = (m <= -theta) & may_retract
+    if params.rule == "ternary":
+        return positive.to(m.dtype) - negative.to(m.dtype)
+    units = torch.floor(m.abs() / theta)
+    if params.cap is not None:
+        units = units.clamp(max=params.cap)
+    up = torch.where(positive, units, torch.zeros_like(units))
+    down = torch.where(negative, units, torch.zeros_like(units))
+    if not params.symmetric:
+        down = torch.minimum(down, count.clamp(min=0))
+    return up - down
+
+
+def neuron_step(z: Tensor, state: NeuronState, params: NeuronParams
+                ) -> tuple[Tensor, NeuronState]:
+    """One time step: input current ``z`` and the previous state → (s(t), new state).
+
+    ``s`` is the signed count of unit spikes; the value passed on is θ·s (or s with θ folded
+    into the next layer's weights).
+    """
+    m = state.v * params.leak + z if params.leak != 1.0 else state.v + z
+    s = spike(m, state.count, params)
+    if params.reset == "subtract":
+        v = m - s * params.threshold
+    else:
+        v = torch.where(s != 0, torch.zeros_like(m), m)
+    return s, NeuronState(v, state.count + s)
+
+
+def neuron_scan(z: Tensor, params: NeuronParams, initial: Initial = "zero",
+                state: NeuronState | None = None) -> tuple[Tensor, NeuronState]:
+    """Run :func:`neuron_step` over the leading time axis of ``z`` (T, B, ...).
+
+    Returns:
+        The spike counts s, shaped like ``z``, and the final state.
+    """
+    if z.ndim < 1 or z.shape[0] == 0:
+        raise ValueError(f"expected a (T, ...) sequence with T >= 1, got shape {tuple(z.shape)}")
+    if state is None:
+        state = init_state(z[0], params, initial)
+    out = []
+    for t in range(z.shape[0]):
+        s, state = neuron_step(z[t], state, params)
+        out.append(s)
+    return torch.stack(out), state

@@ -1,0 +1,96 @@
+"""Thin ``nn.Module`` shells over :mod:`spikeforge.neurons.functional` for ``(T, B, ...)``
+sequences. A module holds only the neuron's parameters; the state lives in the call, so two
+calls with the same input give the same output."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from spikeforge.neurons.functional import (
+    Initial,
+    NeuronParams,
+    Reset,
+    SpikeRule,
+    check_params,
+    neuron_scan,
+)
+
+
+class SpikingNeuron(nn.Module):
+    """A layer of IF/LIF neurons with a binary, ternary or augmented spike rule.
+
+    Args:
+        threshold: θ, a float or a 1-D tensor with one value per channel (see
+            ``channel_dim``).
+        rule: ``"binary"``, ``"ternary"`` or ``"augmented"``.
+        reset: ``"subtract"`` (default) or ``"zero"``.
+        leak: membrane leak l (1.0: IF).
+        initial: v(0) = 0 (``"zero"``) or θ/2 (``"half"``).
+        symmetric: ungated negative spikes (ternary / augmented).
+        cap: largest |s| per step for augmented spikes (None: uncapped).
+        channel_dim: the channel axis of one step's input (1 for ``(B, C, ...)``); used only
+            with a per-channel threshold.
+        emit: ``"value"`` returns θ·s(t) (what the next layer receives), ``"count"`` returns
+            the signed unit-spike count s(t).
+
+    Shape:
+        - Input: ``(T, B, ...)`` input currents.
+        - Output: same shape.
+
+    Example:
+        >>> neuron = SpikingNeuron(threshold=1.0, initial="half")
+        >>> neuron(torch.full((4, 1), 0.5)).flatten().tolist()
+        [1.0, 0.0, 1.0, 0.0]
+    """
+
+    def __init__(self, threshold: float | Tensor = 1.0, rule: SpikeRule = "binary",
+                 reset: Reset = "subtract", leak: float = 1.0, initial: Initial = "zero",
+                 symmetric: bool = False, cap: int | None = None, channel_dim: int = 1,
+                 emit: Literal["value", "count"] = "value") -> None:
+        super().__init__()
+        if emit not in ("value", "count"):
+            raise ValueError(f"emit must be 'value' or 'count', got {emit!r}")
+        self.register_buffer("threshold", torch.as_tensor(threshold, dtype=torch.float32)
+                             .clone())
+        if self.threshold.ndim > 1:
+            raise ValueError("threshold must be a scalar or one value per channel (1-D), got "
+                             f"shape {tuple(self.threshold.shape)}")
+        self.rule, self.reset, self.leak, self.initial = rule, reset, leak, initial
+        self.symmetric, self.cap, self.channel_dim, self.emit = symmetric, cap, channel_dim, emit
+        check_params(self.params(self.threshold))
+
+    def params(self, theta: Tensor) -> NeuronParams:
+        return NeuronParams(theta, self.rule, self.reset, self.leak, self.symmetric, self.cap)
+
+    def _theta_for(self, step: Tensor) -> Tensor:
+        """θ broadcastable to one step ``(B, C, ...)``."""
+        theta = self.threshold.to(step.dtype)
+        if theta.ndim == 1:
+            trailing = step.ndim - self.channel_dim - 1
+            if step.shape[self.channel_dim] != theta.numel():
+                raise ValueError(f"per-channel threshold has {theta.numel()} values but the "
+                                 f"input has {step.shape[self.channel_dim]} channels "
+                                 f"(dim {self.channel_dim})")
+            theta = theta.view(-1, *([1] * trailing))
+        return theta
+
+    def forward(self, x: Tensor) -> Tensor:
+        theta = self._theta_for(x[0])
+        s, _ = neuron_scan(x, self.params(theta), self.initial)
+        return s * theta if self.emit == "value" else s
+
+    def extra_repr(self) -> str:
+        theta = (f"{self.threshold.item():g}" if self.threshold.ndim == 0
+                 else f"per-channel[{self.threshold.numel()}]")
+        parts = [f"threshold={theta}", f"rule={self.rule}", f"reset={self.reset}",
+                 f"initial={self.initial}"]
+        if self.leak != 1.0:
+            parts.append(f"leak={self.leak}")
+        if self.symmetric:
+            parts.append("symmetric=True")
+        if self.cap is not None:
+            parts.append(f"cap={self.cap}")
+        return ", ".join(parts)

@@ -1,0 +1,113 @@
+"""Neuron core: properties of the step functions (hypothesis) and hand-checked sequences."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spikeforge.neurons import NeuronParams, SpikingNeuron, neuron_scan
+
+# dyadic rationals are exact in float64, so floor() sees the true value
+dyadic = st.integers(-64, 64).map(lambda k: k / 16)
+thresholds = st.integers(1, 32).map(lambda k: k / 8)
+currents = st.lists(dyadic, min_size=1, max_size=40)
+rules = st.sampled_from(["binary", "ternary", "augmented"])
+initials = st.sampled_from(["zero", "half"])
+
+
+def scan(z, theta, **kw):
+    initial = kw.pop("initial", "zero")
+    params = NeuronParams(theta, **kw)
+    seq = torch.tensor(z, dtype=torch.float64).view(-1, 1)
+    return neuron_scan(seq, params, initial)
+
+
+@settings(max_examples=150, deadline=None)
+@given(currents, thresholds, rules, initials, st.booleans())
+def test_soft_reset_conserves_charge(z, theta, rule, initial, symmetric):
+    """θ Σ s(t) + v(T) = v(0) + Σ z(t) for every rule under reset by subtraction."""
+    s, state = scan(z, theta, rule=rule, symmetric=symmetric, initial=initial)
+    v0 = theta / 2 if initial == "half" else 0.0
+    assert theta * s.sum().item() + state.v.item() == pytest.approx(v0 + sum(z), abs=1e-9)
+
+
+@settings(max_examples=150, deadline=None)
+@given(currents, thresholds, st.sampled_from(["ternary", "augmented"]), initials)
+def test_gated_negative_spikes_never_make_the_net_output_negative(z, theta, rule, initial):
+    s, _ = scan(z, theta, rule=rule, initial=initial)
+    assert (torch.cumsum(s.flatten(), 0) >= 0).all()
+
+
+def test_symmetric_ternary_may_go_negative():
+    s, _ = scan([-1.0, -1.0], 1.0, rule="ternary", symmetric=True)
+    assert s.flatten().tolist() == [-1.0, -1.0]
+    gated, _ = scan([-1.0, -1.0], 1.0, rule="ternary")
+    assert gated.flatten().tolist() == [0.0, 0.0]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 64).map(lambda k: k / 16), thresholds, st.integers(1, 40), initials)
+def test_augmented_constant_current_emits_floor_units(z, theta, steps, initial):
+    """Fed a constant z ≥ 0 for T steps, an augmented neuron emits ⌊(T z + v0)/θ⌋ units."""
+    s, _ = scan([z] * steps, theta, rule="augmented", initial=initial)
+    v0 = theta / 2 if initial == "half" else 0.0
+    assert s.sum().item() == math.floor((steps * z + v0) / theta)
+    assert (s >= 0).all()
+
+
+def test_augmented_cap_and_coefficients():
+    s, state = scan([3.5, 0.0, 0.0], 1.0, rule="augmented", cap=2)
+    assert s.flatten().tolist() == [2.0, 1.0, 0.0]
+    assert state.v.item() == pytest.approx(0.5)
+    s, _ = scan([3.5, -2.5], 1.0, rule="augmented")   # gated: retracts at most what was sent
+    assert s.flatten().tolist() == [3.0, -2.0]
+    s, _ = scan([1.0, -5.0], 1.0, rule="augmented")
+    assert s.flatten().tolist() == [1.0, -1.0]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(-32, 80).map(lambda k: k / 32), thresholds, initials)
+def test_binary_if_rate_converges_to_clipped_input(z, theta, initial):
+    """|rate − clip(z, 0, θ)/θ| ≤ 1/T (T = 256) for the soft-reset IF neuron."""
+    steps = 256
+    s, _ = scan([z] * steps, theta, rule="binary", initial=initial)
+    expected = min(max(z, 0.0), theta) / theta
+    assert abs(s.mean().item() - expected) <= 1.0 / steps + 1e-12
+
+
+def test_reset_to_zero_and_leak_by_hand():
+    s, state = scan([0.6, 0.6, 0.6], 1.0, reset="zero", leak=0.5)
+    # m: 0.6, 0.9, 1.05 -> spike at t=3, v reset to 0
+    assert s.flatten().tolist() == [0.0, 0.0, 1.0]
+    assert state.v.item() == 0.0
+
+
+def test_module_per_channel_threshold_and_determinism():
+    theta = torch.tensor([1.0, 2.0, 4.0])
+    neuron = SpikingNeuron(theta, initial="half")
+    x = torch.ones(8, 2, 3, 4, 4)
+    out = neuron(x)
+    counts = (out / theta.view(1, 1, 3, 1, 1)).sum(0)
+    # constant current 1 for 8 steps from v0 = θ/2: floor((8 + θ/2)/θ) spikes
+    assert counts[0, :, 0, 0].tolist() == [8.0, 4.0, 2.0]
+    assert torch.equal(out, neuron(x))
+    assert "per-channel[3]" in repr(neuron)
+    with pytest.raises(ValueError, match="3 values but the input has 5 channels"):
+        neuron(torch.ones(2, 1, 5, 2, 2))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"threshold": 0.0}, "threshold must be finite and > 0"),
+    ({"threshold": torch.tensor([1.0, -1.0])}, "threshold must be finite and > 0"),
+    ({"rule": "quaternary"}, "unknown spike rule 'quaternary'"),
+    ({"reset": "halve"}, "unknown reset 'halve'"),
+    ({"rule": "augmented", "cap": 0}, "cap must be >= 1"),
+    ({"emit": "voltage"}, "emit must be"),
+])
+def test_bad_neuron_parameters_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SpikingNeuron(**kwargs)
