@@ -66,6 +66,7 @@ def test_training_learns_and_writes_everything(tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     summary = json.loads((tmp_path / "results.json").read_text())
     assert summary["test_accuracy"] == result.test_accuracy
+    assert summary["finished"] is True and summary["epochs_planned"] == 2
     assert summary["provenance"]["seed"] == 1
     assert summary["provenance"]["config"]["data"]["dataset"] == "mnist_demo"
     # the checkpoint rebuilds the same network and reproduces the accuracy
@@ -100,6 +101,8 @@ def test_resume_after_kill_gives_identical_weights(tmp_path):
     assert ckpt.exists()
     done = load_checkpoint(ckpt)["epoch"]
     assert 1 <= done < 3, "the kill should land before the end of training"
+    partial = json.loads((tmp_path / "killed" / "results.json").read_text())
+    assert partial["finished"] is False and partial["epochs"] == done
     rc = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
     assert rc.returncode == 0, rc.stderr
     a, b = _weights(tmp_path / "straight" / "checkpoint.pt"), _weights(ckpt)

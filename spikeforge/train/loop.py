@@ -236,35 +236,50 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                     "version": spikeforge.__version__,
                 }, ckpt_path)
                 _append_metrics(out_dir / METRICS, record)
+                write_json(out_dir / RESULTS, summarize(cfg, history, model, device, started))
                 print(f"epoch {epoch + 1}/{cfg.optim.epochs}  loss {train_loss:.4f}  "
                       f"train {train_acc:.2f}%  test {test_acc:.2f}%  ({seconds:.1f} s)",
                       file=sys.stderr, flush=True)
             distributed.barrier(ctx)
 
         checksums = distributed.parameter_checksums(model, ctx)
-        final_loss, final_acc = evaluate(model, test_loader, autocast) if not history else (
-            history[-1]["test_loss"], history[-1]["test_accuracy"])
-        summary = {
-            "kind": cfg.kind, "dataset": cfg.data.dataset, "model": cfg.model.name,
-            "test_accuracy": final_acc, "test_loss": final_loss,
-            "best_test_accuracy": max((h["test_accuracy"] for h in history), default=final_acc),
-            "epochs": len(history), "history": history,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "world_size": ctx.world_size, "rank_parameter_checksums": checksums,
-            "provenance": {
-                "config": to_dict(cfg), "seed": cfg.seed, "command": " ".join(sys.argv),
-                "spikeforge": spikeforge.__version__, "git_commit": git_commit(),
-                "train_seconds": sum(h["epoch_seconds"] for h in history),
-                "wall_seconds_this_process": time.perf_counter() - started,
-                "machine": machine_info(device),
-            },
-        }
+        summary = summarize(cfg, history, model, device, started, world_size=ctx.world_size,
+                            rank_parameter_checksums=checksums)
         if ctx.is_main:
-            with atomic_open(out_dir / RESULTS) as handle:
-                handle.write(json.dumps(summary, indent=2).encode())
+            write_json(out_dir / RESULTS, summary)
+        final_acc = summary["test_accuracy"]
         return TrainResult(final_acc, summary["best_test_accuracy"], history, out_dir, summary)
     finally:
         distributed.shutdown(ctx)
+
+
+def summarize(cfg: TrainConfig, history: list[dict[str, Any]], model: nn.Module,
+              device: torch.device, started: float, **extra: Any) -> dict[str, Any]:
+    """The ``results.json`` record of a run: accuracy, history and provenance. Written after
+    every epoch with ``"finished": false`` (so a long run's partial results can be read at any
+    time) and at the end with ``"finished": true``."""
+    last = history[-1]
+    return {
+        "kind": cfg.kind, "dataset": cfg.data.dataset, "model": cfg.model.name,
+        "finished": last["epoch"] >= cfg.optim.epochs,
+        "test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"],
+        "best_test_accuracy": max(h["test_accuracy"] for h in history),
+        "epochs": len(history), "epochs_planned": cfg.optim.epochs, "history": history,
+        "parameters": sum(p.numel() for p in model.parameters()), **extra,
+        "provenance": {
+            "config": to_dict(cfg), "seed": cfg.seed, "command": " ".join(sys.argv),
+            "spikeforge": spikeforge.__version__, "git_commit": git_commit(),
+            "train_seconds": sum(h["epoch_seconds"] for h in history),
+            "wall_seconds_this_process": time.perf_counter() - started,
+            "machine": machine_info(device),
+        },
+    }
+
+
+def write_json(path: Path, record: dict[str, Any]) -> None:
+    """Write ``record`` as indented JSON, atomically."""
+    with atomic_open(path) as handle:
+        handle.write(json.dumps(record, indent=2).encode())
 
 
 def _train_epoch(net: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer,
