@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -27,18 +28,44 @@ from spikeforge.experiments.tables import markdown_table  # noqa: E402
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
-def publish(run_dir: Path, results_dir: Path) -> Path:
-    summary = json.loads((run_dir / "results.json").read_text())
+def summary_from_checkpoint(run_dir: Path, command: str | None) -> dict:
+    """The results record of a run that has not written ``results.json`` (a run still
+    training with a spikeforge older than per-epoch results), from its last checkpoint."""
+    import time
+
+    import torch
+
+    from spikeforge.config import from_dict
+    from spikeforge.train import TrainConfig, load_checkpoint, load_model
+    from spikeforge.train.loop import summarize
+
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    cfg = from_dict(TrainConfig, state["config"])
+    summary = summarize(cfg, state["history"], load_model(run_dir / "checkpoint.pt"),
+                        torch.device("cpu"), time.perf_counter())
+    summary["provenance"]["command"] = command or "(not recorded)"
+    summary["provenance"]["git_commit"] = None  # unknown: the code that trained it
+    summary["provenance"]["machine"]["torch_threads"] = cfg.run.threads
+    return summary
+
+
+def publish(run_dir: Path, results_dir: Path, command: str | None = None) -> Path:
     dest = results_dir / run_dir.name
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("results.json", "metrics.jsonl"):
-        shutil.copy2(run_dir / name, dest / name)
+    if (run_dir / "results.json").is_file():
+        summary = json.loads((run_dir / "results.json").read_text())
+        shutil.copy2(run_dir / "results.json", dest / "results.json")
+    else:
+        summary = summary_from_checkpoint(run_dir, command)
+        (dest / "results.json").write_text(json.dumps(summary, indent=2))
+    shutil.copy2(run_dir / "metrics.jsonl", dest / "metrics.jsonl")
     plot_training_curves(summary["history"], dest / "training_curves.png",
                          title=f"{summary['model']} on {summary['dataset']}")
     return dest
 
 
-def table(results_dir: Path) -> str:
+def table(results_dir: Path, base: Path) -> str:
+    """The results table; folder links are relative to ``base`` (the README's folder)."""
     rows, commands = [], []
     for path in sorted(results_dir.glob("*/results.json")):
         s = json.loads(path.read_text())
@@ -47,12 +74,14 @@ def table(results_dir: Path) -> str:
         prov = s["provenance"]
         history = s["history"]
         rows.append({
-            "data set": s["dataset"], "model": s["model"], "epochs": s["epochs"],
+            "data set": s["dataset"], "model": s["model"],
+            "epochs": f"{s['epochs']}" + ("" if s.get("finished", True)
+                                         else f" of {s['epochs_planned']} (running)"),
             "test acc %": s["test_accuracy"], "best %": s["best_test_accuracy"],
             "train min": prov["train_seconds"] / 60,
             "median s/epoch": statistics.median(h["epoch_seconds"] for h in history),
             "threads": prov["machine"]["torch_threads"],
-            "folder": f"[{path.parent.name}]({path.parent.relative_to(REPO)})",
+            "folder": f"[{path.parent.name}]({os.path.relpath(path.parent, base)})",
         })
         commands.append(f"- `{prov['command']}` (seed {prov['seed']})")
     return "\n".join([markdown_table(rows), "", "Commands (each folder also holds the "
@@ -73,10 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="*", type=Path, help="run folders to publish")
     parser.add_argument("--results", type=Path, default=REPO / "results")
     parser.add_argument("--readme", type=Path, default=REPO / "README.md")
+    parser.add_argument("--command", help="the command that started a run published from its "
+                        "checkpoint (runs without results.json)")
     args = parser.parse_args(argv)
     for run in args.runs:
-        print(f"published {publish(run, args.results)}")
-    update_readme(args.readme, table(args.results))
+        print(f"published {publish(run, args.results, args.command)}")
+    update_readme(args.readme, table(args.results, args.readme.resolve().parent))
     print(f"updated {args.readme}")
     return 0
 

