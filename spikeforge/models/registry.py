@@ -43,8 +43,7 @@ def register(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
     def decorator(builder: ModelBuilder) -> ModelBuilder:
         existing = MODELS.get(name)
         if existing is not None and existing is not builder:
-            raise ValueError(f"model {name!r} is already registered ({existing.__module__}."
-                             f"{existing.__qualname__})")
+            raise ValueError(f"model {name!r} is already registered ({existing!r})")
         parameters = inspect.signature(builder).parameters
         missing = [arg for arg in _FIXED if arg not in parameters]
         if missing:

@@ -8,6 +8,7 @@ to a spiking neuron receiving both currents.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from torch import Tensor, nn
@@ -22,8 +23,7 @@ from spikeforge.models.layers import (
 )
 from spikeforge.models.registry import register
 
-__all__ = ["RESNET_CONFIGS", "BasicBlock", "ResNet", "build_resnet", "resnet11", "resnet18",
-           "resnet19", "resnet20"]
+__all__ = ["RESNET_CONFIGS", "BasicBlock", "ResNet", "build_resnet"]
 
 
 class BasicBlock(nn.Module):
@@ -173,50 +173,6 @@ def build_resnet(stem_channels: int, stem_pool: bool, stages: Sequence[tuple[int
     return model
 
 
-def _resnet(name: str, **kwargs) -> ResNet:
-    stem_channels, stem_pool, stages, hidden = RESNET_CONFIGS[name]
-    return build_resnet(stem_channels, stem_pool, stages, hidden, **kwargs)
-
-
-_OPTIONS_DOC = """
-    Args:
-        num_classes, in_channels, act, pool: see :func:`spikeforge.models.create`.
-        dropout: dropout probability before each Linear of the classifier. Default: 0.
-        batch_norm: BatchNorm2d after each conv. Default: True.
-        width: multiplier of every conv channel count. Default: 1.
-"""
-
-
-@register("resnet11")
-def resnet11(*, num_classes: int, in_channels: int, act: ActFactory, pool: str,
-             dropout: float = 0.0, batch_norm: bool = True, width: float = 1.0) -> ResNet:
-    return _resnet("resnet11", num_classes=num_classes, in_channels=in_channels, act=act,
-                   pool=pool, dropout=dropout, batch_norm=batch_norm, width=width)
-
-
-@register("resnet18")
-def resnet18(*, num_classes: int, in_channels: int, act: ActFactory, pool: str,
-             dropout: float = 0.0, batch_norm: bool = True, width: float = 1.0) -> ResNet:
-    return _resnet("resnet18", num_classes=num_classes, in_channels=in_channels, act=act,
-                   pool=pool, dropout=dropout, batch_norm=batch_norm, width=width)
-
-
-@register("resnet19")
-def resnet19(*, num_classes: int, in_channels: int, act: ActFactory, pool: str,
-             dropout: float = 0.0, batch_norm: bool = True, width: float = 1.0) -> ResNet:
-    return _resnet("resnet19", num_classes=num_classes, in_channels=in_channels, act=act,
-                   pool=pool, dropout=dropout, batch_norm=batch_norm, width=width)
-
-
-@register("resnet20")
-def resnet20(*, num_classes: int, in_channels: int, act: ActFactory, pool: str,
-             dropout: float = 0.0, batch_norm: bool = True, width: float = 1.0) -> ResNet:
-    return _resnet("resnet20", num_classes=num_classes, in_channels=in_channels, act=act,
-                   pool=pool, dropout=dropout, batch_norm=batch_norm, width=width)
-
-
-for _name, _builder in (("resnet11", resnet11), ("resnet18", resnet18),
-                        ("resnet19", resnet19), ("resnet20", resnet20)):
-    _builder.__doc__ = (f"Build ``{_name}`` (:data:`RESNET_CONFIGS`, see :class:`ResNet`)."
-                        + _OPTIONS_DOC)
-del _name, _builder
+for _name, _spec in RESNET_CONFIGS.items():  # one registered builder per table entry
+    register(_name)(functools.partial(build_resnet, *_spec))
+del _name, _spec

@@ -8,6 +8,7 @@ least 16x16 (28x28, 32x32, ...) works; the classifier is
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from torch import nn
@@ -23,7 +24,7 @@ from spikeforge.models.layers import (
 )
 from spikeforge.models.registry import register
 
-__all__ = ["VGG", "VGG_CONFIGS", "vgg7", "vgg9", "vgg11", "vgg16"]
+__all__ = ["VGG", "VGG_CONFIGS", "build_vgg"]
 
 #: name -> (conv body: channel counts and "P" pools, default hidden Linear widths)
 VGG_CONFIGS: dict[str, tuple[tuple[int | str, ...], tuple[int, ...]]] = {
@@ -71,19 +72,23 @@ class VGG(ConvNet):
     """
 
 
-def build_vgg(config: Sequence[int | str], hidden: Sequence[int], *, num_classes: int,
+def build_vgg(spec: tuple[Sequence[int | str], Sequence[int]], *, num_classes: int,
               in_channels: int, act: ActFactory, pool: str, dropout: float = 0.0,
-              batch_norm: bool = True, width: float = 1.0) -> VGG:
+              batch_norm: bool = True, width: float = 1.0,
+              hidden: Sequence[int] | None = None) -> VGG:
     """Build a :class:`VGG` from a body config (channel counts and ``"P"`` pools).
 
     Args:
-        config: e.g. ``(64, 64, "P", 128, "P")``.
-        hidden: widths of the hidden Linear layers of the classifier.
+        spec: ``(body, default hidden widths)``, an entry of :data:`VGG_CONFIGS`; the body
+            lists channel counts and ``"P"`` pools, e.g. ``(64, 64, "P", 128, "P")``.
         num_classes, in_channels, act, pool: see :func:`spikeforge.models.create`.
         dropout: dropout probability before each Linear of the classifier.
         batch_norm: BatchNorm2d after each conv.
         width: multiplier of every conv channel count.
+        hidden: widths of the classifier's hidden Linear layers (default: the spec's).
     """
+    config, default_hidden = spec
+    hidden = default_hidden if hidden is None else tuple(hidden)
     layers: list[nn.Module] = []
     channels = in_channels
     for item in config:
@@ -100,55 +105,6 @@ def build_vgg(config: Sequence[int | str], hidden: Sequence[int], *, num_classes
     return model
 
 
-def _vgg(name: str, hidden: Sequence[int] | None, **kwargs) -> VGG:
-    config, default_hidden = VGG_CONFIGS[name]
-    return build_vgg(config, default_hidden if hidden is None else tuple(hidden), **kwargs)
-
-
-_OPTIONS_DOC = """
-    Args:
-        num_classes, in_channels, act, pool: see :func:`spikeforge.models.create`.
-        dropout: dropout probability before each Linear of the classifier. Default: 0.
-        batch_norm: BatchNorm2d after each conv. Default: True.
-        width: multiplier of every conv channel count. Default: 1.
-        hidden: widths of the classifier's hidden Linear layers; ``None`` (default) uses the
-            table in :class:`VGG`.
-"""
-
-
-@register("vgg7")
-def vgg7(*, num_classes: int, in_channels: int, act: ActFactory, pool: str,
-         dropout: float = 0.0, batch_norm: bool = True, width: float = 1.0,
-         hidden: Sequence[int] | None = None) -> VGG:
-    return _vgg("vgg7", hidden, num_classes=num_classes, in_channels=in_channels, act=act,
-                pool=pool, dropout=dropout, batch_norm=batch_norm, width=width)
-
-
-@register("vgg9")
-def vgg9(*, num_classes: int, in_channels: int, act: ActFactory, pool: str,
-         dropout: float = 0.0, batch_norm: bool = True, width: float = 1.0,
-         hidden: Sequence[int] | None = None) -> VGG:
-    return _vgg("vgg9", hidden, num_classes=num_classes, in_channels=in_channels, act=act,
-                pool=pool, dropout=dropout, batch_norm=batch_norm, width=width)
-
-
-@register("vgg11")
-def vgg11(*, num_classes: int, in_channels: int, act: ActFactory, pool: str,
-          dropout: float = 0.0, batch_norm: bool = True, width: float = 1.0,
-          hidden: Sequence[int] | None = None) -> VGG:
-    return _vgg("vgg11", hidden, num_classes=num_classes, in_channels=in_channels, act=act,
-                pool=pool, dropout=dropout, batch_norm=batch_norm, width=width)
-
-
-@register("vgg16")
-def vgg16(*, num_classes: int, in_channels: int, act: ActFactory, pool: str,
-          dropout: float = 0.0, batch_norm: bool = True, width: float = 1.0,
-          hidden: Sequence[int] | None = None) -> VGG:
-    return _vgg("vgg16", hidden, num_classes=num_classes, in_channels=in_channels, act=act,
-                pool=pool, dropout=dropout, batch_norm=batch_norm, width=width)
-
-
-for _name, _builder in (("vgg7", vgg7), ("vgg9", vgg9), ("vgg11", vgg11), ("vgg16", vgg16)):
-    _builder.__doc__ = (f"Build ``{_name}`` (:data:`VGG_CONFIGS`, see :class:`VGG`)."
-                        + _OPTIONS_DOC)
-del _name, _builder
+for _name, _spec in VGG_CONFIGS.items():  # one registered builder per table entry
+    register(_name)(functools.partial(build_vgg, _spec))
+del _name, _spec
