@@ -9,6 +9,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from spikeforge import data, models  # noqa: E402
+from spikeforge import data, models, neurons  # noqa: E402
+from spikeforge.convert import ConversionError, convert  # noqa: E402  (sf.convert is the function)
+from spikeforge.metrics import EvaluationResult, evaluate  # noqa: E402
+from spikeforge.simulate import SpikingNetwork  # noqa: E402
 
-__all__ = ["__version__", "data", "models"]
+__all__ = ["ConversionError", "EvaluationResult", "SpikingNetwork", "__version__", "convert",
+           "data", "evaluate", "models", "neurons"]

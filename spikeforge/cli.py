@@ -2,6 +2,7 @@
 
     spikeforge demo                       # offline demo on the bundled MNIST subset
     spikeforge train CONFIG [key=value]   # train from a YAML config with overrides
+    spikeforge convert --checkpoint CKPT --method M [M ...] --timesteps T --out results.json
     spikeforge models                     # the model zoo
     spikeforge datasets [--data-root R]   # the data sets and where their files go
 """
@@ -41,6 +42,35 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = fit(cfg, resume=args.resume)
     print(f"test accuracy {result.test_accuracy:.2f}% (best {result.best_test_accuracy:.2f}%) "
           f"after {len(result.history)} epochs; results in {result.out_dir}")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from spikeforge.experiments.conversion import accuracy_table, run_conversion
+    from spikeforge.runtime import set_threads
+
+    set_threads(args.threads)
+    options = {"percentile": args.percentile, "channelwise": args.channelwise,
+               "encoder": args.encoder, "reset": args.reset, "initial": args.initial,
+               "max_pool": args.max_pool}
+    if args.memory_budget:
+        options["memory_budget"] = int(args.memory_budget * 2**20)
+    entries = run_conversion(args.checkpoint, args.method, args.timesteps, args.out,
+                             data_root=args.data_root, device=args.device,
+                             calibration_samples=args.calibration_samples,
+                             test_subset=args.test_subset, batch_size=args.batch_size,
+                             seed=args.seed, progress=not args.no_progress, **options)
+    print(f"\n{entries[0]['model']} on {entries[0]['dataset']}: test accuracy (%) after t "
+          f"steps ({entries[0]['samples']} test images)\n")
+    print(accuracy_table(entries))
+    print()
+    for e in entries:
+        ratio = e["energy_per_sample"]["snn"] / e["energy_per_sample"]["ann"]
+        print(f"{e['label']:28s} SOPs/sample {e['sops_per_sample'] / 1e6:9.2f} M at T="
+              f"{args.timesteps}  (ANN {e['ann_macs_per_sample'] / 1e6:.2f} M MACs)  "
+              f"energy SNN/ANN {ratio:.2f}  {e['seconds']:.0f} s")
+    if args.out:
+        print(f"\nresults: {args.out}")
     return 0
 
 
@@ -98,6 +128,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=_cmd_train)
 
+    p = sub.add_parser(
+        "convert", help="convert a trained ANN checkpoint to an SNN and evaluate it",
+        description="Convert a checkpoint written by `spikeforge train` into a spiking network "
+        "with one or more methods, evaluate the accuracy after every t = 1..T on the test set "
+        "(with firing rates, SOPs and energy), write the results JSON and a plot, and print a "
+        "table. A method may carry its own options: termapping:symmetric=true, "
+        "augmapping:cap=4.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt of a trained ANN")
+    p.add_argument("--method", nargs="+", default=["threshold_balancing"],
+                   help="threshold_balancing, termapping, augmapping (optionally "
+                   "name:key=value,...); default: threshold_balancing")
+    p.add_argument("--timesteps", type=int, default=32, help="T (default 32)")
+    p.add_argument("--percentile", type=float, default=99.9,
+                   help="activation percentile for the thresholds, 100 = max (default 99.9)")
+    p.add_argument("--channelwise", action="store_true", help="one threshold per channel")
+    p.add_argument("--encoder", choices=("direct", "poisson"), default="direct")
+    p.add_argument("--reset", choices=("subtract", "zero"), default="subtract")
+    p.add_argument("--initial", choices=("zero", "half"), default="zero",
+                   help="initial membrane potential: 0 or threshold/2")
+    p.add_argument("--max-pool", choices=("cumulative", "error"), default="cumulative",
+                   help="max-pool policy (default: cumulative spiking max-pool)")
+    p.add_argument("--calibration-samples", type=int, default=2048,
+                   help="training images used for calibration (default 2048)")
+    p.add_argument("--test-subset", type=int, help="evaluate on this many test images")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--memory-budget", type=float, help="MiB of activations per chunk")
+    p.add_argument("--seed", type=int, default=0, help="calibration subset / Poisson seed")
+    p.add_argument("--out", help="results JSON (a PNG plot is written beside it)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_common(p)
+    p.set_defaults(func=_cmd_convert)
+
     p = sub.add_parser("demo", help="offline demo on the bundled MNIST subset",
                        description="Train the small CNN on the MNIST subset shipped inside the "
                        "package, print the results table and write the plots.")
@@ -120,12 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from spikeforge.convert import ConversionError
     from spikeforge.data import DatasetError
     from spikeforge.train import CheckpointError, TrainingDiverged
 
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, CheckpointError, TrainingDiverged) as exc:
+    except (ConfigError, DatasetError, CheckpointError, TrainingDiverged,
+            ConversionError) as exc:
         print(f"spikeforge {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -48,3 +48,46 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathL
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_accuracy_vs_time(entries: Sequence[dict[str, Any]], path: str | os.PathLike,
+                          title: str = "") -> Path:
+    """SNN accuracy against time steps (log scale) for each method, the ANN as a dashed line,
+    and accuracy against synaptic operations per sample.
+
+    Args:
+        entries: results entries with ``label``, ``timesteps``, ``accuracy``,
+            ``ann_accuracy`` and (for the right panel) ``sops_per_step``.
+        path: the PNG file to write.
+    """
+    if not entries:
+        raise ValueError("no results to plot")
+    fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    for e in entries:
+        ax_t.plot(e["timesteps"], e["accuracy"], label=e.get("label", e["method"]))
+        if e.get("sops_per_step"):
+            ax_s.plot([s / 1e6 for s in e["sops_per_step"]], e["accuracy"],
+                      label=e.get("label", e["method"]))
+    ann = entries[0].get("ann_accuracy")
+    if ann is not None:
+        for ax in (ax_t, ax_s):
+            ax.axhline(ann, color="k", ls="--", lw=1, label=f"ANN {ann:.2f}%")
+    best = max(max(e["accuracy"]) for e in entries)
+    for ax in (ax_t, ax_s):
+        ax.set_ylim(max(0.0, min(best - 20, (ann or best) - 20)), min(100.0, best + 2))
+        ax.grid(alpha=0.3, which="both")
+        ax.set_ylabel("test accuracy (%)")
+    ax_t.set_xscale("log", base=2)
+    ax_t.set(xlabel="time steps T", title="accuracy vs. time steps")
+    ax_s.set_xscale("log")
+    ax_s.set(xlabel="synaptic operations per sample (millions)",
+             title="accuracy vs. SOPs")
+    ax_t.legend(fontsize=8, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -37,8 +37,9 @@ class SpikingNeuron(nn.Module):
             the signed unit-spike count s(t).
 
     Shape:
-        - Input: ``(T, B, ...)`` input currents.
-        - Output: same shape.
+        - Input: ``(T, B, ...)`` input currents, or the time-folded ``(T·B, ...)`` when
+          ``timesteps=T`` is given (how :mod:`spikeforge.simulate` runs a whole network).
+        - Output: same shape as the input.
 
     Example:
         >>> neuron = SpikingNeuron(threshold=1.0, initial="half")
@@ -77,10 +78,17 @@ class SpikingNeuron(nn.Module):
             theta = theta.view(-1, *([1] * trailing))
         return theta
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, timesteps: int | None = None) -> Tensor:
+        folded = timesteps is not None
+        if folded:
+            if x.shape[0] % timesteps:
+                raise ValueError(f"a time-folded input of {x.shape[0]} rows cannot hold "
+                                 f"{timesteps} time steps")
+            x = x.unflatten(0, (timesteps, -1))
         theta = self._theta_for(x[0])
         s, _ = neuron_scan(x, self.params(theta), self.initial)
-        return s * theta if self.emit == "value" else s
+        out = s * theta if self.emit == "value" else s
+        return out.flatten(0, 1) if folded else out
 
     def extra_repr(self) -> str:
         theta = (f"{self.threshold.item():g}" if self.threshold.ndim == 0

@@ -1,0 +1,13 @@
+"""ANN → SNN conversion (DESIGN.md §1): ``sf.convert(model, calibration, method, **options)``.
+
+A recipe over an FX graph: trace → fold BN → insert observers → calibrate → replace
+activations by neurons → finalise (:mod:`~spikeforge.convert.graph`,
+:mod:`~spikeforge.convert.calibrate`, :mod:`~spikeforge.convert.recipes`).
+"""
+
+from spikeforge.convert.calibrate import StreamingPercentile, calibrate
+from spikeforge.convert.graph import ConversionError, prepare
+from spikeforge.convert.recipes import METHODS, convert, to_spiking
+
+__all__ = ["METHODS", "ConversionError", "StreamingPercentile", "calibrate", "convert",
+           "prepare", "to_spiking"]

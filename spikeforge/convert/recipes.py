@@ -1,0 +1,200 @@
+"""Conversion recipes: trace → fold BN → insert observers → calibrate → replace activations
+by neurons → finalise. A method is only a choice of neuron (DESIGN.md §1):
+
+============================  ===========================================================
+method                        neuron
+============================  ===========================================================
+``threshold_balancing``       binary IF, θ = λ (Diehl 2015; Rueckauer 2017)
+``termapping``                ternary: +θ and −θ, negative spikes gated by a positive net
+                              count (``symmetric=True``: ungated) (Yu et al., TNNLS 2022)
+``augmapping``                augmented: c(t) = ⌊m/θ⌋ unit spikes in one event, optional
+                              ``cap``, with TerMapping's gated negative side (Yu et al. 2022),
+                              unit θ = λ/L (``levels`` L, default 8) and v(0) = θ/2
+============================  ===========================================================
+
+All use reset by subtraction and the direct encoder unless told otherwise; θ of each layer is
+the calibrated λ (p-th percentile of its positive activations, layer-wise or per channel),
+divided by ``levels`` for augmented spikes. The graph keeps the ANN's weights unchanged: a
+neuron emits θ·s(t), which is the same as normalising the weights by λ_{l-1}/λ_l and emitting
+unit spikes.
+
+Why AugMapping has levels: an augmented event carries how many unit spikes fire in one step,
+so the unit can be a fraction of λ without costing more events. With θ = λ/L and v(0) = θ/2
+the first step already emits c = ⌊z·L/λ + 1/2⌋ units, the ANN activation rounded to L levels
+per λ (uncapped: larger activations are not clipped), and later steps refine the residue —
+where binary spikes need about L steps to reach the same resolution.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+
+from spikeforge.convert.calibrate import calibrate, calibration_inputs
+from spikeforge.convert.graph import (
+    ConversionError,
+    activation_nodes,
+    is_max_pool,
+    prepare,
+)
+from spikeforge.neurons import SpikingNeuron
+from spikeforge.neurons.functional import INITIALS, RESETS
+from spikeforge.simulate import SpikingMaxPool, SpikingNetwork, activation_bytes, max_pool_module
+
+__all__ = ["METHODS", "convert", "to_spiking"]
+
+#: method → its spike rule and the defaults of its options (``levels``: θ = λ / levels)
+METHODS: dict[str, dict[str, Any]] = {
+    "threshold_balancing": {"rule": "binary", "initial": "zero", "levels": 1},
+    "termapping": {"rule": "ternary", "initial": "zero", "levels": 1},
+    "augmapping": {"rule": "augmented", "initial": "half", "levels": 8},
+}
+
+
+def to_spiking(gm: fx.GraphModule, thresholds: dict[str, Tensor], neuron: dict[str, Any],
+               modules: tuple[type[nn.Module], ...] = ()) -> fx.GraphModule:
+    """Rewrite the prepared ANN graph ``gm`` into a time-folded SNN graph (a new module):
+    every activation becomes a :class:`SpikingNeuron` with threshold ``thresholds[name]``
+    and the keyword arguments ``neuron``; max pools become :class:`SpikingMaxPool`; the
+    graph takes ``(x_folded, timesteps)``."""
+    snn = copy.deepcopy(gm)
+    graph = snn.graph
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise ConversionError(f"the model takes {len(placeholders)} inputs; the converter "
+                              "supports models with exactly one input tensor")
+    with graph.inserting_after(placeholders[0]):
+        steps = graph.placeholder("timesteps")
+    by_name = {n.name: n for n in graph.nodes}
+    for node in activation_nodes(gm, modules):
+        name = f"spike_{node.name}"
+        snn.add_submodule(name, SpikingNeuron(thresholds[node.name], **neuron))
+        _replace(graph, by_name[node.name], name, steps)
+    for node in [n for n in gm.graph.nodes if is_max_pool(n, gm)]:
+        name = f"maxpool_{node.name}"
+        snn.add_submodule(name, SpikingMaxPool(max_pool_module(node, gm)))
+        _replace(graph, by_name[node.name], name, steps)
+    graph.lint()
+    snn.delete_all_unused_submodules()
+    snn.recompile()
+    device = next((p.device for p in gm.parameters()), torch.device("cpu"))
+    return snn.to(device)
+
+
+def _replace(graph: fx.Graph, node: fx.Node, module: str, steps: fx.Node) -> None:
+    with graph.inserting_after(node):
+        new = graph.call_module(module, (node.args[0], steps))
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
+
+
+def convert(model: nn.Module, calibration: Iterable[Any], method: str = "threshold_balancing",
+            *, timesteps: int = 32, percentile: float = 99.9, channelwise: bool = False,
+            reset: str = "subtract", initial: str | None = None, symmetric: bool = False,
+            levels: int | None = None, cap: int | None = None, max_pool: str = "cumulative",
+            encoder: str = "direct", seed: int = 0, calibration_batches: int | None = None,
+            memory_budget: int = 2 << 30, activations: Iterable[type[nn.Module]] = (),
+            progress: bool = True) -> SpikingNetwork:
+    """Convert a trained ANN into a spiking network.
+
+    Args:
+        model: any ``nn.Module`` torch.fx can trace, built from the operations listed in
+            :mod:`spikeforge.convert.graph`. Not modified.
+        calibration: iterable of input batches or ``(input, label)`` batches (training data,
+            normalised like the model's inputs).
+        method: ``"threshold_balancing"``, ``"termapping"`` or ``"augmapping"``.
+        timesteps: default T of ``snn(x)``.
+        percentile: p of the calibrated λ (100 = max).
+        channelwise: one threshold per output channel.
+        reset: ``"subtract"`` or ``"zero"``.
+        initial: v(0) = 0 (``"zero"``) or θ/2 (``"half"``); default: the method's
+            (``"half"`` for ``augmapping``, else ``"zero"``).
+        symmetric: ungated negative spikes (``termapping``/``augmapping``).
+        levels: L, unit spikes per λ of an augmented neuron: θ = λ/L (``augmapping`` only;
+            default 8).
+        cap: largest coefficient of an augmented spike (``augmapping``; None = uncapped).
+        max_pool: ``"cumulative"`` or ``"error"`` (see :mod:`spikeforge.simulate`).
+        encoder: ``"direct"`` or ``"poisson"``.
+        seed: Poisson seed.
+        calibration_batches: use at most this many calibration batches.
+        memory_budget: activation bytes per chunk of a batch during simulation.
+        activations: extra module types to treat as ReLU-like activations.
+        progress: show a progress bar while calibrating.
+
+    Returns:
+        A :class:`~spikeforge.simulate.SpikingNetwork` on the model's device, in eval mode.
+
+    Raises:
+        ConversionError: unknown method or option, unsupported operation (naming the node and
+            its source line), empty calibration data, non-finite calibration inputs, a
+            layer that never activates, or a model without ReLU-like activations.
+
+    Example:
+        >>> snn = convert(ann, calibration_batches, "augmapping", timesteps=4)
+        >>> snn(x).shape          # (T, B, classes)
+    """
+    started = time.perf_counter()
+    if method not in METHODS:
+        raise ConversionError(f"unknown conversion method {method!r}; valid: "
+                              + ", ".join(METHODS))
+    defaults = METHODS[method]
+    initial = defaults["initial"] if initial is None else initial
+    levels = defaults["levels"] if levels is None else levels
+    _check_choice("reset", reset, RESETS)
+    _check_choice("initial", initial, INITIALS)
+    _check_choice("max_pool", max_pool, ("cumulative", "error"))
+    augmented = defaults["rule"] == "augmented"
+    if (cap is not None or levels != 1) and not augmented:
+        raise ConversionError(f"cap and levels apply to augmented spikes "
+                              f"(method='augmapping'), not to {method!r}")
+    if not isinstance(levels, int) or levels < 1:
+        raise ConversionError(f"levels must be an integer >= 1, got {levels!r}")
+    modules = tuple(activations)
+    gm = prepare(model, modules, max_pool)
+    batches = list(_first_batches(calibration, 1))
+    calibration = _chain(batches, calibration)
+    thresholds = calibrate(gm, calibration, percentile, channelwise,
+                           max_batches=calibration_batches, modules=modules, progress=progress)
+    neuron = {"rule": defaults["rule"], "reset": reset, "initial": initial,
+              "symmetric": symmetric, "cap": cap}
+    units = {name: lam / levels for name, lam in thresholds.items()}
+    graph = to_spiking(gm, units, neuron, modules).eval()
+    example = next(iter(calibration_inputs(batches)))
+    device = next((p.device for p in gm.parameters()), torch.device("cpu"))
+    info = {"method": method, "percentile": percentile, "channelwise": channelwise,
+            "max_pool": max_pool, "encoder": encoder, "levels": levels, **neuron,
+            "thresholds": {k: v.tolist() for k, v in units.items()},
+            "convert_seconds": time.perf_counter() - started}
+    return SpikingNetwork(graph, timesteps, encoder, seed, memory_budget,
+                          activation_bytes(gm, torch.as_tensor(example).to(device)),
+                          info).eval()
+
+
+def _check_choice(key: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConversionError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
+
+
+def _first_batches(data: Iterable[Any], n: int) -> list[Any]:
+    """Up to ``n`` first items of ``data`` (consumed from one iterator if ``data`` is one)."""
+    out = []
+    for item in data:
+        out.append(item)
+        if len(out) == n:
+            break
+    return out
+
+
+def _chain(head: list[Any], data: Iterable[Any]) -> Iterable[Any]:
+    """``head`` followed by the rest of ``data``: one-shot iterators are not read twice,
+    re-iterable collections are iterated once from the start."""
+    if iter(data) is data:  # a one-shot iterator: head was taken from it
+        yield from head
+        yield from data
+    else:
+        yield from data

@@ -1,0 +1,53 @@
+"""Input encoders: a static batch ``x (B, ...)`` → a time-first sequence ``(T, B, ...)``.
+
+* ``direct`` (default for conversion; Rueckauer et al. 2017): the analog input is the input
+  current at every step, ``x(t) = x``. The first layer then does real multiply-accumulates
+  every step (counted as MACs by :mod:`spikeforge.metrics`).
+* ``poisson`` (Diehl et al. 2015; Lee et al. 2020 for signed inputs): at each step every input
+  element spikes independently with probability ``|x| / s`` and carries the value
+  ``sign(x)·s``, where ``s = max |x|`` over the sample — so ``E[x(t)] = x`` exactly, also for
+  normalised (signed, > 1) images, and the first layer only accumulates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["ENCODERS", "Encoder", "direct", "encode", "poisson"]
+
+#: ``encoder(x, timesteps, generator) -> (T, B, ...)``
+Encoder = Callable[[Tensor, int, "torch.Generator | None"], Tensor]
+
+
+def direct(x: Tensor, timesteps: int, generator: torch.Generator | None = None) -> Tensor:
+    """``x`` repeated as the input current of every step: ``(T, B, ...)`` (a broadcast view,
+    no copy)."""
+    return x.unsqueeze(0).expand(timesteps, *x.shape)
+
+
+def poisson(x: Tensor, timesteps: int, generator: torch.Generator | None = None) -> Tensor:
+    """Signed Bernoulli spikes whose mean is ``x``: value ``sign(x)·s`` with probability
+    ``|x|/s`` at each step, ``s = max|x|`` per sample. Reproducible with ``generator``."""
+    scale = x.detach().abs().flatten(1).amax(dim=1).clamp(min=torch.finfo(x.dtype).tiny)
+    scale = scale.view(-1, *([1] * (x.ndim - 1)))
+    rate = x.abs() / scale
+    noise = torch.rand((timesteps, *x.shape), generator=generator, device=x.device,
+                       dtype=x.dtype)
+    return (noise < rate).to(x.dtype) * torch.sign(x) * scale
+
+
+#: encoder name → function
+ENCODERS: dict[str, Encoder] = {"direct": direct, "poisson": poisson}
+
+
+def encode(name: str, x: Tensor, timesteps: int, generator: torch.Generator | None = None
+           ) -> Tensor:
+    """Encode ``x`` with the encoder called ``name``."""
+    try:
+        encoder = ENCODERS[name]
+    except KeyError:
+        raise ValueError(f"unknown encoder {name!r}; valid: {', '.join(ENCODERS)}") from None
+    return encoder(x, timesteps, generator)

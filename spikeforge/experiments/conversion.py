@@ -1,0 +1,146 @@
+"""Convert a trained checkpoint with several methods, evaluate each on the test set, and
+write the results JSON of DESIGN.md §2 (one entry per method), a table of accuracy against t
+and a plot.
+
+A method is given as ``name`` or ``name:key=value,key=value`` (options of
+:func:`spikeforge.convert`), e.g. ``termapping:symmetric=true`` or ``augmapping:cap=4``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import spikeforge
+from spikeforge.config import ConfigError, safe_load
+from spikeforge.convert import convert
+from spikeforge.data import BatchLoader, ImageDataset, load_dataset
+from spikeforge.experiments.tables import markdown_table
+from spikeforge.metrics import evaluate
+from spikeforge.runtime import git_commit, machine_info, select_device
+from spikeforge.train.checkpoint import CheckpointError, load_checkpoint, load_model
+from spikeforge.train.loop import write_json
+
+__all__ = ["accuracy_table", "parse_method", "report_points", "run_conversion"]
+
+
+def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"termapping:symmetric=true,percentile=99"`` → ``("termapping", {...})``; values
+    are read as YAML scalars (numbers, booleans, null)."""
+    name, _, rest = spec.partition(":")
+    options: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"method option {item!r} in {spec!r} is not key=value")
+        options[key.strip()] = safe_load(value)
+    return name.strip(), options
+
+
+def label(name: str, options: dict[str, Any]) -> str:
+    """A short column label: the method and its non-default options."""
+    return name + "".join(f" {k}={v}" for k, v in options.items())
+
+
+def report_points(timesteps: int) -> list[int]:
+    """1, 2, 4, ... up to T, and T itself."""
+    points, t = [], 1
+    while t < timesteps:
+        points.append(t)
+        t *= 2
+    return [*points, timesteps]
+
+
+def accuracy_table(entries: Sequence[dict[str, Any]], points: Sequence[int] | None = None
+                   ) -> str:
+    """Markdown table: one row per t, one column per method, the ANN in the last row."""
+    steps = max(len(e["accuracy"]) for e in entries)
+    rows = []
+    for t in points or report_points(steps):
+        row: dict[str, Any] = {"T": t}
+        for e in entries:
+            row[e["label"]] = e["accuracy"][t - 1] if t <= len(e["accuracy"]) else None
+        rows.append(row)
+    rows.append({"T": "ANN", **{e["label"]: e["ann_accuracy"] for e in entries}})
+    return markdown_table(rows, digits=2)
+
+
+def _calibration(train: ImageDataset, samples: int, batch_size: int, seed: int,
+                 device: torch.device) -> list[torch.Tensor]:
+    subset = train.subset(min(samples, len(train)), seed=seed)
+    return [x for x, _ in BatchLoader(subset, batch_size, device=device)]
+
+
+def run_conversion(checkpoint: str | os.PathLike, methods: Sequence[str], timesteps: int,
+                   out: str | os.PathLike | None = None, *, data_root: str | None = None,
+                   calibration_samples: int = 2048, test_subset: int | None = None,
+                   batch_size: int = 250, device: str | None = None, seed: int = 0,
+                   progress: bool = True, **options: Any) -> list[dict[str, Any]]:
+    """Convert ``checkpoint`` with each method, evaluate at t = 1..T, return the entries (and
+    write ``{"results": entries}`` to ``out``).
+
+    Args:
+        checkpoint: a spikeforge training checkpoint (model, model_spec and config).
+        methods: method specs (see the module docstring).
+        timesteps: T; accuracy is reported for every t ≤ T.
+        out: results JSON path (a PNG plot is written beside it).
+        calibration_samples: training images used to calibrate (seeded subset).
+        test_subset: evaluate on a seeded subset of the test set (default: all of it).
+        options: conversion options shared by all methods (``percentile``,
+            ``channelwise``, ``encoder``, ...); a method's own options win.
+    """
+    started = time.perf_counter()
+    dev = select_device(device)
+    state = load_checkpoint(checkpoint)
+    config = state.get("config") or {}
+    dataset = (config.get("data") or {}).get("dataset")
+    if not dataset:
+        raise CheckpointError(f"checkpoint {str(checkpoint)!r} does not say which data set "
+                              "it was trained on (config.data.dataset)")
+    model: nn.Module = load_model(checkpoint).to(dev)
+    train = load_dataset(dataset, "train", root=data_root)
+    test = load_dataset(dataset, "test", root=data_root)
+    if test_subset:
+        test = test.subset(test_subset, seed=seed)
+    calibration = _calibration(train, calibration_samples, batch_size, seed, dev)
+    loader = BatchLoader(test, batch_size, device=dev)
+    entries = []
+    for spec in methods:
+        name, own = parse_method(spec)
+        method_options = {**options, **own}
+        tick = time.perf_counter()
+        snn = convert(model, calibration, name, timesteps=timesteps, seed=seed,
+                      progress=progress, **method_options)
+        result = evaluate(snn, loader, timesteps, ann=model, progress=progress)
+        entry = {
+            "method": name, "label": label(name, own), "options": method_options,
+            "dataset": dataset, "model": (state.get("model_spec") or {}).get("name"),
+            **result.to_dict(),
+            "neuron": {k: v for k, v in snn.info.items() if k != "thresholds"},
+            "thresholds": snn.info["thresholds"],
+            "provenance": {
+                "checkpoint": str(checkpoint), "command": " ".join(sys.argv),
+                "seed": seed, "calibration_samples": min(calibration_samples, len(train)),
+                "spikeforge": spikeforge.__version__, "git_commit": git_commit(),
+                "torch": torch.__version__, "device": str(dev),
+                "wall_seconds": time.perf_counter() - tick,
+                "machine": machine_info(dev), "train_config": config,
+            },
+        }
+        entries.append(entry)
+        if out is not None:  # after every method, so a long run can be read as it goes
+            write_json(Path(out), {"results": entries,
+                                   "wall_seconds": time.perf_counter() - started})
+    if out is not None:
+        from spikeforge.experiments.plots import plot_accuracy_vs_time
+
+        plot_accuracy_vs_time(entries, Path(out).with_suffix(".png"),
+                              title=f"{entries[0]['model']} on {dataset}")
+    return entries

@@ -1,0 +1,334 @@
+"""Accuracy over time, firing rates, synaptic operations and energy of a spiking network.
+
+Conventions (DESIGN.md §1; stated in every results file under ``"conventions"``):
+
+* **Fan-out** of a spike source (a neuron, a spiking max-pool, or the input for Poisson
+  encoding) is, per element, the number of synapses it drives: the connections of the
+  conv/linear layers it reaches through stateless layers (pooling, flatten, residual add)
+  before the next neurons. It is computed exactly, padding and strides included, as the
+  gradient of the summed outputs of a copy of the network whose weights are all one and
+  whose average pools sum (:func:`connectivity`).
+* **SOPs** (synaptic operations) of a source = Σ_t Σ_i e_i(t) · fanout_i, with e_i(t) = 1
+  for an event (any non-zero output). For augmented spikes the unit count |c_i(t)| gives
+  the second figure, ``unit_sops`` (equal to SOPs for binary and ternary neurons; for a
+  spiking max-pool the events are used for both).
+* **MACs** of the ANN: Σ over conv/linear layers of outputs × inputs per output.
+* **Energy** per sample (45 nm, Horowitz 2014): 0.9 pJ per SOP (accumulate), 4.6 pJ per MAC.
+  With direct input the first layer(s) receive analog currents: their MACs are counted at
+  4.6 pJ at every step; with Poisson input the input spikes are SOPs like any other.
+* **Firing rate** of a layer: unit spikes per neuron per step, Σ|c| / (neurons · T).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+from tqdm.auto import tqdm
+
+from spikeforge.encoding import encode
+from spikeforge.neurons import SpikingNeuron
+from spikeforge.simulate import SpikingMaxPool, SpikingNetwork
+
+__all__ = ["ENERGY_PER_MAC", "ENERGY_PER_SOP", "Connectivity", "EvaluationResult",
+           "connectivity", "evaluate"]
+
+ENERGY_PER_SOP = 0.9e-12  # J per accumulate, 45 nm CMOS (Horowitz, ISSCC 2014)
+ENERGY_PER_MAC = 4.6e-12  # J per multiply-accumulate, 45 nm CMOS (Horowitz, ISSCC 2014)
+CONVENTIONS = ("SOPs = events x fan-out (fan-out: synapses driven through stateless layers "
+               "up to the next neurons); unit_sops count |c| unit spikes of augmented events; "
+               "energy = 0.9 pJ/SOP + 4.6 pJ/MAC (Horowitz 2014); with direct input the first "
+               "layer's MACs are counted at every step; firing rate = unit spikes per neuron "
+               "per step")
+
+_SYNAPTIC = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+@dataclass
+class Connectivity:
+    """Fan-out maps and MACs of a spiking network, for one sample.
+
+    Attributes:
+        fan_out: source name → fan-out per element (shape of one sample's output of the
+            source, batch axis of size 1); the key ``"input"`` is the encoded input.
+        macs: synaptic layer name → MACs per sample (the ANN's cost; padding included, the
+            usual convention).
+        neurons: source name → number of elements (neurons) per sample.
+        analog: synaptic layers fed by the input without a spike source in between (with
+            direct input they multiply-accumulate at every step).
+    """
+
+    fan_out: dict[str, Tensor]
+    macs: dict[str, int]
+    neurons: dict[str, int]
+    analog: tuple[str, ...] = ()
+
+    @property
+    def input_macs(self) -> int:
+        """MACs per step of the layers that receive the analog input."""
+        return sum(self.macs[name] for name in self.analog)
+
+    @property
+    def total_macs(self) -> int:
+        return sum(self.macs.values())
+
+
+class _ConnectivityPass(fx.Interpreter):
+    """Runs the graph with unit weights, summing pools and a fresh leaf after every spike
+    source, so that d(Σ synaptic outputs)/d(leaf) is each source's fan-out."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.leaves: dict[str, Tensor] = {}
+        self.outputs: list[Tensor] = []
+        self.macs: dict[str, int] = {}
+        self.analog: set[str] = set()  # nodes whose value derives from the input directly
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        inputs = {a.name for a in n.all_input_nodes}
+        is_source = n.op == "call_module" and isinstance(
+            self.fetch_attr(n.target), SpikingNeuron | SpikingMaxPool)
+        if n.op == "placeholder" or (inputs & self.analog and not is_source):
+            self.analog.add(n.name)
+        return out
+
+    def _leaf(self, name: str, like: Tensor) -> Tensor:
+        leaf = torch.zeros_like(like).requires_grad_()
+        self.leaves[name] = leaf
+        return leaf
+
+    def placeholder(self, target: Any, args: Any, kwargs: Any) -> Any:
+        value = super().placeholder(target, args, kwargs)
+        return self._leaf("input", value) if isinstance(value, Tensor) else value
+
+    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+        module = self.fetch_attr(target)
+        x = args[0]
+        if isinstance(module, SpikingNeuron):
+            return self._leaf(target, x)
+        if isinstance(module, SpikingMaxPool):
+            return self._leaf(target, _sum_pool(module.pool, x))
+        if isinstance(module, _SYNAPTIC):
+            weight = torch.ones_like(module.weight)
+            if isinstance(module, nn.Linear):
+                out = F.linear(x, weight)
+            else:
+                out = module._conv_forward(x, weight, None)
+            self.macs[target] = out.numel() * module.weight[0].numel()
+            self.outputs.append(out)
+            return out
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            return x
+        if isinstance(module, nn.AvgPool1d | nn.AvgPool2d | nn.AdaptiveAvgPool1d
+                      | nn.AdaptiveAvgPool2d):
+            return _sum_pool(module, x)
+        return super().call_module(target, args, kwargs)
+
+    def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
+        if target in (F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d,
+                      F.adaptive_avg_pool2d):
+            return _sum_pool(lambda t: target(t, *args[1:], **kwargs), args[0])
+        return super().call_function(target, args, kwargs)
+
+
+def _sum_pool(pool: Any, x: Tensor) -> Tensor:
+    """A pool that adds instead of averaging (or passes everything, for a max-pool): each
+    input reaches its window's output with weight one. Built as the average pool times the
+    window size, ``prod(in) / prod(out)`` for adaptive and non-overlapping windows."""
+    if isinstance(pool, nn.MaxPool1d | nn.MaxPool2d):
+        avg = (F.avg_pool2d if isinstance(pool, nn.MaxPool2d) else F.avg_pool1d)
+        y = avg(x, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode)
+    else:
+        y = pool(x)
+    return y * (x[0, 0].numel() / y[0, 0].numel())
+
+
+def connectivity(snn: SpikingNetwork, example: Tensor) -> Connectivity:
+    """Fan-out maps and MACs of ``snn`` for inputs shaped like ``example`` (one sample used)."""
+    interp = _ConnectivityPass(snn.graph)
+    with torch.enable_grad():
+        interp.run(torch.zeros_like(example[:1]).float(), 1)
+        total = sum(out.sum() for out in interp.outputs)
+        leaves = list(interp.leaves.values())
+        grads = torch.autograd.grad(total, leaves, allow_unused=True)
+    fan_out = {name: (g if g is not None else torch.zeros_like(leaf)).detach()
+               for (name, leaf), g in zip(interp.leaves.items(), grads, strict=True)}
+    neurons = {name: leaf[0].numel() for name, leaf in interp.leaves.items()}
+    analog = tuple(n.target for n in snn.graph.graph.nodes
+                   if n.name in interp.analog and n.target in interp.macs)
+    return Connectivity(fan_out, interp.macs, neurons, analog)
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate` measured (per sample unless said otherwise).
+
+    Attributes:
+        timesteps: ``[1, ..., T]``.
+        accuracy: SNN test accuracy (%) after each t.
+        ann_accuracy: the ANN's accuracy (%) when an ANN was given.
+        agreement: % of samples where the SNN after t steps predicts the ANN's class.
+        sops_per_sample: SOPs over all T steps (events × fan-out).
+        unit_sops_per_sample: the same counting unit spikes |c|.
+        sops_per_step: cumulative SOPs per sample after each t.
+        ann_macs_per_sample: MACs of the ANN.
+        energy_per_sample: joules, ``{"snn": ..., "ann": ...}`` (SNN at T steps).
+        firing_rates: layer → unit spikes per neuron per step.
+        layer_sops: layer → SOPs per sample over T.
+        samples: test samples evaluated.
+        seconds: wall time of the evaluation.
+    """
+
+    timesteps: list[int]
+    accuracy: list[float]
+    ann_accuracy: float | None
+    agreement: list[float] | None
+    sops_per_sample: float
+    unit_sops_per_sample: float
+    sops_per_step: list[float]
+    ann_macs_per_sample: int
+    energy_per_sample: dict[str, float]
+    firing_rates: dict[str, float]
+    layer_sops: dict[str, float]
+    samples: int
+    seconds: float
+    conventions: str = field(default=CONVENTIONS)
+
+    def at(self, t: int) -> float:
+        """Accuracy after ``t`` steps."""
+        return self.accuracy[t - 1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Monitor:
+    """Forward hooks that count events and unit spikes of every spike source."""
+
+    def __init__(self, snn: SpikingNetwork, conn: Connectivity, steps: int) -> None:
+        self.conn, self.steps = conn, steps
+        self.events = torch.zeros(steps, dtype=torch.float64)  # fan-out weighted, per step
+        self.layer_events: dict[str, float] = {}
+        self.layer_units: dict[str, float] = {}
+        self.unit_spikes: dict[str, float] = {}
+        self.handles = []
+        sources = {n.target: snn.graph.get_submodule(n.target) for n in snn.graph.graph.nodes
+                   if n.op == "call_module" and isinstance(snn.graph.get_submodule(n.target),
+                                                           SpikingNeuron | SpikingMaxPool)}
+        for name, module in sources.items():
+            self.handles.append(module.register_forward_hook(self._hook(name)))
+
+    def _hook(self, name: str) -> Any:
+        fan_out = self.conn.fan_out[name]
+
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+            self.count(name, output, module, fan_out.to(output.device))
+        return hook
+
+    def count(self, name: str, output: Tensor, module: nn.Module | None, fan_out: Tensor
+              ) -> None:
+        out = output.unflatten(0, (self.steps, -1))
+        events = (out != 0).to(torch.float32)
+        if isinstance(module, SpikingNeuron):
+            units = (out / module._theta_for(out[0])).abs().round()
+        else:
+            units = events
+        per_step = (events * fan_out).flatten(1).sum(1).double().cpu()
+        self.events += per_step
+        self.layer_events[name] = self.layer_events.get(name, 0.0) + float(per_step.sum())
+        self.layer_units[name] = (self.layer_units.get(name, 0.0)
+                                  + float((units * fan_out).sum()))
+        self.unit_spikes[name] = self.unit_spikes.get(name, 0.0) + float(units.sum())
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def evaluate(snn: SpikingNetwork, loader: Iterable[tuple[Tensor, Tensor]],
+             timesteps: int | None = None, ann: nn.Module | None = None,
+             max_batches: int | None = None, progress: bool = True) -> EvaluationResult:
+    """Accuracy at every t = 1..T in one run, with firing rates, SOPs and energy.
+
+    Args:
+        snn: a converted network.
+        loader: ``(x, y)`` batches (test data).
+        timesteps: T (default: ``snn.timesteps``).
+        ann: the source ANN, to report its accuracy and the SNN's agreement with it.
+        max_batches: stop after this many batches.
+        progress: show a progress bar.
+    """
+    steps = snn.timesteps if timesteps is None else timesteps
+    started = time.perf_counter()
+    device = next((b.device for b in snn.buffers()), torch.device("cpu"))
+    correct = torch.zeros(steps, dtype=torch.long)
+    agree = torch.zeros(steps, dtype=torch.long)
+    ann_correct, samples = 0, 0
+    generator = None
+    conn: Connectivity | None = None
+    monitor: _Monitor | None = None
+    total = len(loader) if hasattr(loader, "__len__") else None
+    if max_batches is not None:
+        total = max_batches if total is None else min(total, max_batches)
+    try:
+        for i, (x, y) in enumerate(tqdm(loader, desc=f"simulate T={steps}", unit="batch",
+                                        disable=not progress, leave=False, total=total)):
+            if max_batches is not None and i >= max_batches:
+                break
+            x, y = x.to(device), y.to(device)
+            if conn is None:
+                conn = connectivity(snn, x)
+                monitor = _Monitor(snn, conn, steps)
+                if snn.encoder == "poisson":
+                    generator = torch.Generator(device=x.device).manual_seed(snn.seed)
+            sequence = encode(snn.encoder, x, steps, generator)
+            if snn.encoder != "direct":
+                monitor.count("input", sequence.flatten(0, 1), None, conn.fan_out["input"])
+            out = snn.simulate(sequence)
+            predictions = out.cumsum(dim=0).argmax(dim=-1)  # (T, B)
+            correct += (predictions == y).sum(dim=1).cpu()
+            if ann is not None:
+                with torch.inference_mode():
+                    reference = ann.eval()(x).argmax(dim=-1)
+                ann_correct += int((reference == y).sum())
+                agree += (predictions == reference).sum(dim=1).cpu()
+            samples += y.numel()
+    finally:
+        if monitor is not None:
+            monitor.close()
+    if samples == 0 or conn is None or monitor is None:
+        raise ValueError("evaluate() got no test batches")
+    return _result(snn, steps, correct, agree if ann is not None else None,
+                   ann_correct if ann is not None else None, samples, conn, monitor,
+                   time.perf_counter() - started)
+
+
+def _result(snn: SpikingNetwork, steps: int, correct: Tensor, agree: Tensor | None,
+            ann_correct: int | None, samples: int, conn: Connectivity, monitor: _Monitor,
+            seconds: float) -> EvaluationResult:
+    sops = float(monitor.events.sum()) / samples
+    units = sum(monitor.layer_units.values()) / samples
+    macs = conn.total_macs
+    # with direct input, the layers fed by the input do MACs at every step
+    input_macs = conn.input_macs if snn.encoder == "direct" else 0
+    energy_snn = ENERGY_PER_SOP * sops + ENERGY_PER_MAC * input_macs * steps
+    rates = {name: monitor.unit_spikes[name] / (samples * steps * conn.neurons[name])
+             for name in monitor.unit_spikes if name != "input"}
+    return EvaluationResult(
+        timesteps=list(range(1, steps + 1)),
+        accuracy=(100.0 * correct.double() / samples).tolist(),
+        ann_accuracy=None if ann_correct is None else 100.0 * ann_correct / samples,
+        agreement=None if agree is None else (100.0 * agree.double() / samples).tolist(),
+        sops_per_sample=sops, unit_sops_per_sample=units,
+        sops_per_step=(monitor.events.cumsum(0) / samples).tolist(),
+        ann_macs_per_sample=macs,
+        energy_per_sample={"snn": energy_snn, "ann": ENERGY_PER_MAC * macs},
+        firing_rates=rates,
+        layer_sops={k: v / samples for k, v in monitor.layer_events.items()},
+        samples=samples, seconds=seconds)

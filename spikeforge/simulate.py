@@ -1,0 +1,171 @@
+"""Time-folded simulation of a converted network.
+
+A converted network is the ANN's FX graph with every activation replaced by a
+:class:`~spikeforge.neurons.SpikingNeuron` and an extra ``timesteps`` input. The encoded input
+``(T, B, ...)`` is folded to ``(T·B, ...)``: every stateless layer (conv, linear, pooling,
+flatten, residual add) runs **once** on all steps at the same time — one large batched call
+instead of T small ones — and only the neurons unfold the time axis to scan over it.
+
+Max pooling, by policy (``max_pool=`` in :func:`spikeforge.convert`):
+
+* ``"cumulative"`` (default): :class:`SpikingMaxPool` emits at step t the increase of the
+  window's largest cumulative input, ``o(t) = M(t) − M(t−1)`` with
+  ``M(t) = maxpool(Σ_{τ≤t} x(τ))``, so that its cumulative output is exactly the max-pool of
+  its cumulative inputs (the rate-coded max). Its outputs are integer multiples of the
+  upstream threshold and may be several unit spikes in one step.
+* ``"error"``: conversion fails with a message recommending average pooling.
+
+Memory: a call splits the batch into chunks so that the activations of one chunk, T steps at
+once, stay within ``memory_budget`` bytes (estimated from the layer sizes of one sample).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+
+from spikeforge.encoding import ENCODERS, encode
+from spikeforge.neurons import SpikingNeuron
+
+__all__ = ["SpikingMaxPool", "SpikingNetwork", "activation_bytes"]
+
+
+class SpikingMaxPool(nn.Module):
+    """Max pooling of rate-coded spike trains (see the module docstring).
+
+    Args:
+        pool: the ANN's max-pool, a module or a function of one tensor.
+
+    Shape:
+        - Input: time-folded ``(T·B, C, ...)`` with ``timesteps=T``.
+        - Output: time-folded, pooled.
+    """
+
+    def __init__(self, pool: nn.Module) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x: Tensor, timesteps: int) -> Tensor:
+        cumulative = x.unflatten(0, (timesteps, -1)).cumsum(dim=0)
+        pooled = self.pool(cumulative.flatten(0, 1)).unflatten(0, (timesteps, -1))
+        return torch.diff(pooled, dim=0, prepend=torch.zeros_like(pooled[:1])).flatten(0, 1)
+
+
+class _FunctionPool(nn.Module):
+    """A pooling function with its arguments bound, as a module."""
+
+    def __init__(self, function: Any, args: tuple, kwargs: dict) -> None:
+        super().__init__()
+        self.function, self.args, self.kwargs = function, args, kwargs
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.function(x, *self.args, **self.kwargs)
+
+
+def activation_bytes(gm: fx.GraphModule, example: Tensor) -> int:
+    """Bytes of all intermediate tensors of ``gm`` for one sample of ``example`` — the
+    memory one sample costs per time step in the time-folded simulation (an upper bound)."""
+    total = 0
+
+    class Probe(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            nonlocal total
+            out = super().run_node(n)
+            if isinstance(out, Tensor):
+                total += out.numel() * out.element_size()
+            return out
+
+    with torch.no_grad():
+        Probe(gm).run(example[:1])
+    return total
+
+
+class SpikingNetwork(nn.Module):
+    """A converted spiking network: ``snn(x, timesteps=T) -> (T, B, classes)``.
+
+    The readout (the last layer) does not spike: entry t of the output is its input current
+    at step t, and class scores after t steps are the sum of the first t entries (the
+    accumulated readout of Rueckauer et al. 2017). State is reset at the start of every
+    call, so the same input gives the same output; Poisson input is drawn from a generator
+    seeded with ``seed`` (or the one passed).
+
+    Args:
+        graph: the rewritten graph, called as ``graph(x_folded, timesteps)``.
+        timesteps: default number of steps.
+        encoder: ``"direct"`` or ``"poisson"`` (:mod:`spikeforge.encoding`).
+        seed: seed of the Poisson encoder.
+        memory_budget: bytes of activations one chunk of the batch may take (all T steps).
+        bytes_per_sample_step: activation bytes of one sample at one step.
+        info: what the converter did (method, options, thresholds), for reports.
+    """
+
+    def __init__(self, graph: fx.GraphModule, timesteps: int = 32, encoder: str = "direct",
+                 seed: int = 0, memory_budget: int = 2 << 30, bytes_per_sample_step: int = 0,
+                 info: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {encoder!r}; valid: {', '.join(ENCODERS)}")
+        self.graph = graph
+        self.timesteps, self.encoder, self.seed = _check_timesteps(timesteps), encoder, seed
+        self.memory_budget, self.bytes_per_sample_step = memory_budget, bytes_per_sample_step
+        self.info = dict(info or {})
+
+    def neurons(self) -> dict[str, SpikingNeuron]:
+        """The spiking layers by name, in execution order."""
+        return {n.target: self.graph.get_submodule(n.target) for n in self.graph.graph.nodes
+                if n.op == "call_module"
+                and isinstance(self.graph.get_submodule(n.target), SpikingNeuron)}
+
+    def chunk_size(self, timesteps: int) -> int:
+        """Samples per chunk that keep T steps of activations within the memory budget."""
+        if self.bytes_per_sample_step <= 0:
+            return 1 << 30
+        return max(1, self.memory_budget // (self.bytes_per_sample_step * timesteps))
+
+    def forward(self, x: Tensor, timesteps: int | None = None,
+                generator: torch.Generator | None = None) -> Tensor:
+        """Run ``timesteps`` steps on the static input ``x (B, ...)``; returns ``(T, B, C)``.
+
+        Raises:
+            ValueError: non-finite input or a bad number of steps.
+        """
+        steps = self.timesteps if timesteps is None else _check_timesteps(timesteps)
+        if generator is None and self.encoder == "poisson":
+            generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        return self.simulate(encode(self.encoder, x, steps, generator))
+
+    def simulate(self, sequence: Tensor) -> Tensor:
+        """Run the network on an encoded input sequence ``(T, B, ...)``; returns
+        ``(T, B, C)``. The batch is processed in chunks that fit the memory budget."""
+        steps = sequence.shape[0]
+        if not bool(torch.isfinite(sequence).all()):
+            raise ValueError("the SNN input contains NaN or Inf values")
+        with torch.inference_mode():
+            outs = []
+            for chunk in sequence.split(self.chunk_size(steps), dim=1):
+                out = self.graph(chunk.reshape(-1, *chunk.shape[2:]), steps)
+                outs.append(out.unflatten(0, (steps, chunk.shape[1])))
+        return torch.cat(outs, dim=1)
+
+    def extra_repr(self) -> str:
+        method = self.info.get("method", "?")
+        return (f"method={method}, timesteps={self.timesteps}, encoder={self.encoder}, "
+                f"neurons={len(self.neurons())}")
+
+
+def _check_timesteps(timesteps: int) -> int:
+    if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
+        raise ValueError(f"timesteps must be an integer >= 1, got {timesteps!r}")
+    return timesteps
+
+
+def max_pool_module(node: fx.Node, gm: fx.GraphModule) -> nn.Module:
+    """The ANN max-pool at ``node`` as a module (binding a functional call's arguments)."""
+    if node.op == "call_module":
+        return gm.get_submodule(node.target)
+    if any(isinstance(a, fx.Node) for a in (*node.args[1:], *node.kwargs.values())):
+        raise ValueError(f"max pool {node.name!r} has arguments computed at run time")
+    return _FunctionPool(node.target, tuple(node.args[1:]), dict(node.kwargs))
+

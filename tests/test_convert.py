@@ -1,0 +1,343 @@
+"""Conversion engine: graph checks, BN folding, calibration, the three methods on a network
+trained here on the bundled MNIST subset, simulation, statistics and the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import spikeforge as sf
+from spikeforge.convert import ConversionError, StreamingPercentile, prepare
+from spikeforge.data import BatchLoader, load_dataset
+from spikeforge.metrics import connectivity
+from spikeforge.nn import ClippedReLU
+from spikeforge.simulate import SpikingMaxPool
+
+
+class UserNet(nn.Module):
+    """Written the way users write models: functional relu, a residual add, BN, dropout,
+    average pooling, view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.drop = nn.Dropout(0.1)
+        self.fc1 = nn.Linear(16 * 7 * 7, 64)
+        self.fc2 = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.avg_pool2d(x, 2)
+        x = torch.relu(x + self.bn2(self.conv2(x)))  # one neuron receives both currents
+        x = F.avg_pool2d(x, 2)
+        x = self.drop(x.view(x.size(0), -1))
+        return self.fc2(self.fc1(x).relu())
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    train = load_dataset("mnist_demo", "train")
+    test = load_dataset("mnist_demo", "test")
+    return (BatchLoader(train, 64, shuffle=True, seed=0), BatchLoader(test, 500),
+            [x for x, _ in BatchLoader(train.subset(1024, seed=0), 256)])
+
+
+@pytest.fixture(scope="module")
+def trained(mnist):
+    """UserNet trained for two epochs on the bundled MNIST subset (about 10 s)."""
+    torch.manual_seed(0)
+    train, test, _ = mnist
+    model = UserNet()
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for epoch in range(2):
+        train.set_epoch(epoch)
+        model.train()
+        for x, y in train:
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    return model.eval()
+
+
+def ann_accuracy(model, loader):
+    with torch.no_grad():
+        hits = sum(int((model(x).argmax(1) == y).sum()) for x, y in loader)
+    return 100.0 * hits / sum(len(y) for _, y in loader)
+
+
+# --- graph --------------------------------------------------------------------------------
+
+def test_prepare_folds_bn_drops_dropout_and_keeps_the_function(trained, mnist):
+    gm = prepare(trained)
+    kinds = {type(m).__name__ for m in gm.modules()}
+    assert "BatchNorm2d" not in kinds and "Dropout" not in kinds
+    x = mnist[2][0]
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), trained(x), atol=1e-4, rtol=1e-4)
+    assert trained.bn1.running_var is not None  # the user's model is untouched
+    assert any(isinstance(m, nn.BatchNorm2d) for m in trained.modules())
+
+
+def test_unsupported_operation_names_node_and_source_line():
+    class Sig(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.sigmoid(self.fc(x).relu())
+
+    with pytest.raises(ConversionError, match=r"sigmoid.*test_convert\.py:\d+"):
+        sf.convert(Sig(), [torch.randn(8, 4)])
+
+
+def test_model_without_activation_is_refused():
+    with pytest.raises(ConversionError, match="no ReLU-like activation"):
+        sf.convert(nn.Sequential(nn.Linear(4, 3)), [torch.randn(8, 4)])
+
+
+def test_bad_calibration_data_is_refused():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    with pytest.raises(ConversionError, match="calibration data is empty"):
+        sf.convert(model, [])
+    with pytest.raises(ConversionError, match="NaN or Inf"):
+        sf.convert(model, [torch.full((2, 4), float("nan"))])
+    dead = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    nn.init.constant_(dead[0].bias, -100.0)
+    with pytest.raises(ConversionError, match=r"module '1' \(ReLU\).*no positive value"):
+        sf.convert(dead, [torch.randn(8, 4)])
+
+
+def test_unknown_method_and_misplaced_options():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    with pytest.raises(ConversionError, match="unknown conversion method 'qcfs_typo'.*valid"):
+        sf.convert(model, [torch.randn(8, 4)], "qcfs_typo")
+    with pytest.raises(ConversionError, match="cap and levels apply to augmented"):
+        sf.convert(model, [torch.randn(8, 4)], "termapping", cap=2)
+    with pytest.raises(ConversionError, match="unknown initial 'middle'"):
+        sf.convert(model, [torch.randn(8, 4)], initial="middle")
+
+
+def test_max_pool_policies():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(4 * 3 * 3, 2))
+    data = [torch.randn(8, 1, 8, 8)]
+    with pytest.raises(ConversionError, match="max pooling.*average pooling"):
+        sf.convert(model, data, max_pool="error")
+    snn = sf.convert(model, data, progress=False)
+    assert any(isinstance(m, SpikingMaxPool) for m in snn.modules())
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 12), st.integers(0, 2**31 - 1))
+def test_spiking_max_pool_tracks_the_max_of_cumulative_inputs(steps, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(steps, 2, 3, 4, 4, generator=g) < 0.4).float()
+    out = SpikingMaxPool(nn.MaxPool2d(2))(x.flatten(0, 1), steps).unflatten(0, (steps, 2))
+    expected = F.max_pool2d(x.cumsum(0).flatten(0, 1), 2).unflatten(0, (steps, 2))
+    torch.testing.assert_close(out.cumsum(0), expected)
+
+
+# --- calibration --------------------------------------------------------------------------
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 5), st.floats(0.01, 1e4), st.sampled_from([50.0, 99.0, 99.9, 100.0]),
+       st.integers(0, 2**31 - 1))
+def test_streaming_percentile_matches_exact_quantile(chunks, scale, p, seed):
+    g = torch.Generator().manual_seed(seed)
+    data = torch.randn(chunks * 2000, generator=g).exp() * scale * torch.rand(1, generator=g)
+    data[::3] = -1.0  # non-positive entries are ignored
+    sp = StreamingPercentile(bins=4096)
+    for part in data.chunk(chunks):
+        sp.update(part)
+    positive = data[data > 0].double().numpy()
+    exact = np.percentile(positive, p, method="inverted_cdf")
+    got = float(sp.percentile(p))
+    assert exact <= got * (1 + 1e-6)  # never below: thresholds err on the safe side
+    assert got <= exact + 2 * positive.max() / 4096 + 1e-9
+    if p == 100.0:
+        assert got == pytest.approx(positive.max(), rel=1e-6)
+
+
+def test_channelwise_percentile_per_channel():
+    x = torch.rand(64, 3, 5, 5) * torch.tensor([1.0, 10.0, 100.0]).view(1, 3, 1, 1)
+    sp = StreamingPercentile(channels=3)
+    sp.update(x[:32])
+    sp.update(x[32:])
+    torch.testing.assert_close(sp.percentile(100.0), x.amax((0, 2, 3)))
+    assert sp.percentile(50.0).tolist() == pytest.approx([0.5, 5.0, 50.0], rel=0.05)
+
+
+# --- conversion on a trained network ------------------------------------------------------
+
+def test_threshold_balancing_agrees_with_ann_at_t64(trained, mnist):
+    _, test, calibration = mnist
+    snn = sf.convert(trained, calibration, "threshold_balancing", timesteps=64, progress=False)
+    result = sf.evaluate(snn, test, ann=trained, progress=False)
+    assert len(result.accuracy) == 64
+    assert result.agreement[-1] >= 99.0, result.agreement[-8:]
+    assert result.accuracy[-1] >= result.ann_accuracy - 1.0
+    assert result.accuracy[-1] > result.accuracy[3]  # rate coding improves with time
+    assert result.ann_accuracy == pytest.approx(ann_accuracy(trained, test))
+
+
+@pytest.mark.parametrize("method, t, tolerance", [("termapping", 32, 1.5),
+                                                 ("augmapping", 2, 0.5)])
+def test_termapping_and_augmapping_reach_the_ann(trained, mnist, method, t, tolerance):
+    _, test, calibration = mnist
+    snn = sf.convert(trained, calibration, method, timesteps=t, progress=False)
+    result = sf.evaluate(snn, test, ann=trained, progress=False)
+    assert result.accuracy[-1] >= result.ann_accuracy - tolerance
+
+
+def test_channelwise_thresholds_one_per_channel(trained, mnist):
+    snn = sf.convert(trained, mnist[2], channelwise=True, progress=False)
+    widths = {name: n.threshold.numel() for name, n in snn.neurons().items()}
+    assert sorted(widths.values()) == [16, 16, 64]
+
+
+def test_augmapping_is_the_rounded_ann_at_t1_for_one_layer():
+    """One augmented layer with θ = λ/L, v(0) = θ/2 emits round(z·L/λ) units at t = 1."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3))
+    data = [torch.randn(256, 6)]
+    snn = sf.convert(model, data, "augmapping", levels=4, percentile=100, progress=False)
+    (theta,) = [n.threshold for n in snn.neurons().values()]
+    x = data[0][:16]
+    with torch.no_grad():
+        z = model[0](x)
+        hidden = torch.floor(z.clamp(min=0) / theta + 0.5) * theta
+        expected = model[2](hidden)
+    torch.testing.assert_close(snn(x, timesteps=1)[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_clipped_relu_model_converts_with_threshold_at_most_clip():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), ClippedReLU(0.5), nn.Linear(32, 3))
+    snn = sf.convert(model, [torch.randn(256, 6) * 3], percentile=100, progress=False)
+    (theta,) = [float(n.threshold) for n in snn.neurons().values()]
+    assert 0 < theta <= 0.5
+
+
+# --- simulation ---------------------------------------------------------------------------
+
+def test_direct_input_is_deterministic_and_poisson_is_seeded(trained, mnist):
+    x = mnist[2][0][:32]
+    snn = sf.convert(trained, mnist[2], timesteps=8, progress=False)
+    torch.testing.assert_close(snn(x), snn(x), rtol=0, atol=0)
+    p1 = sf.convert(trained, mnist[2], timesteps=8, encoder="poisson", seed=1, progress=False)
+    p2 = sf.convert(trained, mnist[2], timesteps=8, encoder="poisson", seed=2, progress=False)
+    torch.testing.assert_close(p1(x), p1(x), rtol=0, atol=0)
+    assert not torch.equal(p1(x), p2(x))
+
+
+def test_chunking_keeps_the_result(trained, mnist):
+    x = mnist[2][0][:40]
+    snn = sf.convert(trained, mnist[2], timesteps=6, progress=False)
+    full = snn(x)
+    snn.memory_budget = snn.bytes_per_sample_step * 6 * 7  # 7 samples per chunk
+    assert snn.chunk_size(6) == 7
+    torch.testing.assert_close(snn(x), full)
+
+
+def test_non_finite_input_and_bad_timesteps(trained, mnist):
+    snn = sf.convert(trained, mnist[2], progress=False)
+    x = mnist[2][0][:2].clone()
+    x[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        snn(x)
+    with pytest.raises(ValueError, match="timesteps must be an integer >= 1"):
+        snn(mnist[2][0][:2], timesteps=0)
+
+
+# --- statistics ---------------------------------------------------------------------------
+
+def test_sops_and_macs_count_synapses_exactly():
+    """Linear(6→5)-ReLU-Linear(5→3): each hidden spike drives 3 synapses; MACs 6·5 + 5·3."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    data = [torch.randn(64, 6)]
+    snn = sf.convert(model, data, timesteps=5, progress=False)
+    conn = connectivity(snn, data[0])
+    assert conn.macs == {"0": 30, "2": 15}
+    assert conn.fan_out["input"].flatten().tolist() == [5.0] * 6
+    (name,) = snn.neurons()
+    x = data[0][:10]
+    with torch.no_grad():
+        spikes = snn.graph.get_submodule(name)(model[0](x).repeat(5, 1), 5)
+    result = sf.evaluate(snn, [(x, torch.zeros(10, dtype=torch.long))], progress=False)
+    assert result.sops_per_sample == pytest.approx(float((spikes != 0).sum()) * 3 / 10)
+    assert result.ann_macs_per_sample == 45
+    rate = float((spikes != 0).sum()) / (10 * 5 * 5)
+    assert result.firing_rates[name] == pytest.approx(rate)
+    energy = 0.9e-12 * result.sops_per_sample + 4.6e-12 * 30 * 5  # direct input: MACs each step
+    assert result.energy_per_sample["snn"] == pytest.approx(energy)
+    assert result.energy_per_sample["ann"] == pytest.approx(4.6e-12 * 45)
+
+
+def test_fan_out_through_pooling_and_padding(trained, mnist):
+    snn = sf.convert(trained, mnist[2], progress=False)
+    conn = connectivity(snn, mnist[2][0])
+    # conv1 (1→16, 3x3, pad 1, 28x28): MACs = 28·28·16·9 (padding included, as usual), but
+    # a pixel drives only real connections: per axis 26 pixels reach 3 rows, 2 edge ones 2
+    assert conn.macs["conv1"] == 28 * 28 * 16 * 9
+    assert float(conn.fan_out["input"].sum()) == (26 * 3 + 2 * 2) ** 2 * 16
+    assert conn.input_macs == conn.macs["conv1"]
+    # an interior input pixel drives 16 channels x 9 positions
+    assert float(conn.fan_out["input"][0, 0, 10, 10]) == 144
+    # the first neurons reach conv2 through a 2x2 sum-pool and the residual add's neuron
+    first = next(iter(snn.neurons()))
+    assert float(conn.fan_out[first][0, 0, 10, 10]) == 16 * 9
+
+
+def test_augmented_units_counted_beside_events(trained, mnist):
+    snn = sf.convert(trained, mnist[2], "augmapping", timesteps=2, progress=False)
+    result = sf.evaluate(snn, [next(iter(mnist[1]))], progress=False)
+    assert result.unit_sops_per_sample > result.sops_per_sample > 0
+    assert {"accuracy", "firing_rates", "sops_per_sample"} <= set(result.to_dict())
+
+
+# --- CLI ----------------------------------------------------------------------------------
+
+def test_convert_cli_writes_results_json_and_table(tmp_path, capsys):
+    from spikeforge.cli import main
+
+    assert main(["train", "configs/mnist_cnn.yaml", "data.dataset=mnist_demo",
+                 "data.train_subset=1024", "data.test_subset=200", "optim.epochs=1",
+                 "model.options={width: 0.25}", f"--out-dir={tmp_path / 'run'}"]) == 0
+    out = tmp_path / "conv.json"
+    code = main(["convert", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"),
+                 "--method", "threshold_balancing", "augmapping:cap=4", "--timesteps", "4",
+                 "--test-subset", "100", "--calibration-samples", "256", "--no-progress",
+                 "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "augmapping cap=4" in printed and re.search(r"\|\s+ANN\s+\|", printed)
+    entries = json.loads(out.read_text())["results"]
+    assert [e["method"] for e in entries] == ["threshold_balancing", "augmapping"]
+    for e in entries:
+        for key in ("dataset", "model", "timesteps", "accuracy", "ann_accuracy",
+                    "sops_per_sample", "ann_macs_per_sample", "energy_per_sample",
+                    "firing_rates", "provenance"):
+            assert key in e
+        assert e["dataset"] == "mnist_demo" and len(e["accuracy"]) == 4
+    assert entries[1]["options"]["cap"] == 4
+    assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_convert_cli_errors_are_clear(tmp_path, capsys):
+    from spikeforge.cli import main
+
+    assert main(["convert", "--checkpoint", str(tmp_path / "none.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
