@@ -49,6 +49,20 @@ def summary_from_checkpoint(run_dir: Path, command: str | None) -> dict:
     return summary
 
 
+def publish_model(checkpoint: Path, dest: Path) -> None:
+    """The trained weights without optimizer state (a few MB): enough for
+    ``spikeforge convert --checkpoint results/<run>/model.pt`` without retraining."""
+    import torch
+
+    from spikeforge.runtime import atomic_torch_save
+    from spikeforge.train import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    atomic_torch_save({k: state[k] for k in ("model", "model_spec", "config", "epoch")
+                       if k in state}, dest)
+    assert torch.load(dest, weights_only=True)["model"].keys() == state["model"].keys()
+
+
 def publish(run_dir: Path, results_dir: Path, command: str | None = None) -> Path:
     dest = results_dir / run_dir.name
     dest.mkdir(parents=True, exist_ok=True)
@@ -59,6 +73,8 @@ def publish(run_dir: Path, results_dir: Path, command: str | None = None) -> Pat
         summary = summary_from_checkpoint(run_dir, command)
         (dest / "results.json").write_text(json.dumps(summary, indent=2))
     shutil.copy2(run_dir / "metrics.jsonl", dest / "metrics.jsonl")
+    if summary.get("finished") and (run_dir / "checkpoint.pt").is_file():
+        publish_model(run_dir / "checkpoint.pt", dest / "model.pt")
     plot_training_curves(summary["history"], dest / "training_curves.png",
                          title=f"{summary['model']} on {summary['dataset']}")
     return dest
@@ -76,7 +92,7 @@ def table(results_dir: Path, base: Path) -> str:
         rows.append({
             "data set": s["dataset"], "model": s["model"],
             "epochs": f"{s['epochs']}" + ("" if s.get("finished", True)
-                                         else f" of {s['epochs_planned']} (running)"),
+                                         else f" of {s['epochs_planned']} (unfinished)"),
             "test acc %": s["test_accuracy"], "best %": s["best_test_accuracy"],
             "train min": prov["train_seconds"] / 60,
             "median s/epoch": statistics.median(h["epoch_seconds"] for h in history),

@@ -9,7 +9,7 @@ method                        neuron
                               count (``symmetric=True``: ungated) (Yu et al., TNNLS 2022)
 ``augmapping``                augmented: c(t) = ⌊m/θ⌋ unit spikes in one event, optional
                               ``cap``, with TerMapping's gated negative side (Yu et al. 2022),
-                              unit θ = λ/L (``levels`` L, default 8) and v(0) = θ/2
+                              unit θ = λ/L (``levels`` L, default 16) and v(0) = θ/2
 ============================  ===========================================================
 
 All use reset by subtraction and the direct encoder unless told otherwise; θ of each layer is
@@ -52,7 +52,7 @@ __all__ = ["METHODS", "convert", "to_spiking"]
 METHODS: dict[str, dict[str, Any]] = {
     "threshold_balancing": {"rule": "binary", "initial": "zero", "levels": 1},
     "termapping": {"rule": "ternary", "initial": "zero", "levels": 1},
-    "augmapping": {"rule": "augmented", "initial": "half", "levels": 8},
+    "augmapping": {"rule": "augmented", "initial": "half", "levels": 16},
 }
 
 
@@ -116,7 +116,7 @@ def convert(model: nn.Module, calibration: Iterable[Any], method: str = "thresho
             (``"half"`` for ``augmapping``, else ``"zero"``).
         symmetric: ungated negative spikes (``termapping``/``augmapping``).
         levels: L, unit spikes per λ of an augmented neuron: θ = λ/L (``augmapping`` only;
-            default 8).
+            default 16).
         cap: largest coefficient of an augmented spike (``augmapping``; None = uncapped).
         max_pool: ``"cumulative"`` or ``"error"`` (see :mod:`spikeforge.simulate`).
         encoder: ``"direct"`` or ``"poisson"``.

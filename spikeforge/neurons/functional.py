@@ -135,7 +135,8 @@ def neuron_step(z: Tensor, state: NeuronState, params: NeuronParams
         v = m - s * params.threshold
     else:
         v = torch.where(s != 0, torch.zeros_like(m), m)
-    return s, NeuronState(v, state.count + s)
+    count = state.count if params.rule == "binary" else state.count + s
+    return s, NeuronState(v, count)
 
 
 def neuron_scan(z: Tensor, params: NeuronParams, initial: Initial = "zero",
@@ -143,14 +144,16 @@ def neuron_scan(z: Tensor, params: NeuronParams, initial: Initial = "zero",
     """Run :func:`neuron_step` over the leading time axis of ``z`` (T, B, ...).
 
     Returns:
-        The spike counts s, shaped like ``z``, and the final state.
+        The spike counts s, shaped like ``z``, and the final state. (The net count of a
+        binary neuron is not tracked — its rule never reads it — and stays at its initial
+        value.)
     """
     if z.ndim < 1 or z.shape[0] == 0:
         raise ValueError(f"expected a (T, ...) sequence with T >= 1, got shape {tuple(z.shape)}")
     if state is None:
         state = init_state(z[0], params, initial)
-    out = []
+    out = torch.empty_like(z)
     for t in range(z.shape[0]):
         s, state = neuron_step(z[t], state, params)
-        out.append(s)
-    return torch.stack(out), state
+        out[t] = s
+    return out, state
