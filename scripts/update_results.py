@@ -1,6 +1,7 @@
 """Publish training runs into ``results/`` and regenerate the README's results table from it.
 
     python scripts/update_results.py runs/mnist_cnn runs/fashion_mnist_cnn   # publish + table
+    python scripts/update_results.py runs/convert_mnist_cnn    # a `spikeforge convert` output
     python scripts/update_results.py                                        # table only
 
 Publishing copies a run's ``results.json`` and ``metrics.jsonl`` into ``results/<run name>/``
@@ -26,6 +27,7 @@ from spikeforge.experiments.plots import plot_training_curves  # noqa: E402
 from spikeforge.experiments.tables import markdown_table  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+CONVERT_START, CONVERT_END = "<!-- conversion:start -->", "<!-- conversion:end -->"
 
 
 def summary_from_checkpoint(run_dir: Path, command: str | None) -> dict:
@@ -66,6 +68,12 @@ def publish_model(checkpoint: Path, dest: Path) -> None:
 def publish(run_dir: Path, results_dir: Path, command: str | None = None) -> Path:
     dest = results_dir / run_dir.name
     dest.mkdir(parents=True, exist_ok=True)
+    record_path = run_dir / "results.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    if "results" in record:
+        for name in ("results.json", "results.png"):  # a `spikeforge convert` output folder
+            shutil.copy2(run_dir / name, dest / name)
+        return dest
     if (run_dir / "results.json").is_file():
         summary = json.loads((run_dir / "results.json").read_text())
         shutil.copy2(run_dir / "results.json", dest / "results.json")
@@ -104,13 +112,33 @@ def table(results_dir: Path, base: Path) -> str:
                       "per-epoch `metrics.jsonl` and `training_curves.png`):", "", *commands])
 
 
-def update_readme(readme: Path, text: str) -> None:
+def conversion_table(results_dir: Path, base: Path) -> str:
+    """Accuracy against T per data set and method, from ``spikeforge convert`` outputs."""
+    rows, commands = [], []
+    for path in sorted(results_dir.glob("*/results.json")):
+        entries = json.loads(path.read_text()).get("results")
+        if not entries:
+            continue
+        for e in entries:
+            points = [t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256) if t <= len(e["accuracy"])]
+            rows.append({"data set": e["dataset"], "method": e["label"],
+                         **{f"T={t}": e["accuracy"][t - 1] for t in points},
+                         "ANN": e["ann_accuracy"],
+                         f"M SOPs (T={points[-1]})": e["sops_per_sample"] / 1e6,
+                         "M MACs (ANN)": e["ann_macs_per_sample"] / 1e6,
+                         "folder": f"[{path.parent.name}]"
+                                   f"({os.path.relpath(path.parent, base)})"})
+        commands.append(f"- `{entries[0]['provenance']['command']}`")
+    return "\n".join([markdown_table(rows), "", "Commands:", "", *commands])
+
+
+def update_readme(readme: Path, text: str, start: str = START, end: str = END) -> None:
     content = readme.read_text()
-    if START not in content or END not in content:
-        raise SystemExit(f"{readme} has no {START} ... {END} section")
-    head, rest = content.split(START, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+    if start not in content or end not in content:
+        raise SystemExit(f"{readme} has no {start} ... {end} section")
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for run in args.runs:
         print(f"published {publish(run, args.results, args.command)}")
-    update_readme(args.readme, table(args.results, args.readme.resolve().parent))
+    base = args.readme.resolve().parent
+    update_readme(args.readme, table(args.results, base))
+    if CONVERT_START in args.readme.read_text():
+        update_readme(args.readme, conversion_table(args.results, base), CONVERT_START,
+                      CONVERT_END)
     print(f"updated {args.readme}")
     return 0
 

@@ -64,12 +64,16 @@ class _FunctionPool(nn.Module):
         return self.function(x, *self.args, **self.kwargs)
 
 
-def activation_bytes(gm: fx.GraphModule, example: Tensor) -> int:
-    """Bytes of all intermediate tensors of ``gm`` for one sample of ``example`` — the
-    memory one sample costs per time step in the time-folded simulation (an upper bound)."""
+def activation_bytes(gm: fx.GraphModule, *args: Any) -> int:
+    """Bytes of all intermediate tensors of ``gm(*args)`` — for one sample and one step,
+    the memory a sample costs per time step in the time-folded simulation (an upper
+    bound)."""
     total = 0
 
     class Probe(fx.Interpreter):
+        def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+            return self.fetch_attr(target).forward(*args, **kwargs)  # no hooks: a probe
+
         def run_node(self, n: fx.Node) -> Any:
             nonlocal total
             out = super().run_node(n)
@@ -78,7 +82,7 @@ def activation_bytes(gm: fx.GraphModule, example: Tensor) -> int:
             return out
 
     with torch.no_grad():
-        Probe(gm).run(example[:1])
+        Probe(gm).run(*args)
     return total
 
 
@@ -97,7 +101,8 @@ class SpikingNetwork(nn.Module):
         encoder: ``"direct"`` or ``"poisson"`` (:mod:`spikeforge.encoding`).
         seed: seed of the Poisson encoder.
         memory_budget: bytes of activations one chunk of the batch may take (all T steps).
-        bytes_per_sample_step: activation bytes of one sample at one step.
+        bytes_per_sample_step: activation bytes of one sample at one step (0: measured on
+            the first call).
         info: what the converter did (method, options, thresholds), for reports.
     """
 
@@ -142,6 +147,8 @@ class SpikingNetwork(nn.Module):
         steps = sequence.shape[0]
         if not bool(torch.isfinite(sequence).all()):
             raise ValueError("the SNN input contains NaN or Inf values")
+        if self.bytes_per_sample_step <= 0:
+            self.bytes_per_sample_step = activation_bytes(self.graph, sequence[0, :1], 1)
         with torch.inference_mode():
             outs = []
             for chunk in sequence.split(self.chunk_size(steps), dim=1):

@@ -93,12 +93,13 @@ def trace(model: nn.Module, leaves: Iterable[type[nn.Module]] = ()) -> fx.GraphM
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
-def source_line(node: fx.Node) -> str:
-    """``file:line in function`` of the user code that created ``node`` (or ``?``)."""
+def source_line(node: fx.Node) -> str | None:
+    """``file:line in function`` of the user code that created ``node``, if known (a layer
+    called from a torch container such as ``nn.Sequential`` has no user frame)."""
     frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', node.stack_trace or "")
     user = [f for f in frames if "/torch/" not in f[0]]
     if not user:
-        return "unknown source"
+        return None
     file, line, func = user[-1]
     return f"{file}:{line} in {func}"
 
@@ -111,7 +112,8 @@ def describe(node: fx.Node, gm: fx.GraphModule) -> str:
         what = f"function {getattr(node.target, '__name__', node.target)}"
     else:
         what = f"{node.op} {node.target!r}"
-    return f"node {node.name!r} = {what}, from {source_line(node)}"
+    source = source_line(node)
+    return f"node {node.name!r} = {what}" + (f" at {source}" if source else "")
 
 
 def is_activation(node: fx.Node, gm: fx.GraphModule,

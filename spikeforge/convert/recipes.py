@@ -35,33 +35,38 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from spikeforge.convert.calibrate import calibrate, calibration_inputs
+from spikeforge.convert.calibrate import calibrate
 from spikeforge.convert.graph import (
     ConversionError,
     activation_nodes,
+    describe,
     is_max_pool,
     prepare,
 )
 from spikeforge.neurons import SpikingNeuron
 from spikeforge.neurons.functional import INITIALS, RESETS
-from spikeforge.simulate import SpikingMaxPool, SpikingNetwork, activation_bytes, max_pool_module
+from spikeforge.nn import CSQCFS, QCFS
+from spikeforge.simulate import SpikingMaxPool, SpikingNetwork, max_pool_module
 
-__all__ = ["METHODS", "convert", "to_spiking"]
+__all__ = ["METHODS", "convert", "learned_thresholds", "to_spiking"]
 
-#: method → its spike rule and the defaults of its options (``levels``: θ = λ / levels)
+#: method → its spike rule, default v(0), where its thresholds come from and (for the
+#: learned ones) the activation type it expects
 METHODS: dict[str, dict[str, Any]] = {
-    "threshold_balancing": {"rule": "binary", "initial": "zero", "levels": 1},
-    "termapping": {"rule": "ternary", "initial": "zero", "levels": 1},
-    "augmapping": {"rule": "augmented", "initial": "half", "levels": 16},
+    "threshold_balancing": {"rule": "binary", "initial": "zero", "thresholds": "calibrate"},
+    "termapping": {"rule": "ternary", "initial": "zero", "thresholds": "calibrate"},
+    "augmapping": {"rule": "augmented", "initial": "half", "thresholds": "calibrate"},
+    "qcfs": {"rule": "binary", "initial": "half", "thresholds": "learned", "activation": QCFS},
+    "csqcfs": {"rule": "binary", "initial": "half", "thresholds": "learned",
+               "activation": CSQCFS},
 }
 
 
-def to_spiking(gm: fx.GraphModule, thresholds: dict[str, Tensor], neuron: dict[str, Any],
+def to_spiking(gm: fx.GraphModule, neurons: dict[str, dict[str, Any]],
                modules: tuple[type[nn.Module], ...] = ()) -> fx.GraphModule:
     """Rewrite the prepared ANN graph ``gm`` into a time-folded SNN graph (a new module):
-    every activation becomes a :class:`SpikingNeuron` with threshold ``thresholds[name]``
-    and the keyword arguments ``neuron``; max pools become :class:`SpikingMaxPool`; the
-    graph takes ``(x_folded, timesteps)``."""
+    every activation node ``name`` becomes ``SpikingNeuron(**neurons[name])``; max pools
+    become :class:`SpikingMaxPool`; the graph takes ``(x_folded, timesteps)``."""
     snn = copy.deepcopy(gm)
     graph = snn.graph
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -73,7 +78,7 @@ def to_spiking(gm: fx.GraphModule, thresholds: dict[str, Tensor], neuron: dict[s
     by_name = {n.name: n for n in graph.nodes}
     for node in activation_nodes(gm, modules):
         name = f"spike_{node.name}"
-        snn.add_submodule(name, SpikingNeuron(thresholds[node.name], **neuron))
+        snn.add_submodule(name, SpikingNeuron(**neurons[node.name]))
         _replace(graph, by_name[node.name], name, steps)
     for node in [n for n in gm.graph.nodes if is_max_pool(n, gm)]:
         name = f"maxpool_{node.name}"
@@ -93,8 +98,9 @@ def _replace(graph: fx.Graph, node: fx.Node, module: str, steps: fx.Node) -> Non
     graph.erase_node(node)
 
 
-def convert(model: nn.Module, calibration: Iterable[Any], method: str = "threshold_balancing",
-            *, timesteps: int = 32, percentile: float = 99.9, channelwise: bool = False,
+def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
+            method: str = "threshold_balancing", *, timesteps: int = 32,
+            thresholds: str | None = None, percentile: float = 99.9, channelwise: bool = False,
             reset: str = "subtract", initial: str | None = None, symmetric: bool = False,
             levels: int | None = None, cap: int | None = None, max_pool: str = "cumulative",
             encoder: str = "direct", seed: int = 0, calibration_batches: int | None = None,
@@ -106,18 +112,23 @@ def convert(model: nn.Module, calibration: Iterable[Any], method: str = "thresho
         model: any ``nn.Module`` torch.fx can trace, built from the operations listed in
             :mod:`spikeforge.convert.graph`. Not modified.
         calibration: iterable of input batches or ``(input, label)`` batches (training data,
-            normalised like the model's inputs).
-        method: ``"threshold_balancing"``, ``"termapping"`` or ``"augmapping"``.
+            normalised like the model's inputs); ``None`` with learned thresholds.
+        method: ``"threshold_balancing"``, ``"termapping"``, ``"augmapping"``, ``"qcfs"``
+            or ``"csqcfs"``.
         timesteps: default T of ``snn(x)``.
+        thresholds: ``"calibrate"`` (λ from the activations on ``calibration``) or
+            ``"learned"`` (λ of the QCFS / CS-QCFS activations); default: ``"learned"`` for
+            ``qcfs``/``csqcfs``, else ``"calibrate"``. ``augmapping`` with ``"learned"``
+            gives each neuron θ = λ/L, v(0) = θ/2 and cap L, L its layer's QCFS levels: at
+            T = 1 it equals the L-level ANN.
         percentile: p of the calibrated λ (100 = max).
-        channelwise: one threshold per output channel.
+        channelwise: one calibrated threshold per output channel.
         reset: ``"subtract"`` or ``"zero"``.
-        initial: v(0) = 0 (``"zero"``) or θ/2 (``"half"``); default: the method's
-            (``"half"`` for ``augmapping``, else ``"zero"``).
+        initial: v(0) = 0 (``"zero"``) or θ/2 (``"half"``); default: the method's.
         symmetric: ungated negative spikes (``termapping``/``augmapping``).
         levels: L, unit spikes per λ of an augmented neuron: θ = λ/L (``augmapping`` only;
-            default 16).
-        cap: largest coefficient of an augmented spike (``augmapping``; None = uncapped).
+            default 16 when calibrated, the layer's QCFS levels when learned).
+        cap: largest coefficient of an augmented spike (None = uncapped).
         max_pool: ``"cumulative"`` or ``"error"`` (see :mod:`spikeforge.simulate`).
         encoder: ``"direct"`` or ``"poisson"``.
         seed: Poisson seed.
@@ -132,7 +143,8 @@ def convert(model: nn.Module, calibration: Iterable[Any], method: str = "thresho
     Raises:
         ConversionError: unknown method or option, unsupported operation (naming the node and
             its source line), empty calibration data, non-finite calibration inputs, a
-            layer that never activates, or a model without ReLU-like activations.
+            layer that never activates, a learned threshold that is not positive, or a
+            model without ReLU-like activations.
 
     Example:
         >>> snn = convert(ann, calibration_batches, "augmapping", timesteps=4)
@@ -143,58 +155,77 @@ def convert(model: nn.Module, calibration: Iterable[Any], method: str = "thresho
         raise ConversionError(f"unknown conversion method {method!r}; valid: "
                               + ", ".join(METHODS))
     defaults = METHODS[method]
-    initial = defaults["initial"] if initial is None else initial
-    levels = defaults["levels"] if levels is None else levels
+    thresholds = defaults["thresholds"] if thresholds is None else thresholds
+    initial = initial or ("half" if thresholds == "learned" else defaults["initial"])
+    _check_choice("thresholds", thresholds, ("calibrate", "learned"))
     _check_choice("reset", reset, RESETS)
     _check_choice("initial", initial, INITIALS)
     _check_choice("max_pool", max_pool, ("cumulative", "error"))
     augmented = defaults["rule"] == "augmented"
-    if (cap is not None or levels != 1) and not augmented:
+    if (cap is not None or levels is not None) and not augmented:
         raise ConversionError(f"cap and levels apply to augmented spikes "
                               f"(method='augmapping'), not to {method!r}")
-    if not isinstance(levels, int) or levels < 1:
+    if levels is not None and (not isinstance(levels, int) or levels < 1):
         raise ConversionError(f"levels must be an integer >= 1, got {levels!r}")
     modules = tuple(activations)
     gm = prepare(model, modules, max_pool)
-    batches = list(_first_batches(calibration, 1))
-    calibration = _chain(batches, calibration)
-    thresholds = calibrate(gm, calibration, percentile, channelwise,
-                           max_batches=calibration_batches, modules=modules, progress=progress)
-    neuron = {"rule": defaults["rule"], "reset": reset, "initial": initial,
-              "symmetric": symmetric, "cap": cap}
-    units = {name: lam / levels for name, lam in thresholds.items()}
-    graph = to_spiking(gm, units, neuron, modules).eval()
-    example = next(iter(calibration_inputs(batches)))
-    device = next((p.device for p in gm.parameters()), torch.device("cpu"))
-    info = {"method": method, "percentile": percentile, "channelwise": channelwise,
-            "max_pool": max_pool, "encoder": encoder, "levels": levels, **neuron,
-            "thresholds": {k: v.tolist() for k, v in units.items()},
+    if thresholds == "learned":
+        lams, layer_levels = learned_thresholds(gm, modules, defaults.get("activation"))
+    else:
+        if calibration is None:
+            raise ConversionError(f"method {method!r} calibrates its thresholds: pass "
+                                  "calibration data (or thresholds='learned' for QCFS nets)")
+        lams = calibrate(gm, calibration, percentile, channelwise,
+                         max_batches=calibration_batches, modules=modules, progress=progress)
+        layer_levels = dict.fromkeys(lams, 16 if augmented else 1)
+    neurons = {}
+    for name, lam in lams.items():
+        units = (levels or layer_levels[name]) if augmented else 1
+        layer_cap = cap if cap is not None or thresholds != "learned" or not augmented \
+            else layer_levels[name]
+        neurons[name] = {"threshold": lam / units, "rule": defaults["rule"], "reset": reset,
+                         "initial": initial, "symmetric": symmetric, "cap": layer_cap}
+    graph = to_spiking(gm, neurons, modules).eval()
+    info = {"method": method, "thresholds_from": thresholds, "percentile": percentile,
+            "channelwise": channelwise, "max_pool": max_pool, "encoder": encoder,
+            "levels": levels, "rule": defaults["rule"], "reset": reset, "initial": initial,
+            "symmetric": symmetric, "cap": cap,
+            "thresholds": {k: n["threshold"].tolist() for k, n in neurons.items()},
             "convert_seconds": time.perf_counter() - started}
-    return SpikingNetwork(graph, timesteps, encoder, seed, memory_budget,
-                          activation_bytes(gm, torch.as_tensor(example).to(device)),
-                          info).eval()
+    return SpikingNetwork(graph, timesteps, encoder, seed, memory_budget, info=info).eval()
+
+
+def learned_thresholds(gm: fx.GraphModule, modules: tuple[type[nn.Module], ...] = (),
+                       expected: type[nn.Module] | None = None
+                       ) -> tuple[dict[str, Tensor], dict[str, int]]:
+    """λ and L of every activation of ``gm`` from its QCFS / CS-QCFS module.
+
+    Raises:
+        ConversionError: an activation without a learned threshold (plain ReLU), of another
+            type than ``expected``, or whose λ is not positive — naming the layer.
+    """
+    lams, layer_levels = {}, {}
+    for node in activation_nodes(gm, modules):
+        module = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if module is None or not hasattr(module, "lam") or not hasattr(module, "levels"):
+            raise ConversionError(
+                f"activation {describe(node, gm)} has no learned threshold: learned thresholds "
+                "need QCFS or CS-QCFS activations (train with activation='qcfs' or 'csqcfs'), "
+                "or use thresholds='calibrate'")
+        if expected is not None and not isinstance(module, expected):
+            raise ConversionError(
+                f"activation {describe(node, gm)} is not {expected.__name__}; use the method "
+                f"named after the network's activation")
+        lam = module.lam().detach().clone()
+        if not bool(torch.isfinite(lam).all()) or bool((lam <= 0).any()):
+            raise ConversionError(
+                f"activation {describe(node, gm)} learned a threshold λ = "
+                f"{lam.min().item():.4g} <= 0, which no spiking neuron can have; retrain with "
+                "CS-QCFS (softplus keeps λ > 0) or a lower learning rate / threshold decay")
+        lams[node.name], layer_levels[node.name] = lam, int(module.levels)
+    return lams, layer_levels
 
 
 def _check_choice(key: str, value: Any, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise ConversionError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
-
-
-def _first_batches(data: Iterable[Any], n: int) -> list[Any]:
-    """Up to ``n`` first items of ``data`` (consumed from one iterator if ``data`` is one)."""
-    out = []
-    for item in data:
-        out.append(item)
-        if len(out) == n:
-            break
-    return out
-
-
-def _chain(head: list[Any], data: Iterable[Any]) -> Iterable[Any]:
-    """``head`` followed by the rest of ``data``: one-shot iterators are not read twice,
-    re-iterable collections are iterated once from the start."""
-    if iter(data) is data:  # a one-shot iterator: head was taken from it
-        yield from head
-        yield from data
-    else:
-        yield from data

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from spikeforge.nn import ClippedReLU
+from spikeforge.nn import CSQCFS, QCFS, ClippedReLU
 
 __all__ = ["ACTIVATIONS", "ActivationBuilder", "ActivationSpec", "activation_name",
            "make_activation", "register_activation"]
@@ -37,10 +37,20 @@ def _clipped_relu(channels: int, clip: float = 1.0) -> nn.Module:
     return ClippedReLU(clip)
 
 
+def _qcfs(channels: int, levels: int = 8, threshold: float = 8.0) -> nn.Module:
+    return QCFS(levels, threshold)
+
+
+def _csqcfs(channels: int, levels: int = 8, threshold: float = 8.0) -> nn.Module:
+    return CSQCFS(channels, levels, threshold)
+
+
 #: name -> builder(channels, **options). Extend with :func:`register_activation`.
 ACTIVATIONS: dict[str, ActivationBuilder] = {
     "relu": _relu,
     "clipped_relu": _clipped_relu,
+    "qcfs": _qcfs,
+    "csqcfs": _csqcfs,
 }
 
 

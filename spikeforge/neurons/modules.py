@@ -54,8 +54,8 @@ class SpikingNeuron(nn.Module):
         super().__init__()
         if emit not in ("value", "count"):
             raise ValueError(f"emit must be 'value' or 'count', got {emit!r}")
-        self.register_buffer("threshold", torch.as_tensor(threshold, dtype=torch.float32)
-                             .clone())
+        theta = torch.as_tensor(threshold).detach().clone()
+        self.register_buffer("threshold", theta if theta.is_floating_point() else theta.float())
         if self.threshold.ndim > 1:
             raise ValueError("threshold must be a scalar or one value per channel (1-D), got "
                              f"shape {tuple(self.threshold.shape)}")

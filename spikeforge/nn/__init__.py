@@ -7,5 +7,6 @@ later replaces them by spiking neurons whose threshold comes from the layer's pa
 from __future__ import annotations
 
 from spikeforge.nn.activations import ClippedReLU
+from spikeforge.nn.quantized import CSQCFS, QCFS
 
-__all__ = ["ClippedReLU"]
+__all__ = ["CSQCFS", "QCFS", "ClippedReLU"]

@@ -1,0 +1,140 @@
+"""Quantized clip-floor-shift activations for ultra-low-latency conversion.
+
+QCFS (Bu et al., "Optimal ANN-SNN Conversion for High-accuracy and Ultra-low-latency Spiking
+Neural Networks", ICLR 2022) replaces ReLU while training the ANN by
+
+.. math::
+    a(z) = \\lambda \\cdot \\mathrm{clip}\\Big(\\frac{1}{L}\\Big\\lfloor \\frac{z L}{\\lambda}
+           + \\frac{1}{2} \\Big\\rfloor, 0, 1\\Big)
+
+with L quantization levels and a learnable threshold λ (one per layer, initially 8). The floor
+passes its gradient straight through; λ gets its gradient by autograd. An IF neuron with
+threshold θ = λ, v(0) = θ/2 and soft reset then has zero expected conversion error.
+
+CS-QCFS (Yang et al., Neural Networks 2025) learns one threshold per output channel,
+λ_c = softplus(ρ_c) > 0, so no threshold can be driven negative by training.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["CSQCFS", "QCFS", "floor_ste", "qcfs"]
+
+
+class _FloorSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # noqa: D102
+        return torch.floor(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
+        return grad
+
+
+def floor_ste(x: Tensor) -> Tensor:
+    """``floor(x)`` whose gradient is the identity (straight-through estimator)."""
+    return _FloorSTE.apply(x)
+
+
+def qcfs(x: Tensor, threshold: Tensor, levels: int) -> Tensor:
+    """The QCFS function ``λ·clip(floor(x·L/λ + 1/2)/L, 0, 1)``; ``threshold`` (λ) broadcasts
+    against ``x`` (a scalar, or shaped ``(C, 1, ...)`` for per-channel thresholds)."""
+    scaled = floor_ste(x / threshold * levels + 0.5) / levels
+    return torch.clamp(scaled, 0.0, 1.0) * threshold
+
+
+class QCFS(nn.Module):
+    """Quantized clip-floor-shift activation with one learnable threshold (Bu et al. 2022).
+
+    Args:
+        levels: L ≥ 1, quantization levels (the SNN needs about L steps for exactness on
+            arbitrary inputs; T = L = 1 is exact).
+        threshold: initial λ. Default: 8.0 (as in the paper).
+
+    Shape:
+        - Input: ``(B, *)``. Output: same shape.
+
+    Example:
+        >>> act = QCFS(levels=4, threshold=1.0)
+        >>> act(torch.tensor([-1.0, 0.1, 0.2, 0.6, 2.0])).tolist()
+        [0.0, 0.0, 0.25, 0.5, 1.0]
+    """
+
+    def __init__(self, levels: int = 8, threshold: float = 8.0) -> None:
+        super().__init__()
+        if not isinstance(levels, int) or levels < 1:
+            raise ValueError(f"QCFS levels must be an integer >= 1, got {levels!r}")
+        if not threshold > 0:
+            raise ValueError(f"QCFS threshold must be > 0, got {threshold!r}")
+        self.levels = levels
+        self.threshold = nn.Parameter(torch.tensor(float(threshold)))
+
+    def lam(self) -> Tensor:
+        """λ (a scalar tensor)."""
+        return self.threshold
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and float(self.threshold.detach()) <= 0:
+            warnings.warn(f"QCFS threshold became {float(self.threshold.detach()):.4g} <= 0 "
+                          "during "
+                          "training; this layer cannot be converted (use CSQCFS, whose "
+                          "thresholds stay positive, or a lower learning rate)", stacklevel=2)
+        return qcfs(x, self.threshold, self.levels)
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}, threshold={float(self.threshold.detach()):.4g}"
+
+
+def _softplus_inverse(y: float) -> float:
+    """ρ with softplus(ρ) = y (y > 0), computed without overflow."""
+    return y + math.log(-math.expm1(-y))
+
+
+class CSQCFS(nn.Module):
+    """Channel-wise QCFS with thresholds kept positive by softplus (Yang et al. 2025).
+
+    ``λ_c = softplus(ρ_c)``, one per channel of axis 1; ρ is initialised so that every λ_c
+    starts at ``threshold``.
+
+    Args:
+        channels: number of channels (axis 1 of the input).
+        levels: L ≥ 1.
+        threshold: initial λ for every channel. Default: 8.0.
+
+    Shape:
+        - Input: ``(B, C, *)`` or ``(B, C)``. Output: same shape.
+
+    Example:
+        >>> act = CSQCFS(2, levels=2, threshold=1.0)
+        >>> [round(v, 4) for v in act(torch.tensor([[0.3, 0.8]]))[0].tolist()]
+        [0.5, 1.0]
+    """
+
+    def __init__(self, channels: int, levels: int = 8, threshold: float = 8.0) -> None:
+        super().__init__()
+        if not isinstance(levels, int) or levels < 1:
+            raise ValueError(f"CSQCFS levels must be an integer >= 1, got {levels!r}")
+        if not threshold > 0:
+            raise ValueError(f"CSQCFS threshold must be > 0, got {threshold!r}")
+        self.channels, self.levels = channels, levels
+        self.rho = nn.Parameter(torch.full((channels,), _softplus_inverse(float(threshold))))
+
+    def lam(self) -> Tensor:
+        """λ, one per channel (always > 0)."""
+        return F.softplus(self.rho)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim < 2 or x.shape[1] != self.channels:
+            raise ValueError(f"CSQCFS expects {self.channels} channels on axis 1, got shape "
+                             f"{tuple(x.shape)}")
+        lam = self.lam().view(-1, *([1] * (x.ndim - 2)))
+        return qcfs(x, lam, self.levels)
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, levels={self.levels}"

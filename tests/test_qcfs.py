@@ -1,0 +1,160 @@
+"""QCFS and CS-QCFS: the activations, their gradients, and their exact conversion."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import spikeforge as sf
+from spikeforge.convert import ConversionError, prepare
+from spikeforge.models import create
+from spikeforge.neurons import SpikingNeuron
+from spikeforge.nn import CSQCFS, QCFS
+
+
+def test_qcfs_values_and_straight_through_gradient():
+    act = QCFS(levels=4, threshold=2.0)
+    x = torch.tensor([-1.0, 0.2, 0.3, 1.0, 1.2, 5.0], requires_grad=True)
+    y = act(x)
+    assert y.tolist() == [0.0, 0.0, 0.5, 1.0, 1.0, 2.0]  # steps of λ/L = 0.5, round half up
+    y.sum().backward()
+    # floor passes gradient straight through; the clamp stops it outside [0, λ]
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+    assert act.threshold.grad is not None and float(act.threshold.grad) != 0
+
+
+def test_csqcfs_thresholds_stay_positive_under_training():
+    act = CSQCFS(3, levels=2, threshold=1.0)
+    torch.testing.assert_close(act.lam(), torch.ones(3))
+    opt = torch.optim.SGD(act.parameters(), lr=100.0)
+    for _ in range(50):  # push λ down as hard as possible
+        opt.zero_grad()
+        act.lam().sum().backward()
+        opt.step()
+    assert bool((act.lam() > 0).all())
+
+
+def test_qcfs_warns_and_conversion_refuses_a_non_positive_threshold():
+    model = nn.Sequential(nn.Linear(4, 8), QCFS(levels=2), nn.Linear(8, 2))
+    with torch.no_grad():
+        model[1].threshold.fill_(-0.5)
+    model.train()
+    with pytest.warns(UserWarning, match="threshold became -0.5"):
+        model(torch.randn(2, 4))
+    with pytest.raises(ConversionError, match=r"module '1' \(QCFS\).*<= 0"):
+        sf.convert(model.eval(), None, "qcfs")
+
+
+def test_learned_thresholds_need_qcfs_activations():
+    relu_net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.raises(ConversionError, match=r"'1' \(ReLU\).*has no learned threshold"):
+        sf.convert(relu_net, None, "qcfs")
+    with pytest.raises(ConversionError, match="pass calibration data"):
+        sf.convert(relu_net, None, "threshold_balancing")
+    qcfs_net = nn.Sequential(nn.Linear(4, 8), QCFS(levels=2), nn.Linear(8, 2))
+    with pytest.raises(ConversionError, match="is not CSQCFS"):
+        sf.convert(qcfs_net, None, "csqcfs")
+
+
+def _randomised(name: str, activation: str, levels: int) -> nn.Module:
+    """A small zoo model with random BN statistics and thresholds in [0.5, 2], in float64."""
+    torch.manual_seed(0)
+    model = create(name, num_classes=10, in_channels=3, activation=activation,
+                   activation_options={"levels": levels}, width=0.25)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+            if isinstance(m, QCFS):
+                m.threshold.uniform_(0.5, 2.0)
+            if isinstance(m, CSQCFS):
+                m.rho.uniform_(0.0, 2.0)
+    return model.double().eval()
+
+
+def _activation_outputs(module: nn.Module, kinds: tuple[type, ...], x: torch.Tensor, *args
+                        ) -> list[torch.Tensor]:
+    outputs: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda _m, _a, out: outputs.append(out.clone()))
+               for m in module.modules() if isinstance(m, kinds)]
+    with torch.no_grad():
+        result = module(x, *args)
+    for h in handles:
+        h.remove()
+    return [*outputs, result]
+
+
+@pytest.mark.parametrize("name", ["vgg7", "resnet11"])
+@pytest.mark.parametrize("activation", ["qcfs", "csqcfs"])
+def test_t1_l1_snn_is_the_ann_layer_by_layer(name, activation):
+    """T = L = 1 with v(0) = θ/2: every neuron emits exactly the QCFS output (float64: bit for
+    bit against the BN-folded ANN), and so does the readout."""
+    model = _randomised(name, activation, levels=1)
+    x = torch.randn(8, 3, 32, 32, dtype=torch.float64)
+    snn = sf.convert(model, None, activation, timesteps=1)
+    folded = prepare(model)
+    ann_layers = _activation_outputs(folded, (QCFS, CSQCFS), x)
+    snn_layers = _activation_outputs(snn.graph, (SpikingNeuron,), x, 1)
+    assert len(ann_layers) == len(snn_layers) > 5
+    fired = 0.0
+    for a, s in zip(ann_layers, snn_layers, strict=True):
+        assert torch.equal(a, s)
+        fired += float((s != 0).double().mean())
+    assert fired > 0.5  # the comparison is not between all-zero tensors
+    torch.testing.assert_close(snn(x)[0], model(x))  # the unfolded ANN, to rounding
+    m32 = _randomised(name, activation, levels=1).float()
+    torch.testing.assert_close(sf.convert(m32, None, activation, timesteps=1)(x.float())[0],
+                               m32(x.float()), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("levels", [2, 4])
+def test_t_equals_l_with_constant_currents_layer_by_layer(levels):
+    """Each neuron, fed its ANN input current unchanged for T = L steps, emits on average
+    exactly the L-level QCFS activation: λ/T · Σ s(t) = QCFS_L(z)."""
+    model = _randomised("vgg7", "qcfs", levels)
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    folded = prepare(model)
+    currents: list[torch.Tensor] = []
+    handles = [m.register_forward_pre_hook(lambda _m, args: currents.append(args[0].clone()))
+               for m in folded.modules() if isinstance(m, QCFS)]
+    with torch.no_grad():
+        folded(x)
+    for h in handles:
+        h.remove()
+    snn = sf.convert(model, None, "qcfs")
+    qcfs_layers = [m for m in folded.modules() if isinstance(m, QCFS)]
+    neurons = list(snn.neurons().values())
+    assert len(currents) == len(neurons) == len(qcfs_layers)
+    for z, neuron, act in zip(currents, neurons, qcfs_layers, strict=True):
+        steps = levels
+        constant = z.unsqueeze(0).expand(steps, *z.shape)
+        rate = neuron(constant).sum(0) / steps
+        with torch.no_grad():
+            torch.testing.assert_close(rate, act(z), atol=1e-12, rtol=0)
+
+
+def test_augmapping_on_qcfs_equals_the_l_level_ann_at_t1():
+    """AugMapping with learned thresholds: θ = λ/L, v(0) = θ/2, cap L — at T = 1 the SNN is
+    the L-level QCFS ANN (DESIGN.md §1), for L = 4."""
+    model = _randomised("vgg7", "qcfs", levels=4)
+    x = torch.randn(8, 3, 32, 32, dtype=torch.float64)
+    snn = sf.convert(model, None, "augmapping", thresholds="learned", timesteps=1)
+    assert {n.cap for n in snn.neurons().values()} == {4}
+    with torch.no_grad():
+        expected = prepare(model)(x)
+    torch.testing.assert_close(snn(x)[0], expected, atol=1e-10, rtol=1e-10)
+
+
+def test_zoo_accepts_qcfs_options():
+    model = create("cnn_small", num_classes=10, in_channels=1, activation="csqcfs",
+                   activation_options={"levels": 2, "threshold": 4.0})
+    acts = [m for m in model.modules() if isinstance(m, CSQCFS)]
+    assert acts and all(a.levels == 2 for a in acts)
+    torch.testing.assert_close(acts[0].lam(), torch.full((acts[0].channels,), 4.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(torch.randn(2, 1, 28, 28)).sum().backward()
