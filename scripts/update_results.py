@@ -123,13 +123,17 @@ def conversion_table(results_dir: Path, base: Path) -> str:
             points = [t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256) if t <= len(e["accuracy"])]
             rows.append({"data set": e["dataset"], "method": e["label"],
                          **{f"T={t}": e["accuracy"][t - 1] for t in points},
-                         "ANN": e["ann_accuracy"],
-                         f"M SOPs (T={points[-1]})": e["sops_per_sample"] / 1e6,
+                         "ANN": e["ann_accuracy"], "T max": len(e["accuracy"]),
+                         "M SOPs at T max": e["sops_per_sample"] / 1e6,
                          "M MACs (ANN)": e["ann_macs_per_sample"] / 1e6,
                          "folder": f"[{path.parent.name}]"
                                    f"({os.path.relpath(path.parent, base)})"})
         commands.append(f"- `{entries[0]['provenance']['command']}`")
-    return "\n".join([markdown_table(rows), "", "Commands:", "", *commands])
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    steps = sorted((k for k in keys if k.startswith("T=")), key=lambda k: int(k[2:]))
+    columns = ["data set", "method", *steps, *(k for k in keys if k not in steps
+                                               and k not in ("data set", "method"))]
+    return "\n".join([markdown_table(rows, columns), "", "Commands:", "", *commands])
 
 
 def update_readme(readme: Path, text: str, start: str = START, end: str = END) -> None:

@@ -67,7 +67,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     for e in entries:
         ratio = e["energy_per_sample"]["snn"] / e["energy_per_sample"]["ann"]
         print(f"{e['label']:28s} SOPs/sample {e['sops_per_sample'] / 1e6:9.2f} M at T="
-              f"{args.timesteps}  (ANN {e['ann_macs_per_sample'] / 1e6:.2f} M MACs)  "
+              f"{len(e['accuracy'])}  (ANN {e['ann_macs_per_sample'] / 1e6:.2f} M MACs)  "
               f"energy SNN/ANN {ratio:.2f}  {e['seconds']:.0f} s")
     if args.out:
         print(f"\nresults: {args.out}")

@@ -233,18 +233,24 @@ class _Monitor:
 
     def count(self, name: str, output: Tensor, module: nn.Module | None, fan_out: Tensor
               ) -> None:
-        out = output.unflatten(0, (self.steps, -1))
-        events = (out != 0).to(torch.float32)
-        if isinstance(module, SpikingNeuron):
-            units = (out / module._theta_for(out[0])).abs().round()
-        else:
-            units = events
-        per_step = (events * fan_out).flatten(1).sum(1).double().cpu()
+        """Add one batch of a source's output ``(T·B, ...)``: fan-out-weighted events per
+        step, and unit spikes (|value|/θ for augmented neurons; events otherwise)."""
+        out = output.reshape(self.steps, -1, fan_out[0].numel())  # (T, B, N)
+        fan = fan_out.reshape(-1).to(out.dtype)
+        events = (out != 0).to(out.dtype)
+        per_step = (events @ fan).sum(1).double().cpu()  # one pass + a matrix-vector product
+        n_events = float(events.sum())
+        if isinstance(module, SpikingNeuron) and module.rule == "augmented":
+            inverse = (1.0 / module._theta_for(output[:1])).expand_as(output[:1]).reshape(-1)
+            magnitude = out.abs()
+            units_sops = float((magnitude @ (fan * inverse)).sum())
+            units = float((magnitude @ inverse).sum())
+        else:  # binary and ternary spikes carry |s| = 1: units are events
+            units_sops, units = float(per_step.sum()), n_events
         self.events += per_step
         self.layer_events[name] = self.layer_events.get(name, 0.0) + float(per_step.sum())
-        self.layer_units[name] = (self.layer_units.get(name, 0.0)
-                                  + float((units * fan_out).sum()))
-        self.unit_spikes[name] = self.unit_spikes.get(name, 0.0) + float(units.sum())
+        self.layer_units[name] = self.layer_units.get(name, 0.0) + units_sops
+        self.unit_spikes[name] = self.unit_spikes.get(name, 0.0) + units
 
     def close(self) -> None:
         for handle in self.handles:

@@ -158,3 +158,15 @@ def test_zoo_accepts_qcfs_options():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model(torch.randn(2, 1, 28, 28)).sum().backward()
+
+
+def test_threshold_weight_decay_is_its_own_parameter_group():
+    from spikeforge.train.config import OptimConfig
+    from spikeforge.train.loop import build_optimizer
+
+    model = create("cnn_small", num_classes=10, in_channels=1, activation="qcfs")
+    opt = build_optimizer(model, OptimConfig(weight_decay=5e-4, threshold_weight_decay=0.0))
+    weights, thresholds = opt.param_groups
+    assert (weights["weight_decay"], thresholds["weight_decay"]) == (5e-4, 0.0)
+    assert len(thresholds["params"]) == sum(isinstance(m, QCFS) for m in model.modules()) == 4
+    assert len(weights["params"]) + 4 == len(list(model.parameters()))

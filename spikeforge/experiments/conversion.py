@@ -3,7 +3,8 @@ write the results JSON of DESIGN.md §2 (one entry per method), a table of accur
 and a plot.
 
 A method is given as ``name`` or ``name:key=value,key=value`` (options of
-:func:`spikeforge.convert`), e.g. ``termapping:symmetric=true`` or ``augmapping:cap=4``.
+:func:`spikeforge.convert`, and ``timesteps`` to simulate this method for another T), e.g.
+``termapping:symmetric=true`` or ``augmapping:cap=4,timesteps=16``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
 
 def label(name: str, options: dict[str, Any]) -> str:
     """A short column label: the method and its non-default options."""
-    return name + "".join(f" {k}={v}" for k, v in options.items())
+    return name + "".join(f" {k}={v}" for k, v in options.items() if k != "timesteps")
 
 
 def report_points(timesteps: int) -> list[int]:
@@ -115,10 +116,11 @@ def run_conversion(checkpoint: str | os.PathLike, methods: Sequence[str], timest
     for spec in methods:
         name, own = parse_method(spec)
         method_options = {**options, **own}
+        steps = int(method_options.pop("timesteps", timesteps))
         tick = time.perf_counter()
-        snn = convert(model, calibration, name, timesteps=timesteps, seed=seed,
+        snn = convert(model, calibration, name, timesteps=steps, seed=seed,
                       progress=progress, **method_options)
-        result = evaluate(snn, loader, timesteps, ann=model, progress=progress)
+        result = evaluate(snn, loader, steps, ann=model, progress=progress)
         entry = {
             "method": name, "label": label(name, own), "options": method_options,
             "dataset": dataset, "model": (state.get("model_spec") or {}).get("name"),

@@ -46,6 +46,8 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    # weight decay of learnable activation thresholds (QCFS / CS-QCFS); null: weight_decay
+    threshold_weight_decay: float | None = None
     epochs: int = 10
     warmup_epochs: float = 0.0
     schedule: Literal["cosine", "constant"] = "cosine"

@@ -63,12 +63,32 @@ class TrainResult:
     summary: dict[str, Any]
 
 
-def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """Weights, and the learnable activation thresholds (QCFS λ, CS-QCFS ρ: the parameters
+    of modules with a ``lam()`` method) with their own weight decay
+    (``optim.threshold_weight_decay``; default: the same as the weights)."""
+    thresholds = {id(p) for m in model.modules() if hasattr(m, "lam")
+                  for p in m.parameters(recurse=False)}
+    params = list(model.parameters())
+    groups = [{"name": "weights", "params": [p for p in params if id(p) not in thresholds],
+               "weight_decay": cfg.weight_decay}]
+    if thresholds:
+        groups.append({"name": "thresholds", "params": [p for p in params if id(p) in thresholds],
+                       "weight_decay": _threshold_decay(cfg)})
+    return groups
+
+
+def _threshold_decay(cfg: OptimConfig) -> float:
+    return cfg.weight_decay if cfg.threshold_weight_decay is None else cfg.threshold_weight_decay
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, cfg)
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                                nesterov=cfg.nesterov and cfg.momentum > 0,
                                weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
@@ -101,7 +121,8 @@ def _apply_optim_config(optimizer: torch.optim.Optimizer,
     scheduler.base_lrs = [cfg.lr for _ in optimizer.param_groups]
     factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
     for group in optimizer.param_groups:
-        group.update(initial_lr=cfg.lr, lr=cfg.lr * factor, weight_decay=cfg.weight_decay)
+        decay = _threshold_decay(cfg) if group.get("name") == "thresholds" else cfg.weight_decay
+        group.update(initial_lr=cfg.lr, lr=cfg.lr * factor, weight_decay=decay)
         if cfg.name == "sgd":
             group.update(momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
@@ -190,7 +211,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             channels_last=cfg.run.channels_last)
         test_loader = BatchLoader(test_set, cfg.data.eval_batch_size, device=device,
                                   channels_last=cfg.run.channels_last)
-        optimizer = build_optimizer(model.parameters(), cfg.optim)
+        optimizer = build_optimizer(model, cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.optim, len(train_loader))
         autocast, scaler = _amp(device, cfg.run.amp)
         history: list[dict[str, Any]] = []
