@@ -14,6 +14,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
+def _save(fig: plt.Figure, path: str | os.PathLike, title: str) -> Path:
+    """Title, lay out, write (creating the folder) and close ``fig``."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike,
                          title: str = "") -> Path:
     """Loss and accuracy against epoch (train and test) from a training history.
@@ -40,14 +52,7 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathL
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def plot_accuracy_vs_time(entries: Sequence[dict[str, Any]], path: str | os.PathLike,
@@ -83,11 +88,4 @@ def plot_accuracy_vs_time(entries: Sequence[dict[str, Any]], path: str | os.Path
     ax_s.set(xlabel="synaptic operations per sample (millions)",
              title="accuracy vs. SOPs")
     ax_t.legend(fontsize=8, loc="lower right")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
