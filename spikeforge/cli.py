@@ -78,7 +78,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from spikeforge.experiments.demo import run_demo
 
     extra = [o for o in _run_overrides(args) if not o.startswith("run.out_dir=")]
-    run_demo(args.out_dir, tuple([*args.overrides, *extra]))
+    run_demo(args.out_dir, tuple([*args.overrides, *extra]), timesteps=args.timesteps)
     return 0
 
 
@@ -162,9 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="offline demo on the bundled MNIST subset",
                        description="Train the small CNN on the MNIST subset shipped inside the "
-                       "package, print the results table and write the plots.")
+                       "package, convert it to SNNs (threshold balancing, TerMapping, "
+                       "AugMapping), print the tables and write the plots.")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.add_argument("--out-dir", default="spikeforge-demo", help="output folder")
+    p.add_argument("--timesteps", type=int, default=32,
+                   help="SNN time steps for threshold balancing and TerMapping (default 32)")
     _add_common(p)
     p.set_defaults(func=_cmd_demo)
 

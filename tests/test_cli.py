@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -52,3 +53,16 @@ def test_datasets_reports_missing_files(tmp_path, capsys):
     assert main(["datasets", "--data-root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "mnist_demo" in out and "missing" in out and str(tmp_path) in out
+
+
+def test_demo_trains_converts_and_reports(tmp_path, capsys):
+    from spikeforge.cli import main
+
+    assert main(["demo", "--out-dir", str(tmp_path), "--timesteps", "4", "optim.epochs=1",
+                 "data.train_subset=1200", "data.test_subset=200"]) == 0
+    out = capsys.readouterr().out
+    assert "SNN test accuracy" in out and "augmapping" in out and "termapping" in out
+    assert (tmp_path / "training_curves.png").is_file()
+    entries = json.loads((tmp_path / "conversion.json").read_text())["results"]
+    assert [len(e["accuracy"]) for e in entries] == [4, 4, 8]
+    assert entries[-1]["samples"] == 200
