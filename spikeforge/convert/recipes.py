@@ -50,6 +50,9 @@ from spikeforge.simulate import SpikingMaxPool, SpikingNetwork, max_pool_module
 
 __all__ = ["METHODS", "convert", "learned_thresholds", "to_spiking"]
 
+#: unit spikes per calibrated λ of an augmented neuron (θ = λ / 16) unless ``levels`` says
+AUGMENTED_LEVELS = 16
+
 #: method → its spike rule, default v(0), where its thresholds come from and (for the
 #: learned ones) the activation type it expects
 METHODS: dict[str, dict[str, Any]] = {
@@ -177,22 +180,30 @@ def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
                                   "calibration data (or thresholds='learned' for QCFS nets)")
         lams = calibrate(gm, calibration, percentile, channelwise,
                          max_batches=calibration_batches, modules=modules, progress=progress)
-        layer_levels = dict.fromkeys(lams, 16 if augmented else 1)
+        layer_levels = dict.fromkeys(lams, AUGMENTED_LEVELS if augmented else 1)
     neurons = {}
     for name, lam in lams.items():
         units = (levels or layer_levels[name]) if augmented else 1
-        layer_cap = cap if cap is not None or thresholds != "learned" or not augmented \
-            else layer_levels[name]
+        layer_cap = cap
+        if cap is None and augmented and thresholds == "learned":
+            layer_cap = layer_levels[name]  # c·θ never exceeds λ: the QCFS clip
         neurons[name] = {"threshold": lam / units, "rule": defaults["rule"], "reset": reset,
                          "initial": initial, "symmetric": symmetric, "cap": layer_cap}
     graph = to_spiking(gm, neurons, modules).eval()
     info = {"method": method, "thresholds_from": thresholds, "percentile": percentile,
             "channelwise": channelwise, "max_pool": max_pool, "encoder": encoder,
-            "levels": levels, "rule": defaults["rule"], "reset": reset, "initial": initial,
+            "levels": levels or _uniform(layer_levels), "rule": defaults["rule"],
+            "reset": reset, "initial": initial,
             "symmetric": symmetric, "cap": cap,
             "thresholds": {k: n["threshold"].tolist() for k, n in neurons.items()},
             "convert_seconds": time.perf_counter() - started}
     return SpikingNetwork(graph, timesteps, encoder, seed, memory_budget, info=info).eval()
+
+
+def _uniform(layer_levels: dict[str, int]) -> int | None:
+    """The one L shared by every layer, or None when layers differ."""
+    values = set(layer_levels.values())
+    return values.pop() if len(values) == 1 else None
 
 
 def learned_thresholds(gm: fx.GraphModule, modules: tuple[type[nn.Module], ...] = (),
