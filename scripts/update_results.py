@@ -27,6 +27,7 @@ from spikeforge.experiments.plots import plot_training_curves  # noqa: E402
 from spikeforge.experiments.tables import markdown_table  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+MAX_PUBLISHED_PARAMETERS = 3_000_000  # about 12 MB of float32 weights
 CONVERT_START, CONVERT_END = "<!-- conversion:start -->", "<!-- conversion:end -->"
 
 
@@ -81,8 +82,13 @@ def publish(run_dir: Path, results_dir: Path, command: str | None = None) -> Pat
         summary = summary_from_checkpoint(run_dir, command)
         (dest / "results.json").write_text(json.dumps(summary, indent=2))
     shutil.copy2(run_dir / "metrics.jsonl", dest / "metrics.jsonl")
-    if summary.get("finished") and (run_dir / "checkpoint.pt").is_file():
-        publish_model(run_dir / "checkpoint.pt", dest / "model.pt")
+    checkpoint = run_dir / "checkpoint.pt"
+    if summary.get("finished") and checkpoint.is_file():
+        if summary.get("parameters", 0) <= MAX_PUBLISHED_PARAMETERS:
+            publish_model(checkpoint, dest / "model.pt")
+        else:
+            print(f"not publishing the weights of {run_dir.name}: "
+                  f"{summary['parameters'] / 1e6:.1f} M parameters is too large for git")
     plot_training_curves(summary["history"], dest / "training_curves.png",
                          title=f"{summary['model']} on {summary['dataset']}")
     return dest
