@@ -218,10 +218,7 @@ class _Monitor:
         self.layer_units: dict[str, float] = {}
         self.unit_spikes: dict[str, float] = {}
         self.handles = []
-        sources = {n.target: snn.graph.get_submodule(n.target) for n in snn.graph.graph.nodes
-                   if n.op == "call_module" and isinstance(snn.graph.get_submodule(n.target),
-                                                           SpikingNeuron | SpikingMaxPool)}
-        for name, module in sources.items():
+        for name, module in snn.layers((SpikingNeuron, SpikingMaxPool)).items():
             self.handles.append(module.register_forward_hook(self._hook(name)))
 
     def _hook(self, name: str) -> Any:

@@ -117,11 +117,15 @@ class SpikingNetwork(nn.Module):
         self.memory_budget, self.bytes_per_sample_step = memory_budget, bytes_per_sample_step
         self.info = dict(info or {})
 
-    def neurons(self) -> dict[str, SpikingNeuron]:
-        """The spiking layers by name, in execution order."""
+    def layers(self, kinds: type | tuple[type, ...]) -> dict[str, nn.Module]:
+        """The graph's modules of type ``kinds`` by name, in execution order."""
         return {n.target: self.graph.get_submodule(n.target) for n in self.graph.graph.nodes
                 if n.op == "call_module"
-                and isinstance(self.graph.get_submodule(n.target), SpikingNeuron)}
+                and isinstance(self.graph.get_submodule(n.target), kinds)}
+
+    def neurons(self) -> dict[str, SpikingNeuron]:
+        """The spiking layers by name, in execution order."""
+        return self.layers(SpikingNeuron)
 
     def chunk_size(self, timesteps: int) -> int:
         """Samples per chunk that keep T steps of activations within the memory budget."""

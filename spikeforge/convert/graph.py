@@ -24,6 +24,7 @@ from — nothing is left silently unconverted.
 from __future__ import annotations
 
 import copy
+import functools
 import operator
 import re
 from collections.abc import Iterable
@@ -60,6 +61,7 @@ _LINEAR_FUNCTIONS = (operator.add, torch.add, operator.neg, torch.flatten, torch
 _SHAPE_METHODS = ("view", "reshape", "flatten", "contiguous", "size", "unsqueeze", "squeeze")
 
 
+@functools.cache
 def _spikeforge_leaf_types() -> tuple[type[nn.Module], ...]:
     """spikeforge's ANN layers (``spikeforge.nn``) stay whole in the trace so that the
     converter sees a ClippedReLU (or QCFS) and not the clamp it is made of."""
