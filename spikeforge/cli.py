@@ -3,6 +3,8 @@
     spikeforge demo                       # offline demo on the bundled MNIST subset
     spikeforge train CONFIG [key=value]   # train from a YAML config with overrides
     spikeforge convert --checkpoint CKPT --method M [M ...] --timesteps T --out results.json
+    spikeforge run CONFIG [key=value]     # a whole experiment: train, convert, report
+    spikeforge report RESULTS... --out DIR  # one table and plots from several results files
     spikeforge models                     # the model zoo
     spikeforge datasets [--data-root R]   # the data sets and where their files go
 """
@@ -79,6 +81,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     extra = [o for o in _run_overrides(args) if not o.startswith("run.out_dir=")]
     run_demo(args.out_dir, tuple([*args.overrides, *extra]), timesteps=args.timesteps)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from spikeforge.experiments.run import load_experiment, print_summary, run_experiment
+
+    flags = [f"run.{key}={value}" for key, value in (
+        ("device", args.device), ("threads", args.threads), ("data_root", args.data_root))
+        if value is not None]
+    if args.no_progress:
+        flags.append("run.progress=false")
+    exp = load_experiment(args.config, [*args.overrides, *flags], out_dir=args.out_dir)
+    entries = run_experiment(exp, force=args.force)
+    print_summary(exp, entries)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from spikeforge.experiments.report import load_entries, table, write_report
+
+    try:
+        entries = load_entries(args.results)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    paths = write_report(entries, args.out, title=args.title, points=args.points)
+    steps = max(len(e["accuracy"]) for e in entries)
+    from spikeforge.experiments.conversion import report_points
+
+    print(table(entries, [t for t in (args.points or report_points(steps)) if t <= steps]))
+    print("\n" + "\n".join(f"{kind:13s} {path}" for kind, path in paths.items()))
     return 0
 
 
@@ -159,6 +191,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_common(p)
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser(
+        "run", help="a whole experiment from a YAML config: train, convert, evaluate, report",
+        description="Train (or load) the ANN of every variant in CONFIG, convert each with its "
+        "methods, evaluate every SNN at t = 1..T, and write results.json, report.md and plots "
+        "into the output folder (default runs/NAME). Finished stages are skipped, an "
+        "interrupted training resumes; a stage whose config changed is redone.")
+    p.add_argument("config", help="experiment YAML (see configs/*_qcfs.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="experiment config overrides, e.g. evaluate.timesteps=8")
+    p.add_argument("--out-dir", help="output folder (default: run.out_dir or runs/NAME)")
+    p.add_argument("--force", action="store_true", help="redo every stage")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_common(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "report", help="one comparison table and plots from several results files",
+        description="Merge the entries of results JSON files (from run or convert) into one "
+        "report.md with the comparison table and the plots.")
+    p.add_argument("results", nargs="+", help="results JSON files")
+    p.add_argument("--out", default="report", help="output folder (default: report)")
+    p.add_argument("--title", default="", help="report and plot title")
+    p.add_argument("--points", type=int, nargs="+", metavar="T",
+                   help="time steps shown in the table (default 1, 2, 4, ..., T)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("demo", help="offline demo on the bundled MNIST subset",
                        description="Train the small CNN on the MNIST subset shipped inside the "

@@ -116,7 +116,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}")
-        return dict(value)
+        args = get_args(tp)
+        item = args[1] if len(args) == 2 else Any
+        return {k: _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
     raise TypeError(f"unsupported annotation {tp!r} for config key {key!r}")
 
 

@@ -179,6 +179,7 @@ class EvaluationResult:
         sops_per_step: cumulative SOPs per sample after each t.
         ann_macs_per_sample: MACs of the ANN.
         energy_per_sample: joules, ``{"snn": ..., "ann": ...}`` (SNN at T steps).
+        energy_per_step: the SNN's joules per sample after each t (cumulative).
         firing_rates: layer → unit spikes per neuron per step.
         layer_sops: layer → SOPs per sample over T.
         samples: test samples evaluated.
@@ -194,6 +195,7 @@ class EvaluationResult:
     sops_per_step: list[float]
     ann_macs_per_sample: int
     energy_per_sample: dict[str, float]
+    energy_per_step: list[float]
     firing_rates: dict[str, float]
     layer_sops: dict[str, float]
     samples: int
@@ -320,7 +322,9 @@ def _result(snn: SpikingNetwork, steps: int, correct: Tensor, agree: Tensor | No
     macs = conn.total_macs
     # with direct input, the layers fed by the input do MACs at every step
     input_macs = conn.input_macs if snn.encoder == "direct" else 0
-    energy_snn = ENERGY_PER_SOP * sops + ENERGY_PER_MAC * input_macs * steps
+    sops_per_step = monitor.events.cumsum(0) / samples
+    energy_per_step = (ENERGY_PER_SOP * sops_per_step
+                       + ENERGY_PER_MAC * input_macs * torch.arange(1, steps + 1)).tolist()
     rates = {name: monitor.unit_spikes[name] / (samples * steps * conn.neurons[name])
              for name in monitor.unit_spikes if name != "input"}
     return EvaluationResult(
@@ -329,9 +333,10 @@ def _result(snn: SpikingNetwork, steps: int, correct: Tensor, agree: Tensor | No
         ann_accuracy=None if ann_correct is None else 100.0 * ann_correct / samples,
         agreement=None if agree is None else (100.0 * agree.double() / samples).tolist(),
         sops_per_sample=sops, unit_sops_per_sample=units,
-        sops_per_step=(monitor.events.cumsum(0) / samples).tolist(),
+        sops_per_step=sops_per_step.tolist(),
         ann_macs_per_sample=macs,
-        energy_per_sample={"snn": energy_snn, "ann": ENERGY_PER_MAC * macs},
+        energy_per_sample={"snn": energy_per_step[-1], "ann": ENERGY_PER_MAC * macs},
+        energy_per_step=energy_per_step,
         firing_rates=rates,
         layer_sops={k: v / samples for k, v in monitor.layer_events.items()},
         samples=samples, seconds=seconds)

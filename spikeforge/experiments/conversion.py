@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,15 @@ from torch import nn
 import spikeforge
 from spikeforge.config import ConfigError, safe_load
 from spikeforge.convert import convert
-from spikeforge.data import BatchLoader, ImageDataset, load_dataset
+from spikeforge.data import BatchLoader, load_dataset
 from spikeforge.experiments.tables import markdown_table
 from spikeforge.metrics import evaluate
 from spikeforge.runtime import git_commit, machine_info, select_device
 from spikeforge.train.checkpoint import CheckpointError, load_checkpoint, load_model
 from spikeforge.train.loop import write_json
 
-__all__ = ["accuracy_table", "parse_method", "report_points", "run_conversion"]
+__all__ = ["Setup", "accuracy_table", "convert_and_evaluate", "parse_method", "prepare",
+           "report_points", "run_conversion"]
 
 
 def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
@@ -73,10 +75,76 @@ def accuracy_table(entries: Sequence[dict[str, Any]], points: Sequence[int] | No
     return markdown_table(rows, digits=2)
 
 
-def _calibration(train: ImageDataset, samples: int, batch_size: int, seed: int,
-                 device: torch.device) -> list[torch.Tensor]:
-    subset = train.subset(min(samples, len(train)), seed=seed)
-    return [x for x, _ in BatchLoader(subset, batch_size, device=device)]
+@dataclass
+class Setup:
+    """A trained ANN with its calibration batches and test loader, ready to convert."""
+
+    checkpoint: str
+    model: nn.Module
+    dataset: str
+    model_name: str | None
+    train_config: dict[str, Any]
+    calibration: list[torch.Tensor]
+    loader: BatchLoader
+    device: torch.device
+    seed: int
+
+
+def prepare(checkpoint: str | os.PathLike, *, data_root: str | None = None,
+            calibration_samples: int = 2048, test_subset: int | None = None,
+            batch_size: int = 250, device: str | None = None, seed: int = 0) -> Setup:
+    """Load ``checkpoint`` and the data set it was trained on: a seeded subset of
+    ``calibration_samples`` training images and the test set (or a seeded subset of it)."""
+    dev = select_device(device)
+    state = load_checkpoint(checkpoint)
+    config = state.get("config") or {}
+    dataset = (config.get("data") or {}).get("dataset")
+    if not dataset:
+        raise CheckpointError(f"checkpoint {str(checkpoint)!r} does not say which data set "
+                              "it was trained on (config.data.dataset)")
+    model: nn.Module = load_model(checkpoint).to(dev)
+    train = load_dataset(dataset, "train", root=data_root)
+    test = load_dataset(dataset, "test", root=data_root)
+    if test_subset:
+        test = test.subset(test_subset, seed=seed)
+    subset = train.subset(min(calibration_samples, len(train)), seed=seed)
+    calibration = [x for x, _ in BatchLoader(subset, batch_size, device=dev)]
+    return Setup(str(checkpoint), model, dataset, (state.get("model_spec") or {}).get("name"),
+                 config, calibration, BatchLoader(test, batch_size, device=dev), dev, seed)
+
+
+def convert_and_evaluate(setup: Setup, spec: str, timesteps: int, progress: bool = True,
+                         **options: Any) -> dict[str, Any]:
+    """Convert ``setup.model`` with the method ``spec`` and evaluate it at t = 1..T: one
+    results entry (DESIGN.md §2) with its provenance.
+
+    Args:
+        spec: ``name`` or ``name:key=value,...`` (see the module docstring).
+        timesteps: T, unless the spec says ``timesteps=``.
+        options: conversion options shared by all methods; the spec's own win.
+    """
+    tick = time.perf_counter()
+    name, own = parse_method(spec)
+    method_options = {**options, **own}
+    steps = int(method_options.pop("timesteps", timesteps))
+    snn = convert(setup.model, setup.calibration, name, timesteps=steps, seed=setup.seed,
+                  progress=progress, **method_options)
+    result = evaluate(snn, setup.loader, steps, ann=setup.model, progress=progress)
+    return {
+        "method": name, "label": label(name, own), "options": method_options,
+        "dataset": setup.dataset, "model": setup.model_name, **result.to_dict(),
+        "neuron": {k: v for k, v in snn.info.items() if k != "thresholds"},
+        "thresholds": snn.info["thresholds"],
+        "provenance": {
+            "checkpoint": setup.checkpoint, "command": " ".join(sys.argv),
+            "seed": setup.seed,
+            "calibration_samples": sum(len(x) for x in setup.calibration),
+            "spikeforge": spikeforge.__version__, "git_commit": git_commit(),
+            "torch": torch.__version__, "device": str(setup.device),
+            "wall_seconds": time.perf_counter() - tick,
+            "machine": machine_info(setup.device), "train_config": setup.train_config,
+        },
+    }
 
 
 def run_conversion(checkpoint: str | os.PathLike, methods: Sequence[str], timesteps: int,
@@ -98,45 +166,11 @@ def run_conversion(checkpoint: str | os.PathLike, methods: Sequence[str], timest
             ``channelwise``, ``encoder``, ...); a method's own options win.
     """
     started = time.perf_counter()
-    dev = select_device(device)
-    state = load_checkpoint(checkpoint)
-    config = state.get("config") or {}
-    dataset = (config.get("data") or {}).get("dataset")
-    if not dataset:
-        raise CheckpointError(f"checkpoint {str(checkpoint)!r} does not say which data set "
-                              "it was trained on (config.data.dataset)")
-    model: nn.Module = load_model(checkpoint).to(dev)
-    train = load_dataset(dataset, "train", root=data_root)
-    test = load_dataset(dataset, "test", root=data_root)
-    if test_subset:
-        test = test.subset(test_subset, seed=seed)
-    calibration = _calibration(train, calibration_samples, batch_size, seed, dev)
-    loader = BatchLoader(test, batch_size, device=dev)
+    setup = prepare(checkpoint, data_root=data_root, calibration_samples=calibration_samples,
+                    test_subset=test_subset, batch_size=batch_size, device=device, seed=seed)
     entries = []
     for spec in methods:
-        name, own = parse_method(spec)
-        method_options = {**options, **own}
-        steps = int(method_options.pop("timesteps", timesteps))
-        tick = time.perf_counter()
-        snn = convert(model, calibration, name, timesteps=steps, seed=seed,
-                      progress=progress, **method_options)
-        result = evaluate(snn, loader, steps, ann=model, progress=progress)
-        entry = {
-            "method": name, "label": label(name, own), "options": method_options,
-            "dataset": dataset, "model": (state.get("model_spec") or {}).get("name"),
-            **result.to_dict(),
-            "neuron": {k: v for k, v in snn.info.items() if k != "thresholds"},
-            "thresholds": snn.info["thresholds"],
-            "provenance": {
-                "checkpoint": str(checkpoint), "command": " ".join(sys.argv),
-                "seed": seed, "calibration_samples": min(calibration_samples, len(train)),
-                "spikeforge": spikeforge.__version__, "git_commit": git_commit(),
-                "torch": torch.__version__, "device": str(dev),
-                "wall_seconds": time.perf_counter() - tick,
-                "machine": machine_info(dev), "train_config": config,
-            },
-        }
-        entries.append(entry)
+        entries.append(convert_and_evaluate(setup, spec, timesteps, progress, **options))
         if out is not None:  # after every method, so a long run can be read as it goes
             write_json(Path(out), {"results": entries,
                                    "wall_seconds": time.perf_counter() - started})
@@ -144,5 +178,5 @@ def run_conversion(checkpoint: str | os.PathLike, methods: Sequence[str], timest
         from spikeforge.experiments.plots import plot_accuracy_vs_time
 
         plot_accuracy_vs_time(entries, Path(out).with_suffix(".png"),
-                              title=f"{entries[0]['model']} on {dataset}")
+                              title=f"{entries[0]['model']} on {setup.dataset}")
     return entries

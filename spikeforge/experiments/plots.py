@@ -89,3 +89,62 @@ def plot_accuracy_vs_time(entries: Sequence[dict[str, Any]], path: str | os.Path
              title="accuracy vs. SOPs")
     ax_t.legend(fontsize=8, loc="lower right")
     return _save(fig, path, title)
+
+
+def plot_energy_vs_accuracy(entries: Sequence[dict[str, Any]], path: str | os.PathLike,
+                            title: str = "") -> Path:
+    """Accuracy against energy per sample (µJ, log scale) as t grows, one curve per entry,
+    each ANN as a star at its own energy and accuracy.
+
+    Args:
+        entries: results entries with ``label``, ``accuracy``, ``energy_per_step``,
+            ``energy_per_sample`` and ``ann_accuracy``.
+        path: the PNG file to write.
+    """
+    usable = [e for e in entries if e.get("energy_per_step")]
+    if not usable:
+        raise ValueError("no results with energy per step to plot")
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=110)
+    seen = set()
+    for e in usable:
+        line, = ax.plot([j * 1e6 for j in e["energy_per_step"]], e["accuracy"], ".-", ms=3,
+                        label=e.get("label", e["method"]))
+        ann = (e.get("ann_accuracy"), e["energy_per_sample"].get("ann"))
+        if None not in ann and ann not in seen:
+            seen.add(ann)
+            ax.plot(ann[1] * 1e6, ann[0], "*", ms=12, color="k",
+                    label="ANN" if len(seen) == 1 else None)
+    best = max(max(e["accuracy"]) for e in usable)
+    ax.set_ylim(max(0.0, best - 20), min(100.0, best + 2))
+    ax.set_xscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.set(xlabel="energy per sample (µJ, 45 nm)", ylabel="test accuracy (%)",
+           title="accuracy vs. energy (t = 1 … T)")
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path, title)
+
+
+def plot_firing_rates(entries: Sequence[dict[str, Any]], path: str | os.PathLike,
+                      title: str = "") -> Path:
+    """Unit spikes per neuron per time step, layer by layer (in network order), one line per
+    entry.
+
+    Args:
+        entries: results entries with ``label`` and ``firing_rates`` (layer → rate).
+        path: the PNG file to write.
+    """
+    usable = [e for e in entries if e.get("firing_rates")]
+    if not usable:
+        raise ValueError("no results with firing rates to plot")
+    layers = list(dict.fromkeys(name for e in usable for name in e["firing_rates"]))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(layers) + 3), 4.0), dpi=110)
+    x = range(len(layers))
+    for e in usable:
+        rates = e["firing_rates"]
+        ax.plot(x, [rates.get(name, float("nan")) for name in layers], "o-", ms=4,
+                label=e.get("label", e["method"]))
+    ax.set_xticks(list(x), layers, rotation=45, ha="right", fontsize=8)
+    ax.set(xlabel="layer", ylabel="spikes per neuron per step", title="firing rates")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path, title)

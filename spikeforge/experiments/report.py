@@ -1,0 +1,150 @@
+"""Comparison reports: one table and the plots from any number of results entries.
+
+``spikeforge run`` ends with :func:`write_report`; ``spikeforge report RESULTS...`` calls it
+on entries merged from several ``results.json`` files. An entry is DESIGN.md §2's results
+record (``label``, ``accuracy`` per t, ``ann_accuracy``, ``sops_per_step``,
+``energy_per_step``, ``firing_rates``, ...).
+
+The summary row of an entry, at the report's main time step T:
+
+* accuracy after t steps for each chosen t, the ANN's accuracy and the loss against it,
+* synaptic operations per image and the energy ratio SNN / ANN after T steps
+  (0.9 pJ per SOP, 4.6 pJ per MAC; direct input: the first layer's MACs at every step),
+* the first t whose accuracy reaches ANN − 0.5 points ("—" if none up to the simulated T).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from spikeforge.experiments.conversion import report_points
+from spikeforge.experiments.tables import markdown_table
+
+__all__ = ["load_entries", "summary_rows", "write_report"]
+
+#: how close to the ANN (percentage points) counts as "reached"
+REACH_MARGIN = 0.5
+
+
+def load_entries(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+    """The entries of several results files (``{"results": [...]}`` or a list), each
+    labelled with the file it came from when labels would collide."""
+    entries: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read results file {str(path)!r}: {exc}") from exc
+        items = data.get("results") if isinstance(data, dict) else data
+        if not isinstance(items, list) or not all(isinstance(e, dict) and "accuracy" in e
+                                                  for e in items):
+            raise ValueError(f"results file {str(path)!r} holds no results entries (expected "
+                             "{'results': [{'method': ..., 'accuracy': [...], ...}]})")
+        entries.extend(dict(e, source=str(path)) for e in items)
+    labels = [_label(e) for e in entries]
+    for e in entries:
+        e["label"] = _label(e)
+        if labels.count(e["label"]) > 1:
+            e["label"] = f"{e.get('dataset', '')} {e['label']} ({Path(e['source']).parent.name})"
+    return entries
+
+
+def _label(entry: dict[str, Any]) -> str:
+    return entry.get("label") or entry.get("method", "?")
+
+
+def first_reaching(entry: dict[str, Any], margin: float = REACH_MARGIN) -> int | None:
+    """The first t whose accuracy is at least the ANN's minus ``margin`` points."""
+    ann = entry.get("ann_accuracy")
+    if ann is None:
+        return None
+    return next((t for t, a in enumerate(entry["accuracy"], 1) if a >= ann - margin), None)
+
+
+def summary_rows(entries: Sequence[dict[str, Any]], points: Sequence[int]
+                 ) -> list[dict[str, Any]]:
+    """One table row per entry (see the module docstring); ``points[-1]`` is the main T."""
+    rows = []
+    for e in entries:
+        steps = len(e["accuracy"])
+        main = min(points[-1], steps)
+        ann = e.get("ann_accuracy")
+        row: dict[str, Any] = {"method": _label(e), "data": e.get("dataset"),
+                               "ANN %": ann}
+        for t in points:
+            row[f"t={t} %"] = e["accuracy"][t - 1] if t <= steps else None
+        acc = e["accuracy"][main - 1]
+        energy = e.get("energy_per_step") or []
+        ann_energy = (e.get("energy_per_sample") or {}).get("ann")
+        reach = first_reaching(e)
+        row.update({
+            f"vs ANN at {main}": None if ann is None else acc - ann,
+            f"MSOPs at {main}": e["sops_per_step"][main - 1] / 1e6
+            if e.get("sops_per_step") else None,
+            f"E SNN/ANN at {main}": energy[main - 1] / ann_energy
+            if energy and ann_energy else None,
+            "t to ANN-0.5": reach if reach is not None else "—",
+        })
+        rows.append(row)
+    return rows
+
+
+def write_report(entries: Sequence[dict[str, Any]], out_dir: str | os.PathLike,
+                 title: str = "", points: Sequence[int] | None = None,
+                 preamble: str = "") -> dict[str, Path]:
+    """Write ``report.md`` and the plots ``accuracy_vs_time.png``,
+    ``energy_vs_accuracy.png`` and ``firing_rates.png`` into ``out_dir``.
+
+    Args:
+        entries: results entries (one per converted / trained network).
+        title: heading of the report and the plots.
+        points: the time steps shown in the table (default 1, 2, 4, ... up to the longest
+            simulated T); the last one is the main T of the SOPs / energy columns.
+        preamble: Markdown put under the heading (how the results were made).
+
+    Returns:
+        The paths written, by kind (``report``, ``accuracy``, ``energy``, ``firing_rates``).
+    """
+    from spikeforge.experiments.plots import (
+        plot_accuracy_vs_time,
+        plot_energy_vs_accuracy,
+        plot_firing_rates,
+    )
+
+    if not entries:
+        raise ValueError("no results entries to report")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    steps = max(len(e["accuracy"]) for e in entries)
+    points = [t for t in (points or report_points(steps)) if t <= steps] or [steps]
+    paths = {
+        "accuracy": plot_accuracy_vs_time(entries, out / "accuracy_vs_time.png", title),
+        "energy": plot_energy_vs_accuracy(entries, out / "energy_vs_accuracy.png", title),
+        "firing_rates": plot_firing_rates(entries, out / "firing_rates.png", title),
+    }
+    text = [f"# {title or 'spikeforge report'}", ""]
+    if preamble:
+        text += [preamble.strip(), ""]
+    text += [table(entries, points), "",
+             f"`t to ANN-0.5`: the first time step whose accuracy is within "
+             f"{REACH_MARGIN} points of the ANN. Energy: {_conventions(entries)}", "",
+             "![accuracy against time steps](accuracy_vs_time.png)",
+             "![energy against accuracy](energy_vs_accuracy.png)",
+             "![firing rates per layer](firing_rates.png)", ""]
+    paths["report"] = out / "report.md"
+    paths["report"].write_text("\n".join(text))
+    return paths
+
+
+def table(entries: Sequence[dict[str, Any]], points: Sequence[int]) -> str:
+    """The comparison table (Markdown) of :func:`summary_rows`."""
+    return markdown_table(summary_rows(entries, points), digits=2)
+
+
+def _conventions(entries: Sequence[dict[str, Any]]) -> str:
+    return next((e["conventions"] for e in entries if e.get("conventions")),
+                "0.9 pJ per SOP, 4.6 pJ per MAC (Horowitz 2014).")
