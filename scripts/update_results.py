@@ -2,6 +2,7 @@
 
     python scripts/update_results.py runs/mnist_cnn runs/fashion_mnist_cnn   # publish + table
     python scripts/update_results.py runs/convert_mnist_cnn    # a `spikeforge convert` output
+    python scripts/update_results.py runs/mnist_qcfs           # a `spikeforge run` output
     python scripts/update_results.py                                        # table only
 
 Publishing copies a run's ``results.json`` and ``metrics.jsonl`` into ``results/<run name>/``
@@ -29,6 +30,7 @@ from spikeforge.experiments.tables import markdown_table  # noqa: E402
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 MAX_PUBLISHED_PARAMETERS = 3_000_000  # about 12 MB of float32 weights
 CONVERT_START, CONVERT_END = "<!-- conversion:start -->", "<!-- conversion:end -->"
+EXPERIMENT_START, EXPERIMENT_END = "<!-- experiments:start -->", "<!-- experiments:end -->"
 
 
 def summary_from_checkpoint(run_dir: Path, command: str | None) -> dict:
@@ -66,11 +68,53 @@ def publish_model(checkpoint: Path, dest: Path) -> None:
     assert torch.load(dest, weights_only=True)["model"].keys() == state["model"].keys()
 
 
-def publish(run_dir: Path, results_dir: Path, command: str | None = None) -> Path:
+def publish_experiment(run_dir: Path, dest: Path, record: dict, weights: bool) -> Path:
+    """A `spikeforge run` output: results, report and plots, and per variant the training
+    record, its metrics and (with ``weights``) the trained weights."""
+    for path in [run_dir / "results.json", run_dir / "report.md", *run_dir.glob("*.png")]:
+        shutil.copy2(path, dest / path.name)
+    for variant in sorted({e["variant"] for e in record["results"]}):
+        ann, out = run_dir / variant / "ann", dest / variant
+        out.mkdir(exist_ok=True)
+        for name in ("results.json", "metrics.jsonl"):
+            if (ann / name).is_file():
+                shutil.copy2(ann / name, out / name)
+        if weights and (ann / "checkpoint.pt").is_file():
+            publish_model(ann / "checkpoint.pt", out / "model.pt")
+    return dest
+
+
+def experiment_tables(results_dir: Path, base: Path) -> str:
+    """One comparison table per published `spikeforge run` experiment."""
+    from spikeforge.experiments.report import summary_rows
+
+    parts = []
+    for path in sorted(results_dir.glob("*/results.json")):
+        record = json.loads(path.read_text())
+        if "experiment" not in record:
+            continue
+        cfg = record["config"]
+        points = cfg["evaluate"].get("report") or [1, 2, 4, 8, 16, 32]
+        rows = summary_rows(record["results"], points)
+        for row in rows:
+            row.pop("data", None)
+        folder = os.path.relpath(path.parent, base)
+        minutes = sum(json.loads(p.read_text())["provenance"]["train_seconds"]
+                      for p in path.parent.glob("*/results.json")) / 60
+        parts += [f"**{record['experiment']}** — `{record['command']}` (seed {cfg['seed']}; "
+                  f"ANN training {minutes:.0f} min in all; [report]({folder}/report.md))", "",
+                  markdown_table(rows), ""]
+    return "\n".join(parts).rstrip()
+
+
+def publish(run_dir: Path, results_dir: Path, command: str | None = None,
+            weights: bool = False) -> Path:
     dest = results_dir / run_dir.name
     dest.mkdir(parents=True, exist_ok=True)
     record_path = run_dir / "results.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    if "experiment" in record:
+        return publish_experiment(run_dir, dest, record, weights)
     if "results" in record:
         for name in ("results.json", "results.png"):  # a `spikeforge convert` output folder
             shutil.copy2(run_dir / name, dest / name)
@@ -122,8 +166,9 @@ def conversion_table(results_dir: Path, base: Path) -> str:
     """Accuracy against T per data set and method, from ``spikeforge convert`` outputs."""
     rows, commands = [], []
     for path in sorted(results_dir.glob("*/results.json")):
-        entries = json.loads(path.read_text()).get("results")
-        if not entries:
+        record = json.loads(path.read_text())
+        entries = record.get("results")
+        if not entries or "experiment" in record:
             continue
         for e in entries:
             points = [t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256) if t <= len(e["accuracy"])]
@@ -158,14 +203,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, default=REPO / "README.md")
     parser.add_argument("--command", help="the command that started a run published from its "
                         "checkpoint (runs without results.json)")
+    parser.add_argument("--weights", action="store_true",
+                        help="also publish the trained weights of an experiment's variants")
     args = parser.parse_args(argv)
     for run in args.runs:
-        print(f"published {publish(run, args.results, args.command)}")
+        print(f"published {publish(run, args.results, args.command, args.weights)}")
     base = args.readme.resolve().parent
     update_readme(args.readme, table(args.results, base))
     if CONVERT_START in args.readme.read_text():
         update_readme(args.readme, conversion_table(args.results, base), CONVERT_START,
                       CONVERT_END)
+    if EXPERIMENT_START in args.readme.read_text():
+        update_readme(args.readme, experiment_tables(args.results, base), EXPERIMENT_START,
+                      EXPERIMENT_END)
     print(f"updated {args.readme}")
     return 0
 

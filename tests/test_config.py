@@ -71,9 +71,15 @@ def test_override_syntax_error():
 
 
 @pytest.mark.parametrize("path", sorted(__import__("pathlib").Path(__file__).parents[1]
-                                        .joinpath("configs").glob("*.yaml")), ids=str)
+                                        .joinpath("configs").rglob("*.yaml")), ids=str)
 def test_shipped_configs_are_valid(path):
+    """Training configs and experiment configs (``name`` + ``ann``) all load and check."""
     from spikeforge.config import read_yaml
+    from spikeforge.experiments.run import load_experiment
 
-    if read_yaml(path).get("kind", "ann") == "ann":
+    data = read_yaml(path)
+    if "ann" in data:
+        exp = load_experiment(path)
+        assert exp.variants and all(v.methods for v in exp.variants)
+    else:
         load_config(TrainConfig, path)
