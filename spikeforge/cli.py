@@ -80,7 +80,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from spikeforge.experiments.demo import run_demo
 
     extra = [o for o in _run_overrides(args) if not o.startswith("run.out_dir=")]
-    run_demo(args.out_dir, tuple([*args.overrides, *extra]), timesteps=args.timesteps)
+    run_demo(args.out_dir, tuple([*args.overrides, *extra]), timesteps=args.timesteps,
+             force=args.force)
     return 0
 
 
@@ -92,7 +93,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if value is not None]
     if args.no_progress:
         flags.append("run.progress=false")
-    exp = load_experiment(args.config, [*args.overrides, *flags], out_dir=args.out_dir)
+    exp = load_experiment(args.config, [*args.overrides, *flags], out_dir=args.out_dir,
+                          only=args.only)
     entries = run_experiment(exp, force=args.force)
     print_summary(exp, entries)
     return 0
@@ -203,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="experiment config overrides, e.g. evaluate.timesteps=8")
     p.add_argument("--out-dir", help="output folder (default: run.out_dir or runs/NAME)")
     p.add_argument("--force", action="store_true", help="redo every stage")
+    p.add_argument("--only", nargs="+", metavar="VARIANT", help="run only these variants")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_common(p)
     p.set_defaults(func=_cmd_run)
@@ -220,12 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="offline demo on the bundled MNIST subset",
                        description="Train the small CNN on the MNIST subset shipped inside the "
-                       "package, convert it to SNNs (threshold balancing, TerMapping, "
-                       "AugMapping), print the tables and write the plots.")
+                       "package with ReLU and with CS-QCFS activations, convert them to SNNs "
+                       "(threshold balancing, TerMapping, AugMapping; CS-QCFS), print the "
+                       "tables and write the report and plots. Overrides apply to the ANN "
+                       "training config.")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.add_argument("--out-dir", default="spikeforge-demo", help="output folder")
-    p.add_argument("--timesteps", type=int, default=32,
-                   help="SNN time steps for threshold balancing and TerMapping (default 32)")
+    p.add_argument("--timesteps", type=int, default=16,
+                   help="SNN time steps T (default 16)")
+    p.add_argument("--force", action="store_true",
+                   help="retrain and reconvert even if OUT_DIR holds finished results")
     _add_common(p)
     p.set_defaults(func=_cmd_demo)
 

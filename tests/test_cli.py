@@ -61,8 +61,15 @@ def test_demo_trains_converts_and_reports(tmp_path, capsys):
     assert main(["demo", "--out-dir", str(tmp_path), "--timesteps", "4", "optim.epochs=1",
                  "data.train_subset=1200", "data.test_subset=200"]) == 0
     out = capsys.readouterr().out
-    assert "SNN test accuracy" in out and "augmapping" in out and "termapping" in out
-    assert (tmp_path / "training_curves.png").is_file()
-    entries = json.loads((tmp_path / "conversion.json").read_text())["results"]
-    assert [len(e["accuracy"]) for e in entries] == [4, 4, 8]
-    assert entries[-1]["samples"] == 200
+    for fragment in ("ANN relu", "ANN csqcfs_L4", "relu augmapping", "csqcfs_L4 csqcfs",
+                     "t to ANN-0.5", "report.md"):
+        assert fragment in out
+    for variant in ("relu", "csqcfs_L4"):
+        assert (tmp_path / variant / "ann" / "training_curves.png").is_file()
+    entries = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert [len(e["accuracy"]) for e in entries] == [4, 4, 8, 4, 4]
+    assert all(e["samples"] == 200 for e in entries)
+    # AugMapping on the CS-QCFS thresholds is the 4-level ANN at t = 1
+    assert entries[-1]["agreement"][0] >= 99.5
+    for name in ("accuracy_vs_time", "energy_vs_accuracy", "firing_rates"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000

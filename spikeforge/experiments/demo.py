@@ -1,67 +1,83 @@
 """``spikeforge demo``: the main job on the MNIST subset bundled inside the package.
 
-Works offline on any machine in about a minute on 2 CPU cores: trains the small CNN, converts
-it to spiking networks with threshold balancing, TerMapping and AugMapping, prints the training
-table and the SNN accuracy against time steps, and writes the plots.
+An experiment like any other (:mod:`spikeforge.experiments.run`), built in: it trains the
+small CNN twice — with ReLU, and with CS-QCFS activations (L = 4) — converts the first with
+threshold balancing, TerMapping and AugMapping and the second with its learned thresholds,
+prints the training tables and the comparison table, and writes the report and the plots.
+Works offline in about two minutes on 2 CPU cores; a second run reuses what is finished.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from spikeforge.config import apply_overrides, from_dict
-from spikeforge.experiments.conversion import accuracy_table, run_conversion
+from spikeforge.config import from_dict
 from spikeforge.experiments.plots import plot_training_curves
+from spikeforge.experiments.run import (
+    Experiment,
+    ExperimentConfig,
+    print_summary,
+    resolve,
+    run_experiment,
+)
 from spikeforge.experiments.tables import markdown_table
-from spikeforge.train import TrainConfig, TrainResult, fit
 
-DEMO_CONFIG = {
+#: the ANN training config of the demo (6000 training / 1000 test images)
+DEMO_ANN: dict[str, Any] = {
     "seed": 0,
     "data": {"dataset": "mnist_demo", "batch_size": 64, "augment": {"crop_padding": 2}},
     "model": {"name": "cnn_small", "activation": "relu", "pool": "avg"},
     "optim": {"name": "sgd", "lr": 0.05, "weight_decay": 5e-4, "epochs": 4,
               "warmup_epochs": 0.5},
-    "run": {"out_dir": "spikeforge-demo"},
+}
+
+#: variant → its ANN overrides and conversion methods
+DEMO_VARIANTS: dict[str, dict[str, Any]] = {
+    "relu": {"methods": ["threshold_balancing", "termapping", "augmapping:timesteps=8"]},
+    "csqcfs_L4": {"overrides": ["model.activation=csqcfs",
+                                "model.options.activation_options.levels=4",
+                                "model.options.activation_options.threshold=2.0"],
+                  "methods": ["csqcfs", "augmapping:thresholds=learned,timesteps=4"]},
 }
 
 
-DEMO_METHODS = ("threshold_balancing", "termapping", "augmapping:timesteps=8")
+def demo_experiment(out_dir: str | Path = "spikeforge-demo", overrides: tuple[str, ...] = (),
+                    timesteps: int = 16) -> Experiment:
+    """The demo as an experiment; ``overrides`` apply to the ANN config of both variants."""
+    cfg = from_dict(ExperimentConfig, {
+        "name": "demo", "ann": DEMO_ANN, "overrides": list(overrides),
+        "description": "spikeforge demo: cnn_small on the MNIST subset bundled in the package.",
+        "variants": DEMO_VARIANTS,
+        "evaluate": {"timesteps": timesteps, "calibration_samples": 1024},
+        "run": {"out_dir": str(out_dir), "progress": False},
+    })
+    return resolve(cfg, Path.cwd())
 
 
 def run_demo(out_dir: str | Path = "spikeforge-demo", overrides: tuple[str, ...] = (),
-             timesteps: int = 32) -> TrainResult:
-    """Train the demo network, convert it with each method of :data:`DEMO_METHODS` (up to
-    ``timesteps`` steps), report; returns the training result."""
-    cfg = from_dict(TrainConfig, apply_overrides(DEMO_CONFIG, [f"run.out_dir={out_dir}",
-                                                               *overrides]))
+             timesteps: int = 16, force: bool = False) -> list[dict[str, Any]]:
+    """Run the demo experiment, print its tables and say where the files are; returns the
+    results entries."""
+    exp = demo_experiment(out_dir, overrides, timesteps)
     tick = time.perf_counter()
-    result = fit(cfg)
-    seconds = time.perf_counter() - tick
-    rows = [{"epoch": h["epoch"], "train loss": h["train_loss"],
-             "train acc %": h["train_accuracy"], "test acc %": h["test_accuracy"],
-             "seconds": h["epoch_seconds"]} for h in result.history]
-    plot = plot_training_curves(result.history, result.out_dir / "training_curves.png",
-                                title=f"{cfg.model.name} on {cfg.data.dataset}")
-    print(f"\nspikeforge demo: {cfg.model.name} on the bundled MNIST subset "
-          f"(6000 train / 1000 test images), {seconds:.0f} s\n")
-    print(markdown_table(rows, digits=2))
-    print(f"\nANN test accuracy {result.test_accuracy:.2f}%; converting to SNNs ...")
+    entries = run_experiment(exp, force=force)
+    print(f"\nspikeforge demo: cnn_small on the bundled MNIST subset, "
+          f"{time.perf_counter() - tick:.0f} s")
+    for variant in exp.variants:
+        ann = Path(variant.train.run.out_dir)
+        history = json.loads((ann / "results.json").read_text())["history"]
+        plot_training_curves(history, ann / "training_curves.png",
+                             title=f"cnn_small ({variant.name}) on mnist_demo")
+        rows = [{"epoch": h["epoch"], "train loss": h["train_loss"],
+                 "train acc %": h["train_accuracy"], "test acc %": h["test_accuracy"],
+                 "seconds": h["epoch_seconds"]} for h in history]
+        print(f"\nANN {variant.name} ({variant.train.model.activation}):\n")
+        print(markdown_table(rows, digits=2))
+    print_summary(exp, entries)
+    print(f"models:  {exp.out_dir}/<variant>/ann/checkpoint.pt (training curves beside them)")
     sys.stdout.flush()
-    snn_json = result.out_dir / "conversion.json"
-    entries = run_conversion(result.out_dir / "checkpoint.pt", DEMO_METHODS, timesteps, snn_json,
-                             calibration_samples=1024, seed=cfg.seed, progress=False,
-                             test_subset=cfg.data.test_subset,
-                             device=cfg.run.device if cfg.run.device != "auto" else None)
-    print(f"\nSNN test accuracy (%) after T time steps ({entries[0]['samples']} images):\n")
-    print(accuracy_table(entries))
-    print()
-    for e in entries:
-        print(f"{e['label']:20s} {e['sops_per_sample'] / 1e6:6.2f} M synaptic ops/image at "
-              f"T={len(e['accuracy'])} (ANN: {e['ann_macs_per_sample'] / 1e6:.2f} M MACs)")
-    print(f"\nresults: {result.out_dir / 'results.json'}, {snn_json}")
-    print(f"plots:   {plot}, {snn_json.with_suffix('.png')}")
-    print(f"model:   {result.out_dir / 'checkpoint.pt'}")
-    sys.stdout.flush()
-    return result
+    return entries

@@ -77,7 +77,7 @@ class VariantConfig:
 class EvaluateConfig:
     timesteps: int = 32  # T: accuracy at every t <= T
     report: list[int] | None = None  # time steps in the table (default 1, 2, 4, ..., T)
-    test_subset: int | None = None  # a seeded subset of the test set (default: all)
+    test_subset: int | None = None  # a seeded subset of the test set (default: the ANN's)
     batch_size: int = 250
     calibration_samples: int = 2048  # training images for threshold calibration
 
@@ -160,13 +160,22 @@ class Experiment:
 
 
 def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
-                    out_dir: str | None = None) -> Experiment:
+                    out_dir: str | None = None, only: list[str] | None = None) -> Experiment:
     """Read and check ``path`` (with ``key=value`` overrides): the experiment's own keys,
     every method and option, and each variant's full training config — all before any work,
     with errors that name the key (``variants.qcfs_L1: config key 'model.activation' ...``).
+    ``only`` keeps the named variants.
     """
     path = Path(path)
-    cfg = from_dict(ExperimentConfig, apply_overrides(read_yaml(path), list(overrides)))
+    data = apply_overrides(read_yaml(path), list(overrides))
+    if only:
+        variants = data.get("variants") or {"ann": {}}
+        unknown = [v for v in only if v not in variants]
+        if unknown:
+            raise ConfigError(f"unknown variant {unknown[0]!r}; the config has: "
+                              + ", ".join(variants))
+        data["variants"] = {v: variants[v] for v in only}
+    cfg = from_dict(ExperimentConfig, data)
     return resolve(cfg, path.parent, path, out_dir)
 
 
@@ -291,11 +300,12 @@ def run_experiment(exp: Experiment, force: bool = False) -> list[dict[str, Any]]
     entries = []
     for variant in exp.variants:
         checkpoint, key = train_stage(variant, force)
+        test_subset = ev.test_subset or variant.train.data.test_subset
         setup = None
         for spec in variant.methods:
             path = exp.out_dir / variant.name / f"{_slug(spec)}.json"
             skey = stage_key({"ann": key, "spec": spec, "conversion": cfg.conversion,
-                              "timesteps": ev.timesteps, "test_subset": ev.test_subset,
+                              "timesteps": ev.timesteps, "test_subset": test_subset,
                               "calibration_samples": ev.calibration_samples,
                               "seed": cfg.seed})
             entry = _read_json(path)
@@ -303,7 +313,7 @@ def run_experiment(exp: Experiment, force: bool = False) -> list[dict[str, Any]]
                 if setup is None:
                     setup = prepare(checkpoint, data_root=variant.train.data.root,
                                     calibration_samples=ev.calibration_samples,
-                                    test_subset=ev.test_subset, batch_size=ev.batch_size,
+                                    test_subset=test_subset, batch_size=ev.batch_size,
                                     device=cfg.run.device, seed=cfg.seed)
                 print(f"[{variant.name}] {spec}: converting and simulating T={ev.timesteps}",
                       file=sys.stderr, flush=True)
