@@ -31,7 +31,6 @@ import hashlib
 import inspect
 import json
 import re
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -276,8 +275,6 @@ def train_stage(variant: Variant, force: bool = False) -> tuple[Path, str]:
         print(f"[{variant.name}] ANN trained already ({done['test_accuracy']:.2f}%): {out}",
               file=sys.stderr)
     else:
-        if force and out.exists():
-            shutil.rmtree(out)
         resume = same and not force
         print(f"[{variant.name}] {'resuming' if resume else 'training'} the ANN in {out}",
               file=sys.stderr, flush=True)
