@@ -245,8 +245,10 @@ def stage_key(record: Any) -> str:
 
 
 def ann_key(train: dict[str, Any]) -> str:
-    """The training stage's key: its config without where and how it runs."""
-    data = {k: v for k, v in train.items() if k != "run"}
+    """The training stage's key: its config without where and how it runs (and without the
+    ``snn`` section when an ANN is trained)."""
+    skip = {"run"} | ({"snn"} if train.get("kind", "ann") == "ann" else set())
+    data = {k: v for k, v in train.items() if k not in skip}
     data["data"] = {k: v for k, v in data.get("data", {}).items() if k != "root"}
     return stage_key(data)
 

@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from spikeforge.nn import CSQCFS, QCFS, ClippedReLU
+from spikeforge.neurons.modules import LIF
 
 __all__ = ["ACTIVATIONS", "ActivationBuilder", "ActivationSpec", "activation_name",
            "make_activation", "register_activation"]
@@ -45,12 +46,19 @@ def _csqcfs(channels: int, levels: int = 8, threshold: float = 8.0) -> nn.Module
     return CSQCFS(channels, levels, threshold)
 
 
+def _lif(channels: int, threshold: float = 1.0, leak: float = 1.0, reset: str = "zero",
+         surrogate: str = "atan", width: float | None = None,
+         detach_reset: bool = False) -> nn.Module:
+    return LIF(threshold, leak, reset, surrogate, width, detach_reset)
+
+
 #: name -> builder(channels, **options). Extend with :func:`register_activation`.
 ACTIVATIONS: dict[str, ActivationBuilder] = {
     "relu": _relu,
     "clipped_relu": _clipped_relu,
     "qcfs": _qcfs,
     "csqcfs": _csqcfs,
+    "lif": _lif,  # spiking: for direct training inside a SpikingModel (time-folded input)
 }
 
 

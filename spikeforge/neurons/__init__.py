@@ -9,7 +9,7 @@ from spikeforge.neurons.functional import (
     neuron_step,
     spike,
 )
-from spikeforge.neurons.modules import SpikingNeuron
+from spikeforge.neurons.modules import LIF, SpikingNeuron, TimeDropout
 
-__all__ = ["NeuronParams", "NeuronState", "SpikingNeuron", "init_state", "neuron_scan",
-           "neuron_step", "spike"]
+__all__ = ["LIF", "NeuronParams", "NeuronState", "SpikingNeuron", "TimeDropout", "init_state",
+           "neuron_scan", "neuron_step", "spike"]

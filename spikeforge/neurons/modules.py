@@ -81,10 +81,7 @@ class SpikingNeuron(nn.Module):
     def forward(self, x: Tensor, timesteps: int | None = None) -> Tensor:
         folded = timesteps is not None
         if folded:
-            if x.shape[0] % timesteps:
-                raise ValueError(f"a time-folded input of {x.shape[0]} rows cannot hold "
-                                 f"{timesteps} time steps")
-            x = x.unflatten(0, (timesteps, -1))
+            x = unfold_time(x, timesteps)
         theta = self._theta_for(x[0])
         s, _ = neuron_scan(x, self.params(theta), self.initial)
         out = s * theta if self.emit == "value" else s
@@ -102,3 +99,86 @@ class SpikingNeuron(nn.Module):
         if self.cap is not None:
             parts.append(f"cap={self.cap}")
         return ", ".join(parts)
+
+
+class LIF(nn.Module):
+    """A trainable layer of binary LIF neurons: spikes forward, a surrogate gradient backward
+    (:func:`spikeforge.neurons.bptt.lif_scan`; Lee et al. 2020 and the standard surrogates).
+
+    Args:
+        threshold: θ (Lee et al.: 1.0).
+        leak: l in (0, 1] (Lee et al.: 0.99; 1.0 is IF).
+        reset: ``"zero"`` (Lee et al.) or ``"subtract"``.
+        surrogate: ``sigmoid``, ``atan``, ``triangle``, ``rectangle`` or ``lee``.
+        width: the surrogate's width (default: its own).
+        detach_reset: no gradient through the reset.
+
+    Shape:
+        ``(T, B, ...)`` → spikes of the same shape, or time-folded ``(T·B, ...)`` when
+        ``timesteps`` is given (or set on the module, as :class:`~spikeforge.models.spiking.
+        SpikingModel` does).
+    """
+
+    def __init__(self, threshold: float = 1.0, leak: float = 1.0,
+                 reset: Literal["zero", "subtract"] = "zero", surrogate: str = "atan",
+                 width: float | None = None, detach_reset: bool = False) -> None:
+        super().__init__()
+        from spikeforge.neurons.surrogate import check_surrogate
+
+        self.width = check_surrogate(surrogate, width)
+        if not 0 < leak <= 1:
+            raise ValueError(f"leak must be in (0, 1], got {leak}")
+        if not threshold > 0:
+            raise ValueError(f"threshold must be > 0, got {threshold}")
+        self.threshold, self.leak, self.reset = float(threshold), float(leak), reset
+        self.surrogate, self.detach_reset = surrogate, detach_reset
+        self.timesteps: int | None = None
+
+    def forward(self, x: Tensor, timesteps: int | None = None) -> Tensor:
+        from spikeforge.neurons.bptt import lif_scan
+
+        steps = timesteps or self.timesteps
+        seq = x if steps is None else unfold_time(x, steps)
+        s = lif_scan(seq, self.threshold, self.leak, self.reset, self.surrogate, self.width,
+                     self.detach_reset)
+        return s if steps is None else s.flatten(0, 1)
+
+    def extra_repr(self) -> str:
+        return (f"threshold={self.threshold:g}, leak={self.leak:g}, reset={self.reset}, "
+                f"surrogate={self.surrogate}" + (f"({self.width:g})" if self.width else "")
+                + (", detach_reset=True" if self.detach_reset else ""))
+
+
+class TimeDropout(nn.Module):
+    """Dropout whose mask is drawn once per sample and held over all T steps (Lee et al.
+    2020): a dropped neuron is silent for the whole window, not at random steps.
+
+    Shape: time-folded ``(T·B, ...)`` with ``timesteps`` set (or given), else ``(T, B, ...)``.
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+        self.timesteps: int | None = None
+
+    def forward(self, x: Tensor, timesteps: int | None = None) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        steps = timesteps or self.timesteps
+        seq = x if steps is None else unfold_time(x, steps)
+        keep = torch.empty_like(seq[0]).bernoulli_(1 - self.p) / (1 - self.p)
+        out = seq * keep
+        return out if steps is None else out.flatten(0, 1)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def unfold_time(x: Tensor, timesteps: int) -> Tensor:
+    """``(T·B, ...)`` → ``(T, B, ...)``, with a clear error when the rows do not divide."""
+    if x.shape[0] % timesteps:
+        raise ValueError(f"a time-folded input of {x.shape[0]} rows cannot hold {timesteps} "
+                         "time steps")
+    return x.unflatten(0, (timesteps, -1))

@@ -62,6 +62,15 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     spec = dict(state.get("model_spec") or {})
     if "name" not in spec:
         raise CheckpointError(f"checkpoint {str(path)!r} has no model_spec to rebuild the model")
-    model = create(spec.pop("name"), **spec)
+    snn = spec.pop("snn", None)
+    if snn is not None:  # a directly trained SNN (spikeforge.models.spiking)
+        from spikeforge.models.spiking import create_snn
+
+        spec.pop("activation", None)
+        neuron = spec.pop("activation_options", None)
+        model = create_snn(spec.pop("name"), snn["timesteps"], snn["encoder"], neuron=neuron,
+                           **spec)
+    else:
+        model = create(spec.pop("name"), **spec)
     model.load_state_dict(state["model"])
     return model.eval()

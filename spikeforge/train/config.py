@@ -56,6 +56,27 @@ class OptimConfig:
 
 
 @dataclass
+class NeuronConfig:
+    """LIF neurons of a directly trained SNN (see :class:`spikeforge.neurons.LIF`)."""
+
+    threshold: float = 1.0
+    leak: float = 1.0  # Lee et al. 2020: 0.99
+    reset: Literal["zero", "subtract"] = "zero"
+    surrogate: Literal["sigmoid", "atan", "triangle", "rectangle", "lee"] = "atan"
+    width: float | None = None  # the surrogate's width (default: its own)
+    detach_reset: bool = False
+
+
+@dataclass
+class SNNConfig:
+    """Direct training (``kind: snn``): the network runs T steps per image, BPTT."""
+
+    timesteps: int = 8
+    encoder: Literal["direct", "poisson"] = "direct"
+    neuron: NeuronConfig = field(default_factory=NeuronConfig)
+
+
+@dataclass
 class RunConfig:
     out_dir: str = "runs/train"
     device: str = "auto"
@@ -68,11 +89,12 @@ class RunConfig:
 
 @dataclass
 class TrainConfig:
-    kind: Literal["ann"] = "ann"
+    kind: Literal["ann", "snn"] = "ann"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    snn: SNNConfig = field(default_factory=SNNConfig)  # used when kind is "snn"
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self, prefix: str = "") -> None:

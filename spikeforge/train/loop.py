@@ -164,13 +164,29 @@ def _load_data(cfg: TrainConfig) -> tuple[ImageDataset, ImageDataset]:
     return train, test
 
 
+def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Module:
+    """The network of ``cfg``: a zoo ANN, or (``kind: snn``) the zoo model with LIF neurons
+    in a :class:`~spikeforge.models.spiking.SpikingModel`."""
+    if cfg.kind == "snn":
+        from spikeforge.models.spiking import create_snn
+
+        return create_snn(cfg.model.name, cfg.snn.timesteps, cfg.snn.encoder,
+                          num_classes=num_classes, in_channels=in_channels, pool=cfg.model.pool,
+                          neuron=to_dict(cfg.snn.neuron), **cfg.model.options)
+    return create(cfg.model.name, num_classes=num_classes, in_channels=in_channels,
+                  activation=cfg.model.activation, pool=cfg.model.pool, **cfg.model.options)
+
+
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     """A checkpoint may only be resumed by the same experiment (epochs and run options may
     change); otherwise the weights would silently belong to another model or data set."""
     now = to_dict(cfg)
     before = saved.get("config", {})
-    differ = [f"{section}.{k}" for section in ("data", "model")
+    sections = ("data", "model", "snn") if cfg.kind == "snn" else ("data", "model")
+    differ = [f"{section}.{k}" for section in sections
               for k in now[section] if before.get(section, {}).get(k) != now[section][k]]
+    if before.get("kind", "ann") != now["kind"]:
+        differ.append("kind")
     if before.get("seed") != now["seed"]:
         differ.append("seed")
     if differ:
@@ -198,9 +214,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     try:
         seed_everything(cfg.seed)
         train_set, test_set = _load_data(cfg)
-        model = create(cfg.model.name, num_classes=train_set.num_classes,
-                       in_channels=train_set.in_channels, activation=cfg.model.activation,
-                       pool=cfg.model.pool, **cfg.model.options).to(device)
+        model = build_model(cfg, train_set.num_classes, train_set.in_channels).to(device)
         memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
         model = model.to(memory_format=memory_format)
         aug = cfg.data.augment

@@ -1,0 +1,91 @@
+"""Directly trained spiking networks from the same registry and layers as the ANNs.
+
+:func:`create_snn` builds a zoo model with LIF activations and wraps it in a
+:class:`SpikingModel`, which maps images to class scores like an ANN — so the ANN training
+loop, checkpoints and evaluation serve it unchanged:
+
+    x (B, ...) → encode → (T, B, ...) → fold → (T·B, ...) → network → (T·B, C)
+      → unfold → (T, B, C) → mean over t → (B, C)
+
+Every stateless layer (conv, linear, pooling, BN) runs once on all T·B rows; only the LIF
+neurons scan over time (:func:`spikeforge.neurons.bptt.lif_scan`). BatchNorm over the folded
+rows normalises over time and batch together (tdBN, Zheng et al. 2021). The readout is the
+last layer's mean input current over the window, i.e. a non-spiking integrator divided by T
+(V_th = 1; Lee et al. 2020). Dropout is replaced by :class:`~spikeforge.neurons.TimeDropout`
+(one mask per sample for all T).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from spikeforge.encoding import ENCODERS, encode
+from spikeforge.models.registry import create
+from spikeforge.neurons.modules import TimeDropout
+
+__all__ = ["SpikingModel", "create_snn"]
+
+
+class SpikingModel(nn.Module):
+    """A network of LIF layers (time-folded) as an images → scores module.
+
+    Args:
+        net: a network whose spiking layers accept time-folded input and have a
+            ``timesteps`` attribute (as zoo models built with ``activation="lif"``).
+        timesteps: T.
+        encoder: ``"direct"`` (the image is the input current at every step) or
+            ``"poisson"`` (signed Bernoulli spikes with mean x, drawn from the global RNG so
+            that training is reproducible and resumable).
+    """
+
+    def __init__(self, net: nn.Module, timesteps: int, encoder: str = "direct") -> None:
+        super().__init__()
+        if timesteps < 1:
+            raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+        if encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {encoder!r}; valid: {', '.join(ENCODERS)}")
+        for name, module in list(net.named_modules()):
+            for child_name, child in list(module.named_children()):
+                if isinstance(child, nn.Dropout):
+                    setattr(module, child_name, TimeDropout(child.p))
+        self.net, self.encoder = net, encoder
+        self.set_timesteps(timesteps)
+
+    def set_timesteps(self, timesteps: int) -> None:
+        """Simulate ``timesteps`` steps from now on (e.g. evaluate at another T)."""
+        self.timesteps = timesteps
+        for module in self.net.modules():
+            if hasattr(module, "timesteps"):
+                module.timesteps = timesteps
+
+    def forward(self, x: Tensor) -> Tensor:
+        seq = encode(self.encoder, x, self.timesteps)
+        out = self.net(seq.reshape(-1, *x.shape[1:]))
+        return out.unflatten(0, (self.timesteps, -1)).mean(0)
+
+    def extra_repr(self) -> str:
+        return f"timesteps={self.timesteps}, encoder={self.encoder}"
+
+
+def create_snn(name: str, timesteps: int, encoder: str = "direct", num_classes: int = 10,
+               in_channels: int = 3, pool: str = "avg",
+               neuron: dict[str, Any] | None = None, **options: Any) -> SpikingModel:
+    """A zoo model (``name``) with LIF neurons, wrapped for direct training.
+
+    Args:
+        timesteps, encoder: see :class:`SpikingModel`.
+        neuron: LIF options (``threshold``, ``leak``, ``reset``, ``surrogate``, ``width``,
+            ``detach_reset``; see :class:`~spikeforge.neurons.LIF`).
+        options: the model's own options (``dropout``, ...).
+
+    The result carries ``spikeforge_spec`` (the zoo spec plus ``snn``), so checkpoints
+    rebuild it with :func:`spikeforge.train.load_model`.
+    """
+    net = create(name, num_classes=num_classes, in_channels=in_channels, activation="lif",
+                 pool=pool, activation_options=dict(neuron or {}), **options)
+    model = SpikingModel(net, timesteps, encoder)
+    model.spikeforge_spec = {**net.spikeforge_spec,
+                             "snn": {"timesteps": timesteps, "encoder": encoder}}
+    return model

@@ -1,0 +1,121 @@
+"""Direct SNN training: spiking zoo models, the held dropout mask, training on real data,
+kill-and-resume equality and divergence handling."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import spikeforge.train.loop as loop
+from spikeforge.config import ConfigError, from_dict
+from spikeforge.models.spiking import create_snn
+from spikeforge.neurons import LIF, TimeDropout
+from spikeforge.train import TrainConfig, TrainingDiverged, fit, load_model
+
+CONFIG = {
+    "kind": "snn", "seed": 0,
+    "data": {"dataset": "mnist_demo", "batch_size": 64, "train_subset": 1200,
+             "test_subset": 300},
+    "model": {"name": "cnn_small", "options": {"dropout": 0.2}},
+    "optim": {"name": "adamw", "lr": 0.002, "weight_decay": 0.0, "epochs": 2},
+    "snn": {"timesteps": 4, "encoder": "poisson",
+            "neuron": {"leak": 0.99, "surrogate": "atan"}},
+    "run": {"threads": 1, "progress": False},
+}
+
+
+def config(tmp_path, name: str, **changes) -> TrainConfig:
+    data = json.loads(json.dumps(CONFIG))
+    data["run"]["out_dir"] = str(tmp_path / name)
+    for key, value in changes.items():
+        section, field = key.split("__")
+        data[section][field] = value
+    return from_dict(TrainConfig, data)
+
+
+def test_spiking_zoo_model_shapes_and_layers():
+    snn = create_snn("vgg7", timesteps=3, encoder="direct", in_channels=3, dropout=0.1,
+                     neuron={"leak": 0.9, "surrogate": "lee"})
+    lifs = [m for m in snn.modules() if isinstance(m, LIF)]
+    assert lifs and all(m.timesteps == 3 and m.surrogate == "lee" for m in lifs)
+    assert any(isinstance(m, TimeDropout) for m in snn.modules())
+    assert not any(isinstance(m, torch.nn.Dropout) for m in snn.modules())
+    x = torch.randn(2, 3, 32, 32)
+    out = snn(x)
+    assert out.shape == (2, 10)
+    out.sum().backward()
+    grads = [p.grad for p in snn.parameters() if p.grad is not None]
+    assert len(grads) == len(list(snn.parameters()))  # the gradient reaches every layer
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert grads[0].abs().sum() > 0
+
+
+def test_time_dropout_holds_its_mask_over_all_steps():
+    drop = TimeDropout(0.5).train()
+    torch.manual_seed(0)
+    out = drop(torch.ones(4 * 3, 50), timesteps=4).unflatten(0, (4, 3))
+    assert torch.equal(out[0], out[1]) and torch.equal(out[0], out[3])
+    assert 0.3 < (out[0] == 0).double().mean() < 0.7
+    assert torch.equal(drop.eval()(torch.ones(8, 5), timesteps=4), torch.ones(8, 5))
+
+
+def test_snn_trains_on_real_digits_and_reloads(tmp_path):
+    result = fit(config(tmp_path, "run"))
+    assert result.test_accuracy > 75.0  # Poisson input, T = 4, 1200 images, 2 epochs
+    model = load_model(tmp_path / "run" / "checkpoint.pt")
+    assert model.timesteps == 4 and model.encoder == "poisson"
+    x = torch.rand(5, 1, 28, 28)
+    torch.manual_seed(1)
+    a = model(x)
+    torch.manual_seed(1)
+    assert torch.equal(a, model(x))  # Poisson input from the seeded global RNG
+
+
+def test_killed_and_resumed_snn_training_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    whole = fit(config(tmp_path, "whole"))
+    real = loop._train_epoch
+    calls = []
+
+    def killed_in_epoch_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_train_epoch", killed_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config(tmp_path, "killed"))
+    monkeypatch.undo()
+    resumed = fit(config(tmp_path, "killed"), resume=True)
+    assert [h["test_accuracy"] for h in resumed.history] == \
+        [h["test_accuracy"] for h in whole.history]
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_exploding_snn_loss_stops_with_the_epoch_and_step(tmp_path, monkeypatch):
+    real = loop.F.cross_entropy
+    steps = []
+
+    def poisoned(*args, **kwargs):
+        if torch.is_grad_enabled():  # training steps, not the test-set evaluation
+            steps.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(steps) == 25 else loss
+
+    monkeypatch.setattr(loop.F, "cross_entropy", poisoned)
+    cfg = config(tmp_path, "nan")
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 7"):
+        fit(cfg)
+    saved = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=True)
+    assert saved["epoch"] == 1  # the last good checkpoint is kept
+
+
+def test_snn_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="'snn.neuron.surrogate'.*valid choices.*'atan'"):
+        from_dict(TrainConfig, {"kind": "snn", "snn": {"neuron": {"surrogate": "tanh"}}})
+    with pytest.raises(ConfigError, match="'snn.encoder'"):
+        from_dict(TrainConfig, {"kind": "snn", "snn": {"encoder": "rate"}})
