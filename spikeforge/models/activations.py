@@ -18,8 +18,8 @@ from typing import Any
 
 from torch import nn
 
-from spikeforge.nn import CSQCFS, QCFS, ClippedReLU
 from spikeforge.neurons.modules import LIF
+from spikeforge.nn import CSQCFS, QCFS, ClippedReLU
 
 __all__ = ["ACTIVATIONS", "ActivationBuilder", "ActivationSpec", "activation_name",
            "make_activation", "register_activation"]

@@ -46,7 +46,7 @@ class SpikingModel(nn.Module):
             raise ValueError(f"timesteps must be >= 1, got {timesteps}")
         if encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {encoder!r}; valid: {', '.join(ENCODERS)}")
-        for name, module in list(net.named_modules()):
+        for module in list(net.modules()):
             for child_name, child in list(module.named_children()):
                 if isinstance(child, nn.Dropout):
                     setattr(module, child_name, TimeDropout(child.p))
