@@ -8,8 +8,10 @@ import json
 import pytest
 import torch
 
+import spikeforge as sf
 import spikeforge.train.loop as loop
 from spikeforge.config import ConfigError, from_dict
+from spikeforge.data import BatchLoader, load_dataset
 from spikeforge.models.spiking import create_snn
 from spikeforge.neurons import LIF, TimeDropout
 from spikeforge.train import TrainConfig, TrainingDiverged, fit, load_model
@@ -71,6 +73,21 @@ def test_snn_trains_on_real_digits_and_reloads(tmp_path):
     a = model(x)
     torch.manual_seed(1)
     assert torch.equal(a, model(x))  # Poisson input from the seeded global RNG
+    # the trained network simulated by the converter: the same neurons, the same output
+    direct = load_model(tmp_path / "run" / "checkpoint.pt")
+    direct.encoder = "direct"
+    snn = sf.convert(direct, None, "snn", progress=False)
+    assert snn.timesteps == 4 and snn.info["initial"] == "zero"
+    with torch.no_grad():
+        torch.testing.assert_close(snn(x).mean(0), direct(x), atol=1e-5, rtol=1e-5)
+    test = BatchLoader(load_dataset("mnist_demo", "test").subset(300), 150)
+    res = sf.evaluate(snn, test, progress=False)
+    assert res.accuracy[-1] > 75.0 and res.sops_per_sample > 0
+    assert all(0 < rate < 1 for rate in res.firing_rates.values())
+    with pytest.raises(sf.ConversionError, match="simulate it with method='snn'"):
+        sf.convert(direct, [x], "threshold_balancing", progress=False)
+    with pytest.raises(sf.ConversionError, match="this model has none"):
+        sf.convert(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()), None, "snn")
 
 
 def test_killed_and_resumed_snn_training_equals_an_uninterrupted_one(tmp_path, monkeypatch):

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from spikeforge.neurons.modules import TimeDropout
+
 __all__ = ["ACTIVATION_FUNCTIONS", "ACTIVATION_MODULES", "ConversionError", "activation_nodes",
            "check_supported", "describe", "fold_batch_norm", "prepare", "remove_identities",
            "trace"]
@@ -51,7 +53,8 @@ ACTIVATION_METHODS = ("relu",)
 SYNAPTIC_MODULES = (nn.Conv1d, nn.Conv2d, nn.Linear)
 MAX_POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
 MAX_POOL_FUNCTIONS = (F.max_pool1d, F.max_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d)
-_IDENTITY_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity)
+_IDENTITY_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity,
+                     TimeDropout)
 _IDENTITY_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout)
 _LINEAR_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool1d, nn.AvgPool2d,
                    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Unflatten)
@@ -65,10 +68,17 @@ _SHAPE_METHODS = ("view", "reshape", "flatten", "contiguous", "size", "unsqueeze
 def _spikeforge_leaf_types() -> tuple[type[nn.Module], ...]:
     """spikeforge's ANN layers (``spikeforge.nn``) stay whole in the trace so that the
     converter sees a ClippedReLU (or QCFS) and not the clamp it is made of."""
-    import spikeforge.nn as sfnn
+    return (*_spikeforge_activation_types(), TimeDropout)
 
-    return tuple(obj for obj in vars(sfnn).values()
-                 if isinstance(obj, type) and issubclass(obj, nn.Module))
+
+@functools.cache
+def _spikeforge_activation_types() -> tuple[type[nn.Module], ...]:
+    """spikeforge's activations: the ANN layers of ``spikeforge.nn`` and the trained LIF."""
+    import spikeforge.nn as sfnn
+    from spikeforge.neurons.modules import LIF
+
+    return (*(obj for obj in vars(sfnn).values()
+              if isinstance(obj, type) and issubclass(obj, nn.Module)), LIF)
 
 
 class _Tracer(fx.Tracer):
@@ -123,7 +133,7 @@ def is_activation(node: fx.Node, gm: fx.GraphModule,
     """Whether ``node`` is a ReLU-like activation that becomes a spiking neuron."""
     if node.op == "call_module":
         return isinstance(gm.get_submodule(node.target),
-                          (*ACTIVATION_MODULES, *_spikeforge_leaf_types(), *modules))
+                          (*ACTIVATION_MODULES, *_spikeforge_activation_types(), *modules))
     if node.op == "call_function":
         return node.target in ACTIVATION_FUNCTIONS
     return node.op == "call_method" and node.target in ACTIVATION_METHODS

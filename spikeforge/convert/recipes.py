@@ -43,7 +43,8 @@ from spikeforge.convert.graph import (
     is_max_pool,
     prepare,
 )
-from spikeforge.neurons import SpikingNeuron
+from spikeforge.models.spiking import SpikingModel
+from spikeforge.neurons import LIF, SpikingNeuron
 from spikeforge.neurons.functional import INITIALS, RESETS
 from spikeforge.nn import CSQCFS, QCFS
 from spikeforge.simulate import SpikingMaxPool, SpikingNetwork, max_pool_module
@@ -62,6 +63,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "qcfs": {"rule": "binary", "initial": "half", "thresholds": "learned", "activation": QCFS},
     "csqcfs": {"rule": "binary", "initial": "half", "thresholds": "learned",
                "activation": CSQCFS},
+    # a directly trained SNN (spikeforge.models.spiking): its LIF neurons as they are
+    "snn": {"rule": "binary", "initial": "zero", "thresholds": "learned", "activation": LIF},
 }
 
 
@@ -102,7 +105,7 @@ def _replace(graph: fx.Graph, node: fx.Node, module: str, steps: fx.Node) -> Non
 
 
 def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
-            method: str = "threshold_balancing", *, timesteps: int = 32,
+            method: str = "threshold_balancing", *, timesteps: int | None = None,
             thresholds: str | None = None, percentile: float = 99.9, channelwise: bool = False,
             reset: str = "subtract", initial: str | None = None, symmetric: bool = False,
             levels: int | None = None, cap: int | None = None, max_pool: str = "cumulative",
@@ -117,8 +120,10 @@ def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
         calibration: iterable of input batches or ``(input, label)`` batches (training data,
             normalised like the model's inputs); ``None`` with learned thresholds.
         method: ``"threshold_balancing"``, ``"termapping"``, ``"augmapping"``, ``"qcfs"``
-            or ``"csqcfs"``.
-        timesteps: default T of ``snn(x)``.
+            or ``"csqcfs"``; ``"snn"`` for a directly trained SNN (a
+            :class:`~spikeforge.models.spiking.SpikingModel` or a network of LIF layers):
+            its neurons as trained (θ, leak, reset, v(0) = 0), unit spikes out.
+        timesteps: default T of ``snn(x)`` (default 32; a SpikingModel's own T).
         thresholds: ``"calibrate"`` (λ from the activations on ``calibration``) or
             ``"learned"`` (λ of the QCFS / CS-QCFS activations); default: ``"learned"`` for
             ``qcfs``/``csqcfs``, else ``"calibrate"``. ``augmapping`` with ``"learned"``
@@ -159,7 +164,9 @@ def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
                               + ", ".join(METHODS))
     defaults = METHODS[method]
     thresholds = defaults["thresholds"] if thresholds is None else thresholds
-    initial = initial or ("half" if thresholds == "learned" else defaults["initial"])
+    if initial is None:  # learned QCFS levels are centred: v(0) = θ/2 (not for a trained SNN)
+        borrowed = thresholds == "learned" and defaults["thresholds"] != "learned"
+        initial = "half" if borrowed else defaults["initial"]
     _check_choice("thresholds", thresholds, ("calibrate", "learned"))
     _check_choice("reset", reset, RESETS)
     _check_choice("initial", initial, INITIALS)
@@ -170,6 +177,17 @@ def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
                               f"(method='augmapping'), not to {method!r}")
     if levels is not None and (not isinstance(levels, int) or levels < 1):
         raise ConversionError(f"levels must be an integer >= 1, got {levels!r}")
+    if isinstance(model, SpikingModel):  # simulate it as it was trained, unless told
+        timesteps = timesteps or model.timesteps
+        model, encoder = model.net, encoder if encoder != "direct" else model.encoder
+    timesteps = timesteps or 32
+    spiking = any(isinstance(m, LIF) for m in model.modules())
+    if spiking and method != "snn":
+        raise ConversionError(f"this is a directly trained SNN (LIF neurons): simulate it with "
+                              f"method='snn', not {method!r}")
+    if method == "snn" and not spiking:
+        raise ConversionError("method='snn' simulates a directly trained SNN (LIF neurons); "
+                              "this model has none")
     modules = tuple(activations)
     gm = prepare(model, modules, max_pool)
     if thresholds == "learned":
@@ -189,6 +207,9 @@ def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
             layer_cap = layer_levels[name]  # c·θ never exceeds λ: the QCFS clip
         neurons[name] = {"threshold": lam / units, "rule": defaults["rule"], "reset": reset,
                          "initial": initial, "symmetric": symmetric, "cap": layer_cap}
+        if method == "snn":  # the trained neuron: its leak and reset, unit spikes out
+            lif = gm.get_submodule(next(n.target for n in gm.graph.nodes if n.name == name))
+            neurons[name].update(leak=lif.leak, reset=lif.reset, emit="count")
     graph = to_spiking(gm, neurons, modules).eval()
     info = {"method": method, "thresholds_from": thresholds, "percentile": percentile,
             "channelwise": channelwise, "max_pool": max_pool, "encoder": encoder,

@@ -129,7 +129,10 @@ def convert_and_evaluate(setup: Setup, spec: str, timesteps: int, progress: bool
     steps = int(method_options.pop("timesteps", timesteps))
     snn = convert(setup.model, setup.calibration, name, timesteps=steps, seed=setup.seed,
                   progress=progress, **method_options)
-    result = evaluate(snn, setup.loader, steps, ann=setup.model, progress=progress)
+    from spikeforge.models.spiking import SpikingModel
+
+    ann = None if isinstance(setup.model, SpikingModel) else setup.model  # no ANN to compare
+    result = evaluate(snn, setup.loader, steps, ann=ann, progress=progress)
     return {
         "method": name, "label": label(name, own), "options": method_options,
         "dataset": setup.dataset, "model": setup.model_name, **result.to_dict(),

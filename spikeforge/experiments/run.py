@@ -221,11 +221,14 @@ def resolve(cfg: ExperimentConfig, base_dir: Path, path: Path | None = None,
 
 def _check_applicable(variant: str, train: TrainConfig, methods: list[str],
                       shared: dict[str, Any]) -> None:
-    """Learned-threshold methods need the activation they read λ from."""
+    """Learned-threshold methods need the activation they read λ from (a directly trained
+    SNN: its LIF neurons, method ``snn``)."""
     from spikeforge.models.activations import make_activation
+    from spikeforge.neurons import LIF
 
-    act = make_activation(train.model.activation, 1,
-                          **(train.model.options.get("activation_options") or {}))
+    act = (LIF(**to_dict(train.snn.neuron)) if train.kind == "snn" else
+           make_activation(train.model.activation, 1,
+                           **(train.model.options.get("activation_options") or {})))
     for spec in methods:
         name, own = parse_method(spec)
         options = {**shared, **own}

@@ -134,6 +134,13 @@ class LIF(nn.Module):
         self.surrogate, self.detach_reset = surrogate, detach_reset
         self.timesteps: int | None = None
 
+    #: one unit spike per threshold crossing (read by the converter like a QCFS level count)
+    levels = 1
+
+    def lam(self) -> Tensor:
+        """The threshold as a tensor (what ``sf.convert(method="snn")`` gives the neuron)."""
+        return torch.tensor(self.threshold)
+
     def forward(self, x: Tensor, timesteps: int | None = None) -> Tensor:
         from spikeforge.neurons.bptt import lif_scan
 
