@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from spikeforge.encoding import encode
 from spikeforge.neurons import SpikingNeuron
+from spikeforge.neurons.modules import broadcast_threshold
 from spikeforge.simulate import SpikingMaxPool, SpikingNetwork
 
 __all__ = ["ENERGY_PER_MAC", "ENERGY_PER_SOP", "Connectivity", "EvaluationResult",
@@ -240,7 +241,9 @@ class _Monitor:
         per_step = (events @ fan).sum(1).double().cpu()  # one pass + a matrix-vector product
         n_events = float(events.sum())
         if isinstance(module, SpikingNeuron) and module.rule == "augmented":
-            inverse = (1.0 / module._theta_for(output[:1])).expand_as(output[:1]).reshape(-1)
+            theta = broadcast_threshold(module.threshold.to(output.dtype), output[:1],
+                                        module.channel_dim)
+            inverse = (1.0 / theta).expand_as(output[:1]).reshape(-1)
             magnitude = out.abs()
             units_sops = float((magnitude @ (fan * inverse)).sum())
             units = float((magnitude @ inverse).sum())

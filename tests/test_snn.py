@@ -136,3 +136,37 @@ def test_snn_config_errors_name_the_key():
         from_dict(TrainConfig, {"kind": "snn", "snn": {"neuron": {"surrogate": "tanh"}}})
     with pytest.raises(ConfigError, match="'snn.encoder'"):
         from_dict(TrainConfig, {"kind": "snn", "snn": {"encoder": "rate"}})
+
+
+def test_hybrid_snn_starts_as_the_converted_one_and_fine_tunes(tmp_path):
+    from spikeforge.train.hybrid import snn_from_ann
+
+    ann_cfg = {k: v for k, v in CONFIG.items() if k not in ("kind", "snn")}
+    ann_cfg = json.loads(json.dumps(ann_cfg))
+    ann_cfg["optim"]["epochs"] = 1
+    ann_cfg["run"]["out_dir"] = str(tmp_path / "ann")
+    fit(from_dict(TrainConfig, ann_cfg))
+    ann = load_model(tmp_path / "ann" / "checkpoint.pt")
+    train = load_dataset("mnist_demo", "train")
+    calibration = [x for x, _ in BatchLoader(train.subset(512, seed=0), 256)]
+    x = next(iter(BatchLoader(load_dataset("mnist_demo", "test").subset(16), 16)))[0]
+    options = {"initial": "half", "channelwise": True}
+    hybrid = snn_from_ann(ann, calibration, timesteps=2, **options).eval()
+    converted = sf.convert(ann, calibration, timesteps=2, progress=False, **options)
+    with torch.no_grad():
+        torch.testing.assert_close(hybrid(x), converted(x).mean(0), atol=1e-4, rtol=1e-4)
+    with pytest.raises(sf.ConversionError, match="binary-spike method"):
+        snn_from_ann(ann, calibration, "augmapping")
+
+    cfg = config(tmp_path, "hybrid", optim__epochs=1)
+    cfg.snn.timesteps, cfg.snn.encoder = 1, "direct"
+    cfg.snn.init_from = str(tmp_path / "ann" / "checkpoint.pt")
+    cfg.snn.init_options = options
+    result = fit(cfg)
+    before = result.summary["initial_test_accuracy"]
+    print(f"hybrid T=1: converted {before:.2f}% -> fine-tuned {result.test_accuracy:.2f}%")
+    assert result.test_accuracy > before  # one epoch of BPTT at T = 1 repairs the conversion
+    reloaded = load_model(tmp_path / "hybrid" / "checkpoint.pt")
+    lifs = [m for m in reloaded.modules() if isinstance(m, LIF)]
+    assert all(m.emit == "value" and m.reset == "subtract" for m in lifs)
+    assert lifs[0].threshold.numel() > 1  # per-channel thresholds survive the checkpoint

@@ -209,7 +209,8 @@ def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
                          "initial": initial, "symmetric": symmetric, "cap": layer_cap}
         if method == "snn":  # the trained neuron: its leak and reset, unit spikes out
             lif = gm.get_submodule(next(n.target for n in gm.graph.nodes if n.name == name))
-            neurons[name].update(leak=lif.leak, reset=lif.reset, emit="count")
+            neurons[name].update(leak=lif.leak, reset=lif.reset, initial=lif.initial,
+                                 emit=lif.emit)
     graph = to_spiking(gm, neurons, modules).eval()
     info = {"method": method, "thresholds_from": thresholds, "percentile": percentile,
             "channelwise": channelwise, "max_pool": max_pool, "encoder": encoder,

@@ -4,7 +4,7 @@ calls with the same input give the same output."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -66,23 +66,11 @@ class SpikingNeuron(nn.Module):
     def params(self, theta: Tensor) -> NeuronParams:
         return NeuronParams(theta, self.rule, self.reset, self.leak, self.symmetric, self.cap)
 
-    def _theta_for(self, step: Tensor) -> Tensor:
-        """θ broadcastable to one step ``(B, C, ...)``."""
-        theta = self.threshold.to(step.dtype)
-        if theta.ndim == 1:
-            trailing = step.ndim - self.channel_dim - 1
-            if step.shape[self.channel_dim] != theta.numel():
-                raise ValueError(f"per-channel threshold has {theta.numel()} values but the "
-                                 f"input has {step.shape[self.channel_dim]} channels "
-                                 f"(dim {self.channel_dim})")
-            theta = theta.view(-1, *([1] * trailing))
-        return theta
-
     def forward(self, x: Tensor, timesteps: int | None = None) -> Tensor:
         folded = timesteps is not None
         if folded:
             x = unfold_time(x, timesteps)
-        theta = self._theta_for(x[0])
+        theta = broadcast_threshold(self.threshold.to(x.dtype), x[0], self.channel_dim)
         s, _ = neuron_scan(x, self.params(theta), self.initial)
         out = s * theta if self.emit == "value" else s
         return out.flatten(0, 1) if folded else out
@@ -106,12 +94,16 @@ class LIF(nn.Module):
     (:func:`spikeforge.neurons.bptt.lif_scan`; Lee et al. 2020 and the standard surrogates).
 
     Args:
-        threshold: θ (Lee et al.: 1.0).
+        threshold: θ (Lee et al.: 1.0), a float or one value per channel (1-D tensor).
         leak: l in (0, 1] (Lee et al.: 0.99; 1.0 is IF).
         reset: ``"zero"`` (Lee et al.) or ``"subtract"``.
         surrogate: ``sigmoid``, ``atan``, ``triangle``, ``rectangle`` or ``lee``.
         width: the surrogate's width (default: its own).
         detach_reset: no gradient through the reset.
+        initial: v(0) = 0 (``"zero"``) or θ/2 (``"half"``).
+        emit: ``"count"`` passes the spikes s on (direct training), ``"value"`` passes θ·s
+            (an SNN initialised from a converted ANN, whose next layer expects θ·s).
+        channel_dim: the channel axis of one step's input, for a per-channel threshold.
 
     Shape:
         ``(T, B, ...)`` → spikes of the same shape, or time-folded ``(T·B, ...)`` when
@@ -119,41 +111,86 @@ class LIF(nn.Module):
         SpikingModel` does).
     """
 
-    def __init__(self, threshold: float = 1.0, leak: float = 1.0,
+    #: one unit spike per threshold crossing (read by the converter like a QCFS level count)
+    levels = 1
+
+    def __init__(self, threshold: float | Tensor = 1.0, leak: float = 1.0,
                  reset: Literal["zero", "subtract"] = "zero", surrogate: str = "atan",
-                 width: float | None = None, detach_reset: bool = False) -> None:
+                 width: float | None = None, detach_reset: bool = False,
+                 initial: Initial = "zero", emit: Literal["count", "value"] = "count",
+                 channel_dim: int = 1) -> None:
         super().__init__()
         from spikeforge.neurons.surrogate import check_surrogate
 
         self.width = check_surrogate(surrogate, width)
+        theta = torch.as_tensor(threshold, dtype=torch.float32).detach().clone()
+        if theta.ndim > 1 or not bool(torch.isfinite(theta).all()) or bool((theta <= 0).any()):
+            raise ValueError(f"threshold must be finite and > 0, a scalar or one value per "
+                             f"channel, got {threshold}")
         if not 0 < leak <= 1:
             raise ValueError(f"leak must be in (0, 1], got {leak}")
-        if not threshold > 0:
-            raise ValueError(f"threshold must be > 0, got {threshold}")
-        self.threshold, self.leak, self.reset = float(threshold), float(leak), reset
-        self.surrogate, self.detach_reset = surrogate, detach_reset
+        for key, value, valid in (("reset", reset, ("zero", "subtract")),
+                                  ("initial", initial, ("zero", "half")),
+                                  ("emit", emit, ("count", "value"))):
+            if value not in valid:
+                raise ValueError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
+        self.register_buffer("threshold", theta)
+        self.leak, self.reset, self.initial, self.emit = float(leak), reset, initial, emit
+        self.surrogate, self.detach_reset, self.channel_dim = surrogate, detach_reset, channel_dim
         self.timesteps: int | None = None
 
-    #: one unit spike per threshold crossing (read by the converter like a QCFS level count)
-    levels = 1
-
     def lam(self) -> Tensor:
-        """The threshold as a tensor (what ``sf.convert(method="snn")`` gives the neuron)."""
-        return torch.tensor(self.threshold)
+        """The threshold (what ``sf.convert(method="snn")`` gives the neuron)."""
+        return self.threshold.detach().clone()
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """Saved with the weights, so a checkpoint restores neurons set after construction
+        (:func:`spikeforge.train.hybrid.snn_from_ann`)."""
+        return {"leak": self.leak, "reset": self.reset, "initial": self.initial,
+                "emit": self.emit}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.leak, self.reset = float(state["leak"]), state["reset"]
+        self.initial, self.emit = state["initial"], state["emit"]
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str,
+                              *args: Any, **kwargs: Any) -> None:
+        theta = state_dict.get(prefix + "threshold")
+        if isinstance(theta, Tensor) and theta.shape != self.threshold.shape:
+            self.threshold = torch.empty_like(theta, device=self.threshold.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: Tensor, timesteps: int | None = None) -> Tensor:
         from spikeforge.neurons.bptt import lif_scan
 
         steps = timesteps or self.timesteps
         seq = x if steps is None else unfold_time(x, steps)
-        s = lif_scan(seq, self.threshold, self.leak, self.reset, self.surrogate, self.width,
-                     self.detach_reset)
-        return s if steps is None else s.flatten(0, 1)
+        theta = broadcast_threshold(self.threshold.to(seq.dtype), seq[0], self.channel_dim)
+        v0 = theta / 2 if self.initial == "half" else 0.0
+        s = lif_scan(seq, theta, self.leak, self.reset, self.surrogate, self.width,
+                     self.detach_reset, v0)
+        out = s * theta if self.emit == "value" else s
+        return out if steps is None else out.flatten(0, 1)
 
     def extra_repr(self) -> str:
-        return (f"threshold={self.threshold:g}, leak={self.leak:g}, reset={self.reset}, "
+        theta = (f"{self.threshold.item():g}" if self.threshold.ndim == 0
+                 else f"per-channel[{self.threshold.numel()}]")
+        return (f"threshold={theta}, leak={self.leak:g}, reset={self.reset}, "
                 f"surrogate={self.surrogate}" + (f"({self.width:g})" if self.width else "")
-                + (", detach_reset=True" if self.detach_reset else ""))
+                + (", detach_reset=True" if self.detach_reset else "")
+                + (f", initial={self.initial}" if self.initial != "zero" else "")
+                + (f", emit={self.emit}" if self.emit != "count" else ""))
+
+
+def broadcast_threshold(theta: Tensor, step: Tensor, channel_dim: int = 1) -> Tensor:
+    """θ (a scalar or one value per channel) shaped to broadcast against one step's input
+    ``step`` (B, C, ...), with an error naming both sizes when the channels differ."""
+    if theta.ndim == 0:
+        return theta
+    if step.shape[channel_dim] != theta.numel():
+        raise ValueError(f"per-channel threshold has {theta.numel()} values but the input has "
+                         f"{step.shape[channel_dim]} channels (dim {channel_dim})")
+    return theta.view(-1, *([1] * (step.ndim - channel_dim - 1)))
 
 
 class TimeDropout(nn.Module):

@@ -74,6 +74,11 @@ class SNNConfig:
     timesteps: int = 8
     encoder: Literal["direct", "poisson"] = "direct"
     neuron: NeuronConfig = field(default_factory=NeuronConfig)
+    # hybrid: start from this trained ANN checkpoint, converted with init_method (options in
+    # init_options, e.g. {initial: half, channelwise: true}), instead of from scratch
+    init_from: str | None = None
+    init_method: Literal["threshold_balancing", "qcfs", "csqcfs"] = "threshold_balancing"
+    init_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -39,7 +39,12 @@ from spikeforge.runtime import (
     set_threads,
 )
 from spikeforge.train import distributed
-from spikeforge.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from spikeforge.train.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
 from spikeforge.train.config import OptimConfig, TrainConfig
 
 CHECKPOINT = "checkpoint.pt"
@@ -164,17 +169,30 @@ def _load_data(cfg: TrainConfig) -> tuple[ImageDataset, ImageDataset]:
     return train, test
 
 
-def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Module:
+def build_model(cfg: TrainConfig, train_set: ImageDataset) -> nn.Module:
     """The network of ``cfg``: a zoo ANN, or (``kind: snn``) the zoo model with LIF neurons
-    in a :class:`~spikeforge.models.spiking.SpikingModel`."""
-    if cfg.kind == "snn":
+    in a :class:`~spikeforge.models.spiking.SpikingModel` — from scratch, or (``snn.init_from``)
+    initialised from a converted ANN, calibrated on a seeded subset of ``train_set``."""
+    classes, channels = train_set.num_classes, train_set.in_channels
+    if cfg.kind == "ann":
+        return create(cfg.model.name, num_classes=classes, in_channels=channels,
+                      activation=cfg.model.activation, pool=cfg.model.pool, **cfg.model.options)
+    snn = cfg.snn
+    if snn.init_from is None:
         from spikeforge.models.spiking import create_snn
 
-        return create_snn(cfg.model.name, cfg.snn.timesteps, cfg.snn.encoder,
-                          num_classes=num_classes, in_channels=in_channels, pool=cfg.model.pool,
-                          neuron=to_dict(cfg.snn.neuron), **cfg.model.options)
-    return create(cfg.model.name, num_classes=num_classes, in_channels=in_channels,
-                  activation=cfg.model.activation, pool=cfg.model.pool, **cfg.model.options)
+        return create_snn(cfg.model.name, snn.timesteps, snn.encoder, num_classes=classes,
+                          in_channels=channels, pool=cfg.model.pool,
+                          neuron=to_dict(snn.neuron), **cfg.model.options)
+    from spikeforge.train.hybrid import snn_from_ann
+
+    ann = load_model(snn.init_from)
+    calibration = None
+    if snn.init_method == "threshold_balancing":
+        subset = train_set.subset(min(2048, len(train_set)), seed=cfg.seed)
+        calibration = [x for x, _ in BatchLoader(subset, 256)]
+    return snn_from_ann(ann, calibration, snn.init_method, snn.timesteps, snn.encoder,
+                        neuron=to_dict(snn.neuron), **snn.init_options)
 
 
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
@@ -214,7 +232,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     try:
         seed_everything(cfg.seed)
         train_set, test_set = _load_data(cfg)
-        model = build_model(cfg, train_set.num_classes, train_set.in_channels).to(device)
+        model = build_model(cfg, train_set).to(device)
         memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
         model = model.to(memory_format=memory_format)
         aug = cfg.data.augment
@@ -230,6 +248,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         autocast, scaler = _amp(device, cfg.run.amp)
         history: list[dict[str, Any]] = []
         start_epoch = 0
+        extra: dict[str, Any] = {}  # the hybrid SNN's accuracy before fine-tuning
         if resume and ckpt_path.is_file():
             saved = load_checkpoint(ckpt_path, map_location=device)
             _check_resumable(saved, cfg, ckpt_path)
@@ -240,11 +259,17 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             scaler.load_state_dict(saved["scaler"])
             set_rng_state(saved["rng"])
             history, start_epoch = list(saved["history"]), int(saved["epoch"])
+            extra = dict(saved.get("extra") or {})
             if ctx.is_main:
                 print(f"resuming {ckpt_path} after epoch {start_epoch}", file=sys.stderr)
                 _write_metrics(out_dir / METRICS, history)
         elif ctx.is_main and (out_dir / METRICS).exists():
             (out_dir / METRICS).unlink()
+        if cfg.kind == "snn" and cfg.snn.init_from and not extra:
+            loss, acc = evaluate(model, test_loader, autocast)
+            extra = {"initial_test_accuracy": acc, "initial_test_loss": loss}
+            if ctx.is_main:
+                print(f"converted SNN before fine-tuning: test {acc:.2f}%", file=sys.stderr)
         net = (nn.parallel.DistributedDataParallel(model) if ctx.enabled else model)
 
         for epoch in range(start_epoch, cfg.optim.epochs):
@@ -267,11 +292,12 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                     "model": model.state_dict(), "model_spec": model.spikeforge_spec,
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(), "epoch": epoch + 1, "history": history,
-                    "rng": rng_state(), "config": to_dict(cfg),
+                    "rng": rng_state(), "config": to_dict(cfg), "extra": extra,
                     "version": spikeforge.__version__,
                 }, ckpt_path)
                 _append_metrics(out_dir / METRICS, record)
-                write_json(out_dir / RESULTS, summarize(cfg, history, model, device, started))
+                write_json(out_dir / RESULTS,
+                           summarize(cfg, history, model, device, started, **extra))
                 print(f"epoch {epoch + 1}/{cfg.optim.epochs}  loss {train_loss:.4f}  "
                       f"train {train_acc:.2f}%  test {test_acc:.2f}%  ({seconds:.1f} s)",
                       file=sys.stderr, flush=True)
@@ -279,7 +305,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
 
         checksums = distributed.parameter_checksums(model, ctx)
         summary = summarize(cfg, history, model, device, started, world_size=ctx.world_size,
-                            rank_parameter_checksums=checksums)
+                            rank_parameter_checksums=checksums, **extra)
         if ctx.is_main:
             write_json(out_dir / RESULTS, summary)
         final_acc = summary["test_accuracy"]

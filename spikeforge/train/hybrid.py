@@ -1,0 +1,78 @@
+"""Hybrid training: an SNN initialised from a converted ANN, then fine-tuned with BPTT.
+
+Conversion gives a good SNN at long T; at T ≤ 4 it loses accuracy to quantization and
+unevenness. Rathi et al. (ICLR 2020) start spike-based training from the converted network
+instead of from scratch. :func:`snn_from_ann` builds that starting point: the zoo model with
+LIF neurons, the ANN's weights (BatchNorm kept as layers, so it can keep learning), and each
+neuron set to its converted counterpart — threshold θ (per layer or per channel), reset,
+v(0), leak 1, emitting θ·s — so that before any training the SNN computes exactly what
+``sf.convert`` gives (tested), and BPTT then adapts weights to the few steps available.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from spikeforge.convert import ConversionError, convert
+from spikeforge.convert.graph import activation_nodes, prepare
+from spikeforge.models.spiking import SpikingModel, create_snn
+from spikeforge.neurons import LIF
+
+__all__ = ["snn_from_ann"]
+
+
+def snn_from_ann(ann: nn.Module, calibration: Iterable[Any] | None,
+                 method: str = "threshold_balancing", timesteps: int = 4,
+                 encoder: str = "direct", neuron: dict[str, Any] | None = None,
+                 **convert_options: Any) -> SpikingModel:
+    """A trainable SNN equal to ``sf.convert(ann, calibration, method, ...)``.
+
+    Args:
+        ann: a trained zoo model (it carries ``spikeforge_spec``).
+        calibration: calibration batches (``None`` for learned thresholds: qcfs/csqcfs).
+        method: a binary-spike method: ``threshold_balancing``, ``qcfs`` or ``csqcfs``.
+        timesteps, encoder: of the SNN.
+        neuron: surrogate options for training (``surrogate``, ``width``,
+            ``detach_reset``); the rest of each neuron comes from the conversion.
+        convert_options: passed to :func:`spikeforge.convert` (``percentile``,
+            ``channelwise``, ``initial``, ...).
+
+    Raises:
+        ConversionError: a model outside the zoo, or a method whose spikes are not binary.
+    """
+    spec = dict(getattr(ann, "spikeforge_spec", None) or {})
+    if "name" not in spec:
+        raise ConversionError("hybrid initialisation needs a model from the spikeforge zoo "
+                              "(sf.models.create), whose layers the SNN can mirror")
+    converted = convert(ann, calibration, method, timesteps=timesteps, encoder=encoder,
+                        progress=False, **convert_options)
+    if converted.info["rule"] != "binary":
+        raise ConversionError(f"method {method!r} emits {converted.info['rule']} spikes; an "
+                              "LIF network is initialised from a binary-spike method "
+                              "(threshold_balancing, qcfs, csqcfs)")
+    targets = {n.name: n.target for n in activation_nodes(prepare(ann))}
+    surrogate = {k: v for k, v in (neuron or {}).items()
+                 if k in ("surrogate", "width", "detach_reset")}
+    options = {k: v for k, v in spec.items()
+               if k not in ("name", "activation", "activation_options")}
+    snn = create_snn(spec["name"], timesteps, encoder, neuron=surrogate, **options)
+    missing, _ = snn.net.load_state_dict(ann.state_dict(), strict=False)
+    lif_buffers = {f"{name}.{key}" for name, m in snn.net.named_modules()
+                   if isinstance(m, LIF) for key in ("threshold", "_extra_state")}
+    if set(missing) - lif_buffers:
+        raise ConversionError(f"the SNN's parameters {sorted(set(missing) - lif_buffers)} "
+                              "have no counterpart in the ANN")
+    info = converted.info
+    for node, theta in info["thresholds"].items():
+        target = targets.get(node)
+        lif = snn.net.get_submodule(target) if isinstance(target, str) else None
+        if not isinstance(lif, LIF):
+            raise ConversionError(f"activation {node!r} of the ANN is not a module of the zoo "
+                                  "model; cannot place its neuron")
+        lif.threshold = torch.as_tensor(theta, dtype=torch.float32).to(lif.threshold.device)
+        lif.leak, lif.reset, lif.initial, lif.emit = 1.0, info["reset"], info["initial"], "value"
+    return snn.to(next(ann.parameters()).device)
