@@ -32,3 +32,26 @@ def real_data_root() -> Path:
 def _deterministic_threads():
     torch.manual_seed(0)
     yield
+
+
+class EpochSpy:
+    """Counts the training epochs that run; the ``kill_at``-th raises KeyboardInterrupt, as
+    a kill or Ctrl-C would, after the previous epoch's checkpoint was written."""
+
+    def __init__(self, real):
+        self.real, self.calls, self.kill_at = real, 0, None
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.kill_at:
+            raise KeyboardInterrupt
+        return self.real(*args, **kwargs)
+
+
+@pytest.fixture
+def epochs(monkeypatch) -> EpochSpy:
+    import spikeforge.train.loop as loop
+
+    spy = EpochSpy(loop._train_epoch)
+    monkeypatch.setattr(loop, "_train_epoch", spy)
+    return spy

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-import spikeforge.train.loop as loop
 from spikeforge.cli import main
 from spikeforge.config import ConfigError
 from spikeforge.experiments.report import first_reaching, load_entries, summary_rows
@@ -118,30 +117,18 @@ def test_run_trains_converts_reports_and_caches(tmp_path, monkeypatch):
     assert redone[0]["accuracy"] == tb["accuracy"] and len(redone[1]["accuracy"]) == 2
 
 
-def test_interrupted_run_resumes_from_the_last_finished_epoch(tmp_path, monkeypatch):
+def test_interrupted_run_resumes_from_the_last_finished_epoch(tmp_path, epochs):
     exp = load_experiment(write_config(tmp_path, BASE.replace(
         "methods: [threshold_balancing, \"augmapping:timesteps=4\"]",
         "methods: [threshold_balancing]")), out_dir=str(tmp_path / "out"))
-    real_epoch = loop._train_epoch
-    calls = []
-
-    def killed_in_epoch_two(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "_train_epoch", killed_in_epoch_two)
+    epochs.kill_at = 2
     with pytest.raises(KeyboardInterrupt):
         run_experiment(exp)
     partial = json.loads((tmp_path / "out" / "ann" / "ann" / "results.json").read_text())
     assert partial["epochs"] == 1 and not partial["finished"]
-    monkeypatch.undo()
-    calls.clear()
-    monkeypatch.setattr(loop, "_train_epoch",
-                        lambda *a, **k: (calls.append(1), real_epoch(*a, **k))[1])
+    epochs.calls, epochs.kill_at = 0, None
     entries = run_experiment(exp)
-    assert len(calls) == 1  # only the second epoch ran
+    assert epochs.calls == 1  # only the second epoch ran
     done = json.loads((tmp_path / "out" / "ann" / "ann" / "results.json").read_text())
     assert done["finished"] and done["history"][0] == partial["history"][0]
 

@@ -90,21 +90,12 @@ def test_snn_trains_on_real_digits_and_reloads(tmp_path):
         sf.convert(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()), None, "snn")
 
 
-def test_killed_and_resumed_snn_training_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+def test_killed_and_resumed_snn_training_equals_an_uninterrupted_one(tmp_path, epochs):
     whole = fit(config(tmp_path, "whole"))
-    real = loop._train_epoch
-    calls = []
-
-    def killed_in_epoch_two(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "_train_epoch", killed_in_epoch_two)
+    epochs.kill_at = epochs.calls + 2  # during the second epoch of the next run
     with pytest.raises(KeyboardInterrupt):
         fit(config(tmp_path, "killed"))
-    monkeypatch.undo()
+    epochs.kill_at = None
     resumed = fit(config(tmp_path, "killed"), resume=True)
     assert [h["test_accuracy"] for h in resumed.history] == \
         [h["test_accuracy"] for h in whole.history]
