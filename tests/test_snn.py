@@ -163,3 +163,22 @@ def test_hybrid_snn_starts_as_the_converted_one_and_fine_tunes(tmp_path):
     lifs = [m for m in reloaded.modules() if isinstance(m, LIF)]
     assert all(m.emit == "value" and m.reset == "subtract" for m in lifs)
     assert lifs[0].threshold.numel() > 1  # per-channel thresholds survive the checkpoint
+
+
+def test_spikes_saved_as_bytes_give_exactly_the_same_gradients():
+    from spikeforge.neurons.modules import compact_saved_spikes, mark_spikes
+
+    conv = torch.nn.Conv2d(3, 4, 3)
+    spikes = (torch.rand(2, 3, 8, 8) > 0.5).float()
+    grads = []
+    for compact in (False, True):
+        conv.zero_grad()
+        s = spikes.clone().requires_grad_(True)
+        if compact:
+            with compact_saved_spikes():
+                y = conv(mark_spikes(s))
+        else:
+            y = conv(s)
+        y.square().sum().backward()
+        grads.append((conv.weight.grad.clone(), s.grad.clone()))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])

@@ -8,7 +8,9 @@ loop, checkpoints and evaluation serve it unchanged:
       → unfold → (T, B, C) → mean over t → (B, C)
 
 Every stateless layer (conv, linear, pooling, BN) runs once on all T·B rows; only the LIF
-neurons scan over time (:func:`spikeforge.neurons.bptt.lif_scan`). BatchNorm over the folded
+neurons scan over time (:func:`spikeforge.neurons.bptt.lif_scan`). Spikes that a layer keeps
+for backward are stored as one byte each (:func:`~spikeforge.neurons.modules.
+compact_saved_spikes`). BatchNorm over the folded
 rows normalises over time and batch together (tdBN, Zheng et al. 2021). The readout is the
 last layer's mean input current over the window, i.e. a non-spiking integrator divided by T
 (V_th = 1; Lee et al. 2020). Dropout is replaced by :class:`~spikeforge.neurons.TimeDropout`
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 
 from spikeforge.encoding import ENCODERS, encode
 from spikeforge.models.registry import create
-from spikeforge.neurons.modules import TimeDropout
+from spikeforge.neurons.modules import TimeDropout, compact_saved_spikes
 
 __all__ = ["SpikingModel", "create_snn"]
 
@@ -62,7 +64,8 @@ class SpikingModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         seq = encode(self.encoder, x, self.timesteps)
-        out = self.net(seq.reshape(-1, *x.shape[1:]))
+        with compact_saved_spikes():
+            out = self.net(seq.reshape(-1, *x.shape[1:]))
         return out.unflatten(0, (self.timesteps, -1)).mean(0)
 
     def extra_repr(self) -> str:

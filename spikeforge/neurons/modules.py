@@ -4,7 +4,7 @@ calls with the same input give the same output."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -169,8 +169,10 @@ class LIF(nn.Module):
         v0 = theta / 2 if self.initial == "half" else 0.0
         s = lif_scan(seq, theta, self.leak, self.reset, self.surrogate, self.width,
                      self.detach_reset, v0)
-        out = s * theta if self.emit == "value" else s
-        return out if steps is None else out.flatten(0, 1)
+        if self.emit == "value":
+            out = s * theta
+            return out if steps is None else out.flatten(0, 1)
+        return mark_spikes(s if steps is None else s.flatten(0, 1))
 
     def extra_repr(self) -> str:
         theta = (f"{self.threshold.item():g}" if self.threshold.ndim == 0
@@ -226,3 +228,33 @@ def unfold_time(x: Tensor, timesteps: int) -> Tensor:
         raise ValueError(f"a time-folded input of {x.shape[0]} rows cannot hold {timesteps} "
                          "time steps")
     return x.unflatten(0, (timesteps, -1))
+
+
+def mark_spikes(spikes: Tensor) -> Tensor:
+    """Tag a tensor of 0/1 spikes so that :func:`compact_saved_spikes` may keep it for
+    backward as one byte per value instead of four (the next layer's saved input)."""
+    spikes._spikeforge_spikes = True  # a Python attribute on this tensor object only
+    return spikes
+
+
+def _pack(t: Tensor) -> Any:
+    if getattr(t, "_spikeforge_spikes", False):
+        return _Spikes(t.to(torch.bool), t.dtype)
+    return t
+
+
+def _unpack(saved: Any) -> Tensor:
+    return saved.bits.to(saved.dtype) if isinstance(saved, _Spikes) else saved
+
+
+class _Spikes(NamedTuple):
+    bits: Tensor
+    dtype: torch.dtype
+
+
+def compact_saved_spikes() -> torch.autograd.graph.saved_tensors_hooks:
+    """A context in which tensors tagged by :func:`mark_spikes` that autograd saves (a conv's
+    or linear's input) are stored as booleans and expanded again in backward: exact, 4× less
+    memory for every spiking layer's input."""
+    return torch.autograd.graph.saved_tensors_hooks(_pack, _unpack)
+
