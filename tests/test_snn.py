@@ -54,6 +54,19 @@ def test_spiking_zoo_model_shapes_and_layers():
     assert grads[0].abs().sum() > 0
 
 
+def test_spiking_average_pooling_passes_spikes(tmp_path):
+    snn = create_snn("cnn_small", timesteps=4, in_channels=1, pool_threshold=0.75)
+    pools = [m for m in snn.modules() if isinstance(m, torch.nn.Sequential)
+             and isinstance(m[0], torch.nn.AvgPool2d)]
+    assert len(pools) == 2 and all(p[1].threshold.item() == 0.75 for p in pools)
+    seen = []
+    pools[0].register_forward_hook(lambda m, a, out: seen.append(out))
+    snn(torch.rand(3, 1, 28, 28))
+    assert set(seen[0].unique().tolist()) <= {0.0, 1.0}  # spikes, not rates
+    torch.save({"model": snn.state_dict(), "model_spec": snn.spikeforge_spec}, tmp_path / "c.pt")
+    assert load_model(tmp_path / "c.pt").spikeforge_spec["snn"]["pool_threshold"] == 0.75
+
+
 def test_time_dropout_holds_its_mask_over_all_steps():
     drop = TimeDropout(0.5).train()
     torch.manual_seed(0)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from spikeforge.encoding import ENCODERS, encode
 from spikeforge.models.registry import create
-from spikeforge.neurons.modules import TimeDropout, compact_saved_spikes
+from spikeforge.neurons.modules import LIF, TimeDropout, compact_saved_spikes
 
 __all__ = ["SpikingModel", "create_snn"]
 
@@ -74,21 +74,34 @@ class SpikingModel(nn.Module):
 
 def create_snn(name: str, timesteps: int, encoder: str = "direct", num_classes: int = 10,
                in_channels: int = 3, pool: str = "avg",
-               neuron: dict[str, Any] | None = None, **options: Any) -> SpikingModel:
+               neuron: dict[str, Any] | None = None, pool_threshold: float | None = None,
+               **options: Any) -> SpikingModel:
     """A zoo model (``name``) with LIF neurons, wrapped for direct training.
 
     Args:
         timesteps, encoder: see :class:`SpikingModel`.
         neuron: LIF options (``threshold``, ``leak``, ``reset``, ``surrogate``, ``width``,
             ``detach_reset``; see :class:`~spikeforge.neurons.LIF`).
+        pool_threshold: spiking average pooling (Lee et al. 2020 use 0.75): every
+            AvgPool2d is followed by non-leaky neurons with this threshold, so that pooled
+            spikes stay spikes; ``None`` passes the pooled rates on.
         options: the model's own options (``dropout``, ...).
 
     The result carries ``spikeforge_spec`` (the zoo spec plus ``snn``), so checkpoints
     rebuild it with :func:`spikeforge.train.load_model`.
     """
+    neuron = dict(neuron or {})
     net = create(name, num_classes=num_classes, in_channels=in_channels, activation="lif",
-                 pool=pool, activation_options=dict(neuron or {}), **options)
+                 pool=pool, activation_options=neuron, **options)
+    if pool_threshold is not None:
+        pool_neuron = {k: v for k, v in neuron.items()
+                       if k in ("surrogate", "width", "detach_reset")}
+        for module in list(net.modules()):
+            for child_name, child in list(module.named_children()):
+                if isinstance(child, nn.AvgPool2d):
+                    setattr(module, child_name, nn.Sequential(
+                        child, LIF(pool_threshold, leak=1.0, reset="zero", **pool_neuron)))
     model = SpikingModel(net, timesteps, encoder)
-    model.spikeforge_spec = {**net.spikeforge_spec,
-                             "snn": {"timesteps": timesteps, "encoder": encoder}}
+    model.spikeforge_spec = {**net.spikeforge_spec, "snn": {
+        "timesteps": timesteps, "encoder": encoder, "pool_threshold": pool_threshold}}
     return model

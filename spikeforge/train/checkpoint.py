@@ -69,7 +69,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         spec.pop("activation", None)
         neuron = spec.pop("activation_options", None)
         model = create_snn(spec.pop("name"), snn["timesteps"], snn["encoder"], neuron=neuron,
-                           **spec)
+                           pool_threshold=snn.get("pool_threshold"), **spec)
     else:
         model = create(spec.pop("name"), **spec)
     model.load_state_dict(state["model"])

@@ -74,6 +74,7 @@ class SNNConfig:
     timesteps: int = 8
     encoder: Literal["direct", "poisson"] = "direct"
     neuron: NeuronConfig = field(default_factory=NeuronConfig)
+    pool_threshold: float | None = None  # spiking average pooling (Lee et al. 2020: 0.75)
     # hybrid: start from this trained ANN checkpoint, converted with init_method (options in
     # init_options, e.g. {initial: half, channelwise: true}), instead of from scratch
     init_from: str | None = None

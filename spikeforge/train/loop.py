@@ -183,7 +183,8 @@ def build_model(cfg: TrainConfig, train_set: ImageDataset) -> nn.Module:
 
         return create_snn(cfg.model.name, snn.timesteps, snn.encoder, num_classes=classes,
                           in_channels=channels, pool=cfg.model.pool,
-                          neuron=to_dict(snn.neuron), **cfg.model.options)
+                          neuron=to_dict(snn.neuron), pool_threshold=snn.pool_threshold,
+                          **cfg.model.options)
     from spikeforge.train.hybrid import snn_from_ann
 
     ann = load_model(snn.init_from)
