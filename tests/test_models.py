@@ -51,8 +51,8 @@ def _params(model: nn.Module) -> int:
 
 
 def test_zoo_has_the_required_models():
-    assert {"lenet", "cnn_small", "vgg7", "vgg9", "vgg11", "vgg16", "resnet11", "resnet18",
-            "resnet19", "resnet20"} <= set(NAMES)
+    assert {"lenet", "cnn_small", "vgg7", "vgg9", "vgg11", "vgg16", "resnet7", "resnet11",
+            "resnet18", "resnet19", "resnet20"} <= set(NAMES)
     assert NAMES == sorted(NAMES)
     assert all(callable(builder) and not isinstance(builder, nn.Module)
                for builder in MODELS.values())
@@ -185,7 +185,8 @@ def test_activation_factory():
         make_activation(nn.ReLU, 8)  # nn.ReLU(8) would be ReLU(inplace=8)
     with pytest.raises(TypeError, match="nn.Module"):
         make_activation(lambda channels: torch.relu, 8)
-    with pytest.raises(ValueError, match="known activations: clipped_relu, csqcfs, qcfs, relu"):
+    with pytest.raises(ValueError,
+                       match="known activations: clipped_relu, csqcfs, lif, qcfs, relu"):
         make_activation("qcfs-typo", 8)
 
 

@@ -82,6 +82,9 @@ class BasicBlock(nn.Module):
 #: name -> (stem channels, stem pool?, stages as (channels, blocks, first stride),
 #:          classifier hidden widths)
 RESNET_CONFIGS: dict[str, tuple[int, bool, tuple[tuple[int, int, int], ...], tuple[int, ...]]] = {
+    # Lee et al. 2020 ResNet-7 (SVHN): stem conv64 + pool, 2 single blocks, fc1024 — 7 weight
+    # layers; the channel plan is their ResNet-11's first two stages.
+    "resnet7": (64, True, ((128, 1, 1), (256, 1, 2)), (1024,)),
     # Lee et al. 2020 ResNet-11: stem conv64 + pool, 4 single blocks, fc1024.
     "resnet11": (64, True, ((128, 1, 1), (256, 1, 2), (512, 1, 1), (512, 1, 2)), (1024,)),
     # He et al. 2016 / the usual CIFAR ResNet-18 (3x3 stem, no stem pool).
