@@ -174,3 +174,24 @@ def test_report_merges_results_files(tmp_path, capsys):
     bad.write_text("{}")
     assert main(["report", str(bad), "--out", str(tmp_path / "x")]) == 2
     assert "holds no results entries" in capsys.readouterr().err
+
+
+def test_an_experiment_can_train_and_evaluate_a_spiking_network(tmp_path):
+    text = """
+name: snn
+ann: ann.yaml
+variants:
+  lif: {overrides: [kind=snn, snn.timesteps=3, optim.epochs=1], methods: [snn]}
+evaluate: {timesteps: 6, calibration_samples: 64}
+run: {progress: false}
+"""
+    exp = load_experiment(write_config(tmp_path, text), out_dir=str(tmp_path / "out"))
+    (entry,) = run_experiment(exp)
+    assert entry["method"] == "snn" and len(entry["accuracy"]) == 6
+    assert entry["ann_accuracy"] is None  # nothing to compare with
+    trained = json.loads((tmp_path / "out" / "lif" / "ann" / "results.json").read_text())
+    assert trained["kind"] == "snn"
+    # at its own T the simulation reproduces the trained network's test accuracy
+    assert entry["accuracy"][2] == pytest.approx(trained["test_accuracy"], abs=1e-6)
+    with pytest.raises(ConfigError, match="method 'qcfs' needs QCFS"):
+        load_experiment(write_config(tmp_path, text.replace("[snn]", "[qcfs]")))
