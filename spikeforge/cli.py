@@ -5,6 +5,7 @@
     spikeforge convert --checkpoint CKPT --method M [M ...] --timesteps T --out results.json
     spikeforge run CONFIG [key=value]     # a whole experiment: train, convert, report
     spikeforge report RESULTS... --out DIR  # one table and plots from several results files
+    spikeforge export --checkpoint CKPT --out net.nir     # NIR file of the converted SNN
     spikeforge models                     # the model zoo
     spikeforge datasets [--data-root R]   # the data sets and where their files go
 """
@@ -116,6 +117,37 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from spikeforge.convert import convert
+    from spikeforge.experiments.conversion import parse_method, prepare
+    from spikeforge.export import ExportError, to_nir
+    from spikeforge.export.nir import _nir
+    from spikeforge.models.spiking import SpikingModel
+    from spikeforge.runtime import set_threads
+
+    set_threads(args.threads)
+    setup = prepare(args.checkpoint, data_root=args.data_root, device="cpu",
+                    calibration_samples=args.calibration_samples, test_subset=16)
+    spec = args.method or ("snn" if isinstance(setup.model, SpikingModel)
+                           else "threshold_balancing")
+    name, options = parse_method(spec)
+    snn = convert(setup.model, setup.calibration, name, timesteps=args.timesteps,
+                  progress=False, **options)
+    try:
+        graph = to_nir(snn, setup.calibration[0], approximate=args.approximate)
+    except ExportError as exc:
+        raise ConfigError(str(exc)) from exc
+    _nir().write(args.out, graph)
+    kinds: dict[str, int] = {}
+    for node in graph.nodes.values():
+        kinds[type(node).__name__] = kinds.get(type(node).__name__, 0) + 1
+    print(f"wrote {args.out}: {spec} SNN (T={snn.timesteps}), "
+          + ", ".join(f"{n} {k}" for k, n in kinds.items()))
+    for line in graph.metadata.get("approximations", []):
+        print(f"approximated: {line}")
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from spikeforge.models import available, create
 
@@ -220,6 +252,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--points", type=int, nargs="+", metavar="T",
                    help="time steps shown in the table (default 1, 2, 4, ..., T)")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser(
+        "export", help="write a converted (or directly trained) SNN as a NIR file",
+        description="Convert a checkpoint (an ANN with --method, default threshold "
+        "balancing; a directly trained SNN as it is) and write it in the Neuromorphic "
+        "Intermediate Representation (needs the 'nir' extra). What NIR cannot represent "
+        "(ternary / augmented spikes, v(0) = θ/2, spiking max-pool) is refused unless "
+        "--approximate, which reports each approximated layer.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt or model.pt")
+    p.add_argument("--out", required=True, help="the .nir file to write")
+    p.add_argument("--format", choices=("nir",), default="nir")
+    p.add_argument("--method", help="conversion method spec, e.g. "
+                   "threshold_balancing:channelwise=true (default: threshold_balancing, or "
+                   "snn for a directly trained network)")
+    p.add_argument("--timesteps", type=int, help="T recorded in the file")
+    p.add_argument("--calibration-samples", type=int, default=2048)
+    p.add_argument("--approximate", action="store_true",
+                   help="export what NIR cannot represent as plain IF neurons, reported")
+    _add_common(p)
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("demo", help="offline demo on the bundled MNIST subset",
                        description="Train the small CNN on the MNIST subset shipped inside the "
