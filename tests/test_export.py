@@ -121,3 +121,4 @@ def test_cli_export_writes_a_file_that_reads_back(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(tmp_path / "ann" / "checkpoint.pt"),
                  "--out", str(out), "--method", "termapping"]) == 2
     assert "ternary spikes cannot be written in NIR" in capsys.readouterr().err
+

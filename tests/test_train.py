@@ -169,3 +169,28 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
     first, second = summary["rank_parameter_checksums"]
     assert math.isfinite(first) and first == second
     assert summary["test_accuracy"] > 50.0
+
+
+class _Exploit:
+    """Unpickling this would run a shell command."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch pwned",))
+
+
+def test_a_malicious_or_truncated_checkpoint_is_refused_without_running_it(tmp_path,
+                                                                           monkeypatch):
+    from spikeforge.train import CheckpointError, load_model
+
+    monkeypatch.chdir(tmp_path)
+    torch.save({"model": {}, "payload": _Exploit()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="evil.pt.*refused.*never executes code"):
+        load_model(tmp_path / "evil.pt")
+    assert not (tmp_path / "pwned").exists()
+    good = tmp_path / "good.pt"
+    torch.save({"model": {"w": torch.ones(3)}}, good)
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="cut.pt.*truncated or corrupt"):
+        load_model(tmp_path / "cut.pt")
