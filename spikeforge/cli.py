@@ -311,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, CheckpointError, TrainingDiverged,
+    except (ConfigError, DatasetError, CheckpointError, TrainingDiverged, MemoryError,
             ConversionError) as exc:
         print(f"spikeforge {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -131,7 +131,14 @@ class SpikingNetwork(nn.Module):
         """Samples per chunk that keep T steps of activations within the memory budget."""
         if self.bytes_per_sample_step <= 0:
             return 1 << 30
-        return max(1, self.memory_budget // (self.bytes_per_sample_step * timesteps))
+        per_sample = self.bytes_per_sample_step * timesteps
+        if per_sample > self.memory_budget:
+            raise MemoryError(
+                f"one sample needs {per_sample / 2**20:.1f} MiB of activations for "
+                f"{timesteps} steps ({self.bytes_per_sample_step / 2**20:.2f} MiB per step), "
+                f"more than memory_budget = {self.memory_budget / 2**20:.1f} MiB; lower T or "
+                "raise memory_budget")
+        return self.memory_budget // per_sample
 
     def forward(self, x: Tensor, timesteps: int | None = None,
                 generator: torch.Generator | None = None) -> Tensor:

@@ -3,6 +3,7 @@ trained here on the bundled MNIST subset, simulation, statistics and the CLI."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 
@@ -249,6 +250,18 @@ def test_chunking_keeps_the_result(trained, mnist):
     snn.memory_budget = snn.bytes_per_sample_step * 6 * 7  # 7 samples per chunk
     assert snn.chunk_size(6) == 7
     torch.testing.assert_close(snn(x), full)
+    snn.memory_budget = snn.bytes_per_sample_step * 6 // 2  # not even one sample fits
+    with pytest.raises(MemoryError, match=r"one sample needs .* MiB .* for 6 steps.*"
+                                          r"memory_budget = .* MiB"):
+        snn(x)
+
+
+def test_non_finite_weights_name_the_layer(trained, mnist):
+    broken = copy.deepcopy(trained)
+    next(broken.parameters()).data[0] = float("nan")
+    name = next(n for n, _ in broken.named_parameters()).rsplit(".", 1)[0]
+    with pytest.raises(sf.ConversionError, match=f"layer '{name}' has non-finite values"):
+        sf.convert(broken, mnist[2], progress=False)
 
 
 def test_non_finite_input_and_bad_timesteps(trained, mnist):

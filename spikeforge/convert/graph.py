@@ -270,6 +270,10 @@ def prepare(model: nn.Module, activations: Iterable[type[nn.Module]] = (),
     """Trace ``model``, check it, drop dropout and fold batch norm: the ANN graph that is
     calibrated and then turned into an SNN. Computes the same function as ``model.eval()``."""
     modules = tuple(activations)
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ConversionError(f"layer {name.rsplit('.', 1)[0]!r} has non-finite values in "
+                                  f"{name!r} (NaN or inf): the model cannot be converted")
     gm = trace(model, modules)
     check_supported(gm, modules, max_pool)
     remove_identities(gm)
