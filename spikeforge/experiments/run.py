@@ -298,7 +298,9 @@ def run_experiment(exp: Experiment, force: bool = False) -> list[dict[str, Any]]
     started = time.perf_counter()
     set_threads(cfg.run.threads)
     progress = cfg.run.progress if cfg.run.progress is not None else sys.stderr.isatty()
-    command = " ".join(["spikeforge", *sys.argv[1:]]) if sys.argv else "spikeforge run"
+    from_cli = bool(sys.argv) and Path(sys.argv[0]).name in ("spikeforge", "cli.py")
+    command = (" ".join(["spikeforge", *sys.argv[1:]]) if from_cli
+               else f"spikeforge run {exp.path or '(a config built in Python)'}")
     entries = []
     for variant in exp.variants:
         checkpoint, key = train_stage(variant, force)
