@@ -115,6 +115,24 @@ def test_resume_after_kill_gives_identical_weights(tmp_path):
     assert history[-1]["test_accuracy"] == straight.test_accuracy
 
 
+def test_ctrl_c_leaves_a_valid_checkpoint_and_says_how_to_resume(tmp_path):
+    config = write_yaml(tmp_path / "cfg.yaml", tmp_path / "run", "optim.epochs=3")
+    cmd = [sys.executable, "-m", "spikeforge.cli", "train", str(config)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.3)  # into epoch 2
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted; the last checkpoint is intact (resume with --resume)" in err
+    assert load_checkpoint(ckpt)["epoch"] >= 1  # loads: complete, not half-written
+    rc = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    assert rc.returncode == 0 and load_checkpoint(ckpt)["epoch"] == 3, rc.stderr
+
+
 def test_divergence_stops_with_epoch_and_step_and_keeps_checkpoint(tmp_path):
     fit(tiny_config(tmp_path, "optim.epochs=1"))
     before = _weights(tmp_path / "checkpoint.pt")

@@ -27,7 +27,9 @@ import copy
 import functools
 import operator
 import re
+import traceback
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -99,10 +101,17 @@ def trace(model: nn.Module, leaves: Iterable[type[nn.Module]] = ()) -> fx.GraphM
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # fx raises many types; all mean the same to a user
+        user = [f for f in traceback.extract_tb(exc.__traceback__)
+                if not f.filename.startswith(_TORCH_DIR)]
+        where = f" at {user[-1].filename}:{user[-1].lineno} in {user[-1].name}" if user else ""
         raise ConversionError(
-            f"torch.fx could not trace {type(model).__name__}: {exc}. The converter needs a "
-            "forward without data-dependent Python control flow") from exc
+            f"torch.fx could not trace {type(model).__name__}{where}: {exc}. The converter "
+            "needs a forward without data-dependent Python control flow or in-place "
+            "assignment into tensors") from exc
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+_TORCH_DIR = str(Path(torch.__file__).parent)
 
 
 def source_line(node: fx.Node) -> str | None:
