@@ -152,9 +152,11 @@ def test_summary_row_numbers():
     assert first_reaching(entry) == 3
     row = summary_rows([entry], [1, 4])[0]
     assert row["t=1 %"] == 80.0 and row["t=4 %"] == 96.0
-    assert row["vs ANN at 4"] == 0.0
-    assert row["MSOPs at 4"] == pytest.approx(4.0)
-    assert row["E SNN/ANN at 4"] == pytest.approx(1.0)
+    assert row["T"] == 4 and row["vs ANN"] == 0.0
+    assert row["MSOPs"] == pytest.approx(4.0)
+    assert row["E SNN/ANN"] == pytest.approx(1.0)
+    short = summary_rows([_entry("m", [80.0, 95.0], ann=96.0)], [1, 4])[0]
+    assert short["T"] == 2 and short["vs ANN"] == -1.0 and short["t=4 %"] is None
     assert summary_rows([_entry("m", [50.0, 60.0], ann=96.0)], [1, 2])[0]["t to ANN-0.5"] == "—"
 
 

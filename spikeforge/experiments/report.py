@@ -5,12 +5,16 @@ on entries merged from several ``results.json`` files. An entry is DESIGN.md §2
 record (``label``, ``accuracy`` per t, ``ann_accuracy``, ``sops_per_step``,
 ``energy_per_step``, ``firing_rates``, ...).
 
-The summary row of an entry, at the report's main time step T:
+The summary row of an entry: the ANN's accuracy, the SNN's accuracy after each chosen t, and
+at the report's main T (the last chosen t, or the entry's own last step if it was simulated
+for fewer steps; column ``T``):
 
-* accuracy after t steps for each chosen t, the ANN's accuracy and the loss against it,
-* synaptic operations per image and the energy ratio SNN / ANN after T steps
-  (0.9 pJ per SOP, 4.6 pJ per MAC; direct input: the first layer's MACs at every step),
-* the first t whose accuracy reaches ANN − 0.5 points ("—" if none up to the simulated T).
+* ``vs ANN``: the accuracy minus the ANN's (points),
+* ``MSOPs``: synaptic operations per image (millions),
+* ``E SNN/ANN``: the energy ratio (0.9 pJ per SOP, 4.6 pJ per MAC; direct input: the first
+  layer's MACs at every step),
+* ``t to ANN-0.5``: the first t whose accuracy reaches ANN − 0.5 points ("—" if none up to
+  the simulated T).
 """
 
 from __future__ import annotations
@@ -82,11 +86,10 @@ def summary_rows(entries: Sequence[dict[str, Any]], points: Sequence[int]
         ann_energy = (e.get("energy_per_sample") or {}).get("ann")
         reach = first_reaching(e)
         row.update({
-            f"vs ANN at {main}": None if ann is None else acc - ann,
-            f"MSOPs at {main}": e["sops_per_step"][main - 1] / 1e6
-            if e.get("sops_per_step") else None,
-            f"E SNN/ANN at {main}": energy[main - 1] / ann_energy
-            if energy and ann_energy else None,
+            "T": main,  # the main T, or the entry's own last step when it stopped earlier
+            "vs ANN": None if ann is None else acc - ann,
+            "MSOPs": e["sops_per_step"][main - 1] / 1e6 if e.get("sops_per_step") else None,
+            "E SNN/ANN": energy[main - 1] / ann_energy if energy and ann_energy else None,
             "t to ANN-0.5": reach if reach is not None else "—",
         })
         rows.append(row)
