@@ -86,7 +86,7 @@ def publish_experiment(run_dir: Path, dest: Path, record: dict, weights: bool) -
 
 def experiment_tables(results_dir: Path, base: Path) -> str:
     """One comparison table per published `spikeforge run` experiment."""
-    from spikeforge.experiments.report import summary_rows
+    from spikeforge.experiments.report import table as comparison
 
     parts = []
     for path in sorted(results_dir.glob("*/results.json")):
@@ -95,15 +95,12 @@ def experiment_tables(results_dir: Path, base: Path) -> str:
             continue
         cfg = record["config"]
         points = cfg["evaluate"].get("report") or [1, 2, 4, 8, 16, 32]
-        rows = summary_rows(record["results"], points)
-        for row in rows:
-            row.pop("data", None)
         folder = os.path.relpath(path.parent, base)
         minutes = sum(json.loads(p.read_text())["provenance"]["train_seconds"]
                       for p in path.parent.glob("*/results.json")) / 60
         parts += [f"**{record['experiment']}** — `{record['command']}` (seed {cfg['seed']}; "
                   f"ANN training {minutes:.0f} min in all; [report]({folder}/report.md))", "",
-                  markdown_table(rows), ""]
+                  comparison(record["results"], points), ""]
     return "\n".join(parts).rstrip()
 
 

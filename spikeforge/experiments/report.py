@@ -144,8 +144,13 @@ def write_report(entries: Sequence[dict[str, Any]], out_dir: str | os.PathLike,
 
 
 def table(entries: Sequence[dict[str, Any]], points: Sequence[int]) -> str:
-    """The comparison table (Markdown) of :func:`summary_rows`."""
-    return markdown_table(summary_rows(entries, points), digits=2)
+    """The comparison table (Markdown) of :func:`summary_rows` (the data set column only
+    when the entries come from more than one)."""
+    rows = summary_rows(entries, points)
+    if len({row["data"] for row in rows}) == 1:
+        for row in rows:
+            del row["data"]
+    return markdown_table(rows, digits=2)
 
 
 def _conventions(entries: Sequence[dict[str, Any]]) -> str:
