@@ -111,22 +111,23 @@ def test_t1_l1_snn_is_the_ann_layer_by_layer(name, activation):
                                m32(x.float()), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("activation", ["qcfs", "csqcfs"])
 @pytest.mark.parametrize("levels", [2, 4])
-def test_t_equals_l_with_constant_currents_layer_by_layer(levels):
+def test_t_equals_l_with_constant_currents_layer_by_layer(levels, activation):
     """Each neuron, fed its ANN input current unchanged for T = L steps, emits on average
-    exactly the L-level QCFS activation: λ/T · Σ s(t) = QCFS_L(z)."""
-    model = _randomised("vgg7", "qcfs", levels)
+    exactly the L-level QCFS activation: λ/T · Σ s(t) = QCFS_L(z) (per channel for CS-QCFS)."""
+    model = _randomised("vgg7", activation, levels)
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
     folded = prepare(model)
     currents: list[torch.Tensor] = []
     handles = [m.register_forward_pre_hook(lambda _m, args: currents.append(args[0].clone()))
-               for m in folded.modules() if isinstance(m, QCFS)]
+               for m in folded.modules() if isinstance(m, (QCFS, CSQCFS))]
     with torch.no_grad():
         folded(x)
     for h in handles:
         h.remove()
-    snn = sf.convert(model, None, "qcfs")
-    qcfs_layers = [m for m in folded.modules() if isinstance(m, QCFS)]
+    snn = sf.convert(model, None, activation)
+    qcfs_layers = [m for m in folded.modules() if isinstance(m, (QCFS, CSQCFS))]
     neurons = list(snn.neurons().values())
     assert len(currents) == len(neurons) == len(qcfs_layers)
     for z, neuron, act in zip(currents, neurons, qcfs_layers, strict=True):
