@@ -140,12 +140,16 @@ def table(results_dir: Path, base: Path) -> str:
     rows, commands = [], []
     for path in sorted(results_dir.glob("*/results.json")):
         s = json.loads(path.read_text())
-        if s.get("kind") != "ann":
+        if s.get("kind") not in ("ann", "snn"):
             continue
         prov = s["provenance"]
         history = s["history"]
+        snn = prov["config"].get("snn", {})
+        kind = (f"SNN T={snn['timesteps']} {snn['encoder']}"
+                + (" hybrid" if snn.get("init_from") else "") if s["kind"] == "snn" else "ANN")
         rows.append({
-            "data set": s["dataset"], "model": s["model"],
+            "data set": s["dataset"], "model": s["model"], "kind": kind,
+            "start %": s.get("initial_test_accuracy"),
             "epochs": f"{s['epochs']}" + ("" if s.get("finished", True)
                                          else f" of {s['epochs_planned']} (unfinished)"),
             "test acc %": s["test_accuracy"], "best %": s["best_test_accuracy"],
