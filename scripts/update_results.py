@@ -98,7 +98,9 @@ def experiment_tables(results_dir: Path, base: Path) -> str:
         folder = os.path.relpath(path.parent, base)
         minutes = sum(json.loads(p.read_text())["provenance"]["train_seconds"]
                       for p in path.parent.glob("*/results.json")) / 60
-        parts += [f"**{record['experiment']}** — `{record['command']}` (seed {cfg['seed']}; "
+        commands = sorted({e["provenance"]["command"] for e in record["results"]})
+        parts += [f"**{record['experiment']}** — " + ", ".join(f"`{c}`" for c in commands)
+                  + f" (seed {cfg['seed']}; "
                   f"ANN training {minutes:.0f} min in all; [report]({folder}/report.md))", "",
                   comparison(record["results"], points), ""]
     return "\n".join(parts).rstrip()
