@@ -175,11 +175,14 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--json", type=Path, help="write the records here")
+    parser.add_argument("--bench", nargs="+", default=["vgg_cifar", "mnist_cnn"],
+                        choices=("vgg_cifar", "mnist_cnn"))
+    parser.add_argument("--timesteps", type=int, nargs="+", help="T values (VGG)")
     args = parser.parse_args()
-    steps = (4, 16) if args.quick else (4, 16, 32)
+    steps = args.timesteps or ((4, 16) if args.quick else (4, 16, 32))
     repeats = 5 if args.quick else max(5, args.repeats)
     records = []
-    for bench in ("vgg_cifar", "mnist_cnn"):
+    for bench in args.bench:
         for t in steps if bench == "vgg_cifar" else (16,):
             rows = [isolated(bench, impl, t, args.batch, repeats)
                     for impl in (*IMPLEMENTATIONS, "ann")]

@@ -111,3 +111,24 @@ def test_module_per_channel_threshold_and_determinism():
 def test_bad_neuron_parameters_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SpikingNeuron(**kwargs)
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+@pytest.mark.parametrize("leak", [1.0, 0.9])
+@pytest.mark.parametrize("initial", ["zero", "half"])
+def test_in_place_binary_scan_equals_the_step_function_loop(reset, leak, initial):
+    """The inference fast path (in-place updates) is bit-identical to neuron_step."""
+    from spikeforge.neurons.functional import init_state, neuron_step
+
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(12, 3, 4, 5, 5, generator=gen) * 0.7 + 0.3
+    theta = torch.tensor([0.5, 1.0, 1.5, 2.0]).view(4, 1, 1)
+    params = NeuronParams(theta, "binary", reset, leak)
+    fast, fast_state = neuron_scan(z, params, initial)
+    state = init_state(z[0], params, initial)
+    steps = []
+    for t in range(z.shape[0]):
+        s, state = neuron_step(z[t], state, params)
+        steps.append(s)
+    assert torch.equal(fast, torch.stack(steps)) and torch.equal(fast_state.v, state.v)
+    assert fast.sum() > 20

@@ -152,8 +152,33 @@ def neuron_scan(z: Tensor, params: NeuronParams, initial: Initial = "zero",
         raise ValueError(f"expected a (T, ...) sequence with T >= 1, got shape {tuple(z.shape)}")
     if state is None:
         state = init_state(z[0], params, initial)
+    if params.rule == "binary" and not (torch.is_grad_enabled() and z.requires_grad):
+        return _binary_scan_inplace(z, state, params)
     out = torch.empty_like(z)
     for t in range(z.shape[0]):
         s, state = neuron_step(z[t], state, params)
         out[t] = s
     return out, state
+
+
+def _binary_scan_inplace(z: Tensor, state: NeuronState, params: NeuronParams
+                         ) -> tuple[Tensor, NeuronState]:
+    """:func:`neuron_scan` for binary neurons when no gradient is needed: the same equations,
+    evaluated with in-place updates of one membrane buffer and one spike mask (no tensors
+    allocated per step). Bit-identical to the step-function loop (tested)."""
+    theta = torch.as_tensor(params.threshold, dtype=z.dtype, device=z.device)
+    v = state.v.expand_as(z[0]).clone()
+    out = torch.empty_like(z)
+    fired = torch.empty(z.shape[1:], dtype=torch.bool, device=z.device)
+    for t in range(z.shape[0]):
+        if params.leak != 1.0:
+            v.mul_(params.leak)
+        v.add_(z[t])
+        torch.ge(v, theta, out=fired)
+        out[t].copy_(fired)
+        if params.reset == "subtract":
+            v.sub_(out[t] * theta)
+        else:
+            v.masked_fill_(fired, 0.0)
+    return out, NeuronState(v, state.count)
+

@@ -72,8 +72,9 @@ class SpikingNeuron(nn.Module):
             x = unfold_time(x, timesteps)
         theta = broadcast_threshold(self.threshold.to(x.dtype), x[0], self.channel_dim)
         s, _ = neuron_scan(x, self.params(theta), self.initial)
-        out = s * theta if self.emit == "value" else s
-        return out.flatten(0, 1) if folded else out
+        if self.emit == "value":
+            s = s.mul_(theta) if not s.requires_grad else s * theta
+        return s.flatten(0, 1) if folded else s
 
     def extra_repr(self) -> str:
         theta = (f"{self.threshold.item():g}" if self.threshold.ndim == 0
