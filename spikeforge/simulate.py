@@ -112,6 +112,15 @@ class SpikingNetwork(nn.Module):
         super().__init__()
         if encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {encoder!r}; valid: {', '.join(ENCODERS)}")
+        # oneDNN convolutions are markedly faster on channels-last tensors (1.3x for a CIFAR
+        # VGG on this project's CPU); the results are identical
+        self.channels_last = any(isinstance(m, nn.Conv2d) for m in graph.modules())
+        if self.channels_last:  # `view` needs contiguous strides; `reshape` is the same op
+            for node in graph.graph.nodes:
+                if node.op == "call_method" and node.target == "view":
+                    node.target = "reshape"
+            graph.recompile()
+            graph = graph.to(memory_format=torch.channels_last)
         self.graph = graph
         self.timesteps, self.encoder, self.seed = _check_timesteps(timesteps), encoder, seed
         self.memory_budget, self.bytes_per_sample_step = memory_budget, bytes_per_sample_step
@@ -163,7 +172,10 @@ class SpikingNetwork(nn.Module):
         with torch.inference_mode():
             outs = []
             for chunk in sequence.split(self.chunk_size(steps), dim=1):
-                out = self.graph(chunk.reshape(-1, *chunk.shape[2:]), steps)
+                folded = chunk.reshape(-1, *chunk.shape[2:])
+                if self.channels_last and folded.ndim == 4:
+                    folded = folded.contiguous(memory_format=torch.channels_last)
+                out = self.graph(folded, steps)
                 outs.append(out.unflatten(0, (steps, chunk.shape[1])))
         return torch.cat(outs, dim=1)
 

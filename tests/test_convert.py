@@ -354,3 +354,13 @@ def test_convert_cli_errors_are_clear(tmp_path, capsys):
 
     assert main(["convert", "--checkpoint", str(tmp_path / "none.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_channels_last_simulation_is_identical(trained, mnist):
+    x = mnist[2][0][:16]
+    snn = sf.convert(trained, mnist[2], timesteps=8, progress=False)
+    assert snn.channels_last
+    fast = snn(x)
+    snn.graph = snn.graph.to(memory_format=torch.contiguous_format)
+    snn.channels_last = False
+    assert torch.equal(fast, snn(x))
