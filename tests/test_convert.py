@@ -250,6 +250,9 @@ def test_chunking_keeps_the_result(trained, mnist):
     snn.memory_budget = snn.bytes_per_sample_step * 6 * 7  # 7 samples per chunk
     assert snn.chunk_size(6) == 7
     torch.testing.assert_close(snn(x), full)
+    snn.working_set = 1  # cache-sized chunks on a CPU: one sample each, same result
+    assert snn.chunk_size(6) == 1 and snn.chunk_size(6, "cuda") == 7
+    torch.testing.assert_close(snn(x), full, rtol=0, atol=0)
     snn.memory_budget = snn.bytes_per_sample_step * 6 // 2  # not even one sample fits
     with pytest.raises(MemoryError, match=r"one sample needs .* MiB .* for 6 steps.*"
                                           r"memory_budget = .* MiB"):
@@ -364,3 +367,21 @@ def test_channels_last_simulation_is_identical(trained, mnist):
     snn.graph = snn.graph.to(memory_format=torch.contiguous_format)
     snn.channels_last = False
     assert torch.equal(fast, snn(x))
+
+
+@pytest.mark.parametrize("name", ["vgg7", "resnet7"])
+def test_constant_input_runs_the_first_layer_once(name):
+    from spikeforge.encoding import encode
+    from spikeforge.models import create
+
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 32, 32)
+    snn = sf.convert(create(name, num_classes=10).eval(), [x], timesteps=5, progress=False)
+    first = next(m for m in snn.graph.modules() if isinstance(m, nn.Conv2d))
+    rows = []
+    first.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    direct = snn(x)  # the image is the same at every step: the first conv sees B rows
+    folded = snn.simulate(encode("direct", x, 5))  # the plain run sees T·B rows
+    assert rows == [4, 20]
+    assert torch.equal(direct, folded)
+    assert (direct != 0).any()
