@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from spikeforge.encoding import ENCODERS, encode
@@ -63,9 +64,11 @@ class SpikingModel(nn.Module):
                 module.timesteps = timesteps
 
     def forward(self, x: Tensor) -> Tensor:
-        seq = encode(self.encoder, x, self.timesteps)
+        seq = encode(self.encoder, x, self.timesteps).flatten(0, 1)
+        if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            seq = seq.contiguous(memory_format=torch.channels_last)  # keep the input's format
         with compact_saved_spikes():
-            out = self.net(seq.reshape(-1, *x.shape[1:]))
+            out = self.net(seq)
         return out.unflatten(0, (self.timesteps, -1)).mean(0)
 
     def extra_repr(self) -> str:

@@ -38,44 +38,56 @@ SAVED_MEMBRANE = {torch.float32: torch.bfloat16}
 
 
 class _LIFScan(torch.autograd.Function):
+    """The scan with in-place updates of preallocated buffers: one membrane buffer forward,
+    one gradient buffer per step backward, no tensors allocated per step."""
+
     @staticmethod
     def forward(ctx, z: Tensor, theta: Tensor, v0: Tensor, leak: float, reset: str,
                 surrogate: str, width: float | None, detach_reset: bool) -> Tensor:
-        steps = z.shape[0]
         out = torch.empty_like(z)
+        fired = torch.empty_like(z, dtype=torch.bool)  # same strides as z (channels-last)
         membrane = torch.empty_like(z, dtype=SAVED_MEMBRANE.get(z.dtype, z.dtype))
-        v = v0.expand_as(z[0])
-        for t in range(steps):
-            m = v * leak + z[t] if leak != 1.0 else v + z[t]
-            s = (m >= theta).to(z.dtype)
-            v = m - s * theta if reset == "subtract" else m * (1 - s)
-            membrane[t], out[t] = m, s
-        ctx.save_for_backward(membrane, out.to(torch.bool), theta)
+        v = torch.empty_like(z[0]).copy_(v0.expand_as(z[0]))
+        for t in range(z.shape[0]):
+            if leak != 1.0:
+                v.mul_(leak)
+            v.add_(z[t])  # m(t)
+            membrane[t].copy_(v)
+            torch.ge(v, theta, out=fired[t])
+            out[t].copy_(fired[t])
+            # v − θ·s, or v − v·s (reset to zero; exact, and much faster than masked_fill_)
+            v.addcmul_(out[t], theta if reset == "subtract" else v, value=-1)
+        ctx.save_for_backward(membrane, fired, theta)
         ctx.leak, ctx.reset, ctx.surrogate, ctx.width = leak, reset, surrogate, width
         ctx.detach_reset = detach_reset
-        return out
+        ctx.mark_non_differentiable(fired)
+        return out, fired
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):
+    def backward(ctx, grad_out: Tensor, _grad_fired: Tensor | None = None):
         membrane, fired, theta = ctx.saved_tensors
-        membrane = membrane.to(grad_out.dtype)
-        spikes = fired.to(membrane.dtype)
+        inverse = 1 / theta
         if ctx.surrogate == "lee":
-            sigma = spikes * (lee_factor(spikes, ctx.leak) / theta)
+            spikes = fired.to(grad_out.dtype)
+            sigma = spikes.mul_(lee_factor(spikes, ctx.leak) * inverse)
         else:
-            sigma = _DERIVATIVES[ctx.surrogate]((membrane - theta) / theta, ctx.width) / theta
-        grad_z = torch.empty_like(membrane)
-        eps = torch.zeros_like(membrane[0])
-        for t in range(membrane.shape[0] - 1, -1, -1):
-            s, m = spikes[t], membrane[t]
-            if ctx.reset == "subtract":
-                dv_ds, dv_dm = -theta, 1.0
-            else:
-                dv_ds, dv_dm = -m, 1 - s
-            grad_s = grad_out[t] if ctx.detach_reset else grad_out[t] + eps * dv_ds
-            delta = grad_s * sigma[t] + eps * dv_dm
-            grad_z[t] = delta
-            eps = delta * ctx.leak
+            x = membrane.to(grad_out.dtype, copy=True).sub_(theta).mul_(inverse)  # (m − θ)/θ
+            sigma = _DERIVATIVES[ctx.surrogate](x, ctx.width).mul_(inverse)
+        grad_z = torch.empty_like(grad_out)
+        eps = torch.zeros_like(grad_out[0])  # ∂L/∂v(t)
+        subtract = ctx.reset == "subtract"
+        for t in range(grad_out.shape[0] - 1, -1, -1):
+            delta = grad_z[t]
+            if ctx.detach_reset:
+                torch.mul(grad_out[t], sigma[t], out=delta)
+            else:  # ∂L/∂s = ∂L/∂out + ε ∂v/∂s,  ∂v/∂s = −θ or −m
+                torch.addcmul(grad_out[t], eps, theta if subtract else membrane[t], value=-1,
+                              out=delta)
+                delta.mul_(sigma[t])
+            if not subtract:  # ∂v/∂m = 1 − s
+                eps.addcmul_(fired[t].to(eps.dtype), eps, value=-1)
+            delta.add_(eps)
+            torch.mul(delta, ctx.leak, out=eps)
         return grad_z, None, None, None, None, None, None, None
 
 
@@ -108,4 +120,6 @@ def lif_scan(z: Tensor, threshold: Tensor | float = 1.0, leak: float = 1.0,
     if not bool(torch.isfinite(theta).all()) or bool((theta <= 0).any()):
         raise ValueError(f"threshold must be finite and > 0, got {threshold}")
     v0 = torch.as_tensor(initial, dtype=z.dtype, device=z.device)
-    return _LIFScan.apply(z, theta, v0, leak, reset, surrogate, w, detach_reset)
+    spikes, fired = _LIFScan.apply(z, theta, v0, leak, reset, surrogate, w, detach_reset)
+    spikes._spikeforge_bits = fired  # the same spikes as booleans (see mark_spikes)
+    return spikes

@@ -169,16 +169,14 @@ def _binary_scan_inplace(z: Tensor, state: NeuronState, params: NeuronParams
     theta = torch.as_tensor(params.threshold, dtype=z.dtype, device=z.device)
     v = state.v.expand_as(z[0]).clone()
     out = torch.empty_like(z)
-    fired = torch.empty(z.shape[1:], dtype=torch.bool, device=z.device)
+    fired = torch.empty_like(z[0], dtype=torch.bool)
     for t in range(z.shape[0]):
         if params.leak != 1.0:
             v.mul_(params.leak)
         v.add_(z[t])
         torch.ge(v, theta, out=fired)
         out[t].copy_(fired)
-        if params.reset == "subtract":
-            v.sub_(out[t] * theta)
-        else:
-            v.masked_fill_(fired, 0.0)
+        # v − θ·s, or v − v·s (reset to zero): exact, and without per-step allocations
+        v.addcmul_(out[t], theta if params.reset == "subtract" else v, value=-1)
     return out, NeuronState(v, state.count)
 

@@ -173,7 +173,10 @@ class LIF(nn.Module):
         if self.emit == "value":
             out = s * theta
             return out if steps is None else out.flatten(0, 1)
-        return mark_spikes(s if steps is None else s.flatten(0, 1))
+        bits = s._spikeforge_bits
+        if steps is not None:
+            s, bits = s.flatten(0, 1), bits.flatten(0, 1)
+        return mark_spikes(s, bits)
 
     def extra_repr(self) -> str:
         theta = (f"{self.threshold.item():g}" if self.threshold.ndim == 0
@@ -231,16 +234,21 @@ def unfold_time(x: Tensor, timesteps: int) -> Tensor:
     return x.unflatten(0, (timesteps, -1))
 
 
-def mark_spikes(spikes: Tensor) -> Tensor:
+def mark_spikes(spikes: Tensor, bits: Tensor | None = None) -> Tensor:
     """Tag a tensor of 0/1 spikes so that :func:`compact_saved_spikes` may keep it for
-    backward as one byte per value instead of four (the next layer's saved input)."""
-    spikes._spikeforge_spikes = True  # a Python attribute on this tensor object only
+    backward as one byte per value instead of four (the next layer's saved input); ``bits``,
+    the same spikes as booleans when the neuron has them already, is then kept as is."""
+    spikes._spikeforge_spikes = True  # Python attributes on this tensor object only
+    spikes._spikeforge_bits = bits
     return spikes
 
 
 def _pack(t: Tensor) -> Any:
     if getattr(t, "_spikeforge_spikes", False):
-        return _Spikes(t.to(torch.bool), t.dtype)
+        bits = t._spikeforge_bits
+        if bits is None or bits.shape != t.shape:
+            bits = t.to(torch.bool)
+        return _Spikes(bits, t.dtype)
     return t
 
 

@@ -41,21 +41,25 @@ SURROGATES: dict[str, float | None] = {
 }
 
 
+# g(x) of the table, in place on their own intermediates and by multiplication (the
+# backward of a whole window runs them on (T, B, ...) tensors)
+
 def _sigmoid(x: Tensor, w: float) -> Tensor:
-    s = torch.sigmoid(x / w)
-    return s * (1 - s) / w
+    s = torch.sigmoid(x * (1 / w))
+    return s.sub_(s * s).mul_(1 / w)
 
 
 def _atan(x: Tensor, w: float) -> Tensor:
-    return (0.5 / w) / (1 + (math.pi * x / (2 * w)) ** 2)
+    y = x * (math.pi / (2 * w))
+    return y.mul_(y).add_(1).reciprocal_().mul_(0.5 / w)
 
 
 def _triangle(x: Tensor, w: float) -> Tensor:
-    return (1 - x.abs() / w).clamp(min=0) / w
+    return x.abs().mul_(-1 / w).add_(1).clamp_(min=0).mul_(1 / w)
 
 
 def _rectangle(x: Tensor, w: float) -> Tensor:
-    return (x.abs() < w / 2).to(x.dtype) / w
+    return (x.abs() < w / 2).to(x.dtype).mul_(1 / w)
 
 
 _DERIVATIVES: dict[str, Callable[[Tensor, float], Tensor]] = {
