@@ -55,7 +55,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     options = {"percentile": args.percentile, "channelwise": args.channelwise,
                "encoder": args.encoder, "reset": args.reset, "initial": args.initial,
-               "max_pool": args.max_pool}
+               "max_pool": args.max_pool, "precision": args.precision}
     if args.memory_budget:
         options["memory_budget"] = int(args.memory_budget * 2**20)
     entries = run_conversion(args.checkpoint, args.method, args.timesteps, args.out,
@@ -220,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-subset", type=int, help="evaluate on this many test images")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--memory-budget", type=float, help="MiB of activations per chunk")
+    p.add_argument("--precision", choices=("float32", "bf16"), default="float32",
+                   help="bf16: synaptic layers in bfloat16, membranes in float32 (fast on "
+                        "GPUs and bf16 CPUs; default float32, exact)")
     p.add_argument("--seed", type=int, default=0, help="calibration subset / Poisson seed")
     p.add_argument("--out", help="results JSON (a PNG plot is written beside it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

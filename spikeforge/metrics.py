@@ -116,7 +116,7 @@ class _ConnectivityPass(fx.Interpreter):
         if isinstance(module, SpikingMaxPool):
             return self._leaf(target, _sum_pool(module.pool, x))
         if isinstance(module, _SYNAPTIC):
-            weight = torch.ones_like(module.weight)
+            weight = torch.ones_like(module.weight, dtype=x.dtype)  # counts in float32
             if isinstance(module, nn.Linear):
                 out = F.linear(x, weight)
             else:
@@ -236,15 +236,16 @@ class _Monitor:
         """Add one batch of a source's output ``(T·B, ...)``: fan-out-weighted events per
         step, and unit spikes (|value|/θ for augmented neurons; events otherwise)."""
         out = output.reshape(self.steps, -1, fan_out[0].numel())  # (T, B, N)
-        fan = fan_out.reshape(-1).to(out.dtype)
-        events = (out != 0).to(out.dtype)
+        dtype = torch.promote_types(out.dtype, torch.float32)  # counts in >= float32
+        fan = fan_out.reshape(-1).to(dtype)
+        events = (out != 0).to(dtype)
         per_step = (events @ fan).sum(1).double().cpu()  # one pass + a matrix-vector product
         n_events = float(events.sum())
         if isinstance(module, SpikingNeuron) and module.rule == "augmented":
-            theta = broadcast_threshold(module.threshold.to(output.dtype), output[:1],
+            theta = broadcast_threshold(module.threshold.to(dtype), output[:1],
                                         module.channel_dim)
             inverse = (1.0 / theta).expand_as(output[:1]).reshape(-1)
-            magnitude = out.abs()
+            magnitude = out.abs().to(dtype)
             units_sops = float((magnitude @ (fan * inverse)).sum())
             units = float((magnitude @ inverse).sum())
         else:  # binary and ternary spikes carry |s| = 1: units are events

@@ -385,3 +385,26 @@ def test_constant_input_runs_the_first_layer_once(name):
     assert rows == [4, 20]
     assert torch.equal(direct, folded)
     assert (direct != 0).any()
+
+
+def test_bf16_keeps_spikes_exact_and_accuracy_close(trained, mnist):
+    from spikeforge.metrics import evaluate
+
+    test = mnist[1]
+    fp32 = sf.convert(trained, mnist[2], timesteps=16, progress=False)
+    bf16 = sf.convert(trained, mnist[2], timesteps=16, progress=False, precision="bf16")
+    assert all(n.threshold.dtype == torch.float32 for n in bf16.neurons().values())
+    spikes = []
+    for neuron in bf16.neurons().values():
+        neuron.register_forward_hook(lambda m, a, out: spikes.append(out / m.threshold.view(
+            -1, *[1] * (out.ndim - 2)) if m.threshold.ndim else out / m.threshold))
+    x = next(iter(test))[0][:64]
+    out = bf16(x)
+    assert out.dtype == torch.float32  # the readout is summed in float32
+    for s in spikes:  # θ·s in bfloat16: s is a whole number of spikes up to θ's rounding
+        assert torch.allclose(s.float(), s.float().round(), atol=1e-2)
+    a, b = evaluate(fp32, test), evaluate(bf16, test)
+    assert abs(a.at(16) - b.at(16)) <= 1.0, (a.at(16), b.at(16))
+    assert abs(a.sops_per_sample - b.sops_per_sample) <= 0.02 * a.sops_per_sample
+    with pytest.raises(ValueError, match="unknown precision 'fp8'; valid: float32, bf16"):
+        sf.convert(trained, mnist[2], progress=False, precision="fp8")

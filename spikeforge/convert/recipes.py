@@ -111,7 +111,7 @@ def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
             levels: int | None = None, cap: int | None = None, max_pool: str = "cumulative",
             encoder: str = "direct", seed: int = 0, calibration_batches: int | None = None,
             memory_budget: int = 2 << 30, activations: Iterable[type[nn.Module]] = (),
-            progress: bool = True) -> SpikingNetwork:
+            precision: str = "float32", progress: bool = True) -> SpikingNetwork:
     """Convert a trained ANN into a spiking network.
 
     Args:
@@ -143,6 +143,9 @@ def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
         calibration_batches: use at most this many calibration batches.
         memory_budget: activation bytes per chunk of a batch during simulation.
         activations: extra module types to treat as ReLU-like activations.
+        precision: ``"float32"`` (exact) or ``"bf16"`` (synaptic layers in bfloat16, membrane
+            potentials and the readout's sum in float32; see
+            :class:`~spikeforge.simulate.SpikingNetwork`).
         progress: show a progress bar while calibrating.
 
     Returns:
@@ -219,7 +222,8 @@ def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
             "symmetric": symmetric, "cap": cap,
             "thresholds": {k: n["threshold"].tolist() for k, n in neurons.items()},
             "convert_seconds": time.perf_counter() - started}
-    return SpikingNetwork(graph, timesteps, encoder, seed, memory_budget, info=info).eval()
+    return SpikingNetwork(graph, timesteps, encoder, seed, memory_budget, info=info,
+                          precision=precision).eval()
 
 
 def _uniform(layer_levels: dict[str, int]) -> int | None:

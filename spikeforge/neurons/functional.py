@@ -166,8 +166,8 @@ def _binary_scan_inplace(z: Tensor, state: NeuronState, params: NeuronParams
     """:func:`neuron_scan` for binary neurons when no gradient is needed: the same equations,
     evaluated with in-place updates of one membrane buffer and one spike mask (no tensors
     allocated per step). Bit-identical to the step-function loop (tested)."""
-    theta = torch.as_tensor(params.threshold, dtype=z.dtype, device=z.device)
-    v = state.v.expand_as(z[0]).clone()
+    theta = torch.as_tensor(params.threshold, dtype=state.v.dtype, device=z.device)
+    v = state.v.expand_as(z[0]).clone()  # the state's dtype: float32 for bfloat16 currents
     out = torch.empty_like(z)
     fired = torch.empty_like(z[0], dtype=torch.bool)
     for t in range(z.shape[0]):

@@ -15,6 +15,7 @@ from spikeforge.neurons.functional import (
     Reset,
     SpikeRule,
     check_params,
+    init_state,
     neuron_scan,
 )
 
@@ -70,8 +71,12 @@ class SpikingNeuron(nn.Module):
         folded = timesteps is not None
         if folded:
             x = unfold_time(x, timesteps)
-        theta = broadcast_threshold(self.threshold.to(x.dtype), x[0], self.channel_dim)
-        s, _ = neuron_scan(x, self.params(theta), self.initial)
+        # membranes integrate in at least float32 (bfloat16 currents: the bf16 mode)
+        acc = torch.promote_types(x.dtype, torch.float32)
+        theta = broadcast_threshold(self.threshold.to(acc), x[0], self.channel_dim)
+        params = self.params(theta)
+        state = init_state(torch.empty_like(x[0], dtype=acc), params, self.initial)
+        s, _ = neuron_scan(x, params, state=state)
         if self.emit == "value":
             s = s.mul_(theta) if not s.requires_grad else s * theta
         return s.flatten(0, 1) if folded else s
