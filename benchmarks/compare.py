@@ -23,11 +23,13 @@ C. The dense ANN forward of the same network (channels-last, batch 64): the per-
    shown as images/s ÷ T beside the SNNs.
 
 Each measurement runs in a fresh process: the median of >= 5 timed repetitions after a
-warm-up, images per second, the ratio to the best peer, the process's peak RSS and the RSS
-added by the measured work (``work_mib``: peak minus the RSS before it), and the largest
+warm-up, images per second, the ratio to the best peer, the process's peak RSS (torch and
+the model included, the same for all) and the RSS the measured calls added
+(``work_mib``: peak minus the RSS before them — a lower bound, 0 when an earlier stage such
+as calibration peaked higher), and the largest
 difference of the summed readout (A) or of the first step's loss and output (B) from
-spikeforge's. Peers: the ``bench`` extra (``pip install --no-deps spikingjelly==2.0.0 loguru
-snntorch`` next to the existing torch).
+spikeforge's. Peers: the ``bench`` extra, next to the existing torch (see
+``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -302,7 +304,8 @@ def compare_rows(rows: list[dict]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="A at T = 4, 16 and B at T = 8, 5 repetitions")
+                        help="A at T = 4, 16 and B at T = 8, 5 repetitions (bf16 only where "
+                             "the CPU has bf16 instructions)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch", type=int, default=64, help="inference batch (A, C)")
     parser.add_argument("--train-batch", type=int, default=32, help="training batch (B)")
@@ -315,7 +318,11 @@ def main() -> int:
     args = parser.parse_args()
     steps = args.timesteps or ((4, 16) if args.quick else (4, 16, 32))
     repeats = 5 if args.quick else max(5, args.repeats)
-    keep = lambda impls: [i for i in impls if not args.only or i in args.only]  # noqa: E731
+    # emulated bf16 (a CPU without bf16 instructions) is slow: --quick leaves it out
+    slow = set() if not args.quick or torch.ops.mkldnn._is_mkldnn_bf16_supported() else {
+        "spikeforge-bf16"}
+    keep = lambda impls: [i for i in impls  # noqa: E731
+                          if (not args.only or i in args.only) and i not in slow]
     records = []
     for bench in args.bench:
         if bench == "training":

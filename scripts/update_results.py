@@ -31,6 +31,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 MAX_PUBLISHED_PARAMETERS = 3_000_000  # about 12 MB of float32 weights
 CONVERT_START, CONVERT_END = "<!-- conversion:start -->", "<!-- conversion:end -->"
 EXPERIMENT_START, EXPERIMENT_END = "<!-- experiments:start -->", "<!-- experiments:end -->"
+PERFORMANCE_START, PERFORMANCE_END = "<!-- performance:start -->", "<!-- performance:end -->"
 
 
 def summary_from_checkpoint(run_dir: Path, command: str | None) -> dict:
@@ -190,6 +191,44 @@ def conversion_table(results_dir: Path, base: Path) -> str:
     return "\n".join([markdown_table(rows, columns), "", "Commands:", "", *commands])
 
 
+def performance_tables(bench_dir: Path) -> str:
+    """The README's performance section from ``benchmarks/results``: compare.py's ratios and
+    the time-to-accuracy runs."""
+    parts = []
+    compare = bench_dir / "compare.json"
+    if compare.exists():
+        data = json.loads(compare.read_text())
+        rows = []
+        for r in data["records"]:
+            if "error" in r:
+                continue
+            what = "train step" if r["kind"] == "training" else "inference"
+            t = r["timesteps"]
+            floor = r["implementation"] == "ann"
+            rows.append({"benchmark": f"{r['benchmark']} {what}", "T": t,
+                         "batch": r["batch"],
+                         "implementation": "dense ANN ÷ T" if floor else r["implementation"],
+                         "images/s": r["images_per_s"] / (t if floor else 1),
+                         "vs best peer": r.get("ratio_vs_best_peer"),
+                         "peak RSS MiB": r["peak_rss_mib"], "max abs diff": (
+                             None if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}")})
+        parts += [f"`{data['command']}` ({data['records'][0]['threads']} threads, torch "
+                  f"{data['torch']}, CPU capability {data.get('cpu_capability', '?')}; "
+                  "[JSON](benchmarks/results/compare.json))", "", markdown_table(rows)]
+    for path in sorted(bench_dir.glob("time_to_accuracy_*.json")):
+        data = json.loads(path.read_text())
+        rows = [{"method": r["method"] + (" (SpikingJelly)" if r.get("implementation")
+                                          == "spikingjelly" else ""),
+                 "t*": r["t_star"] if r["method"] != "ann" else "", "accuracy % at t*":
+                 r["accuracy_at_t_star"], "images/s at t*": r["images_per_s"]}
+                for r in data["rows"]]
+        parts += ["", f"**{data['dataset']}, {data['model']}** — ANN {data['ann_accuracy']:.2f}%"
+                  f" on {data['test_images']} test images; t* = first t within "
+                  f"{data['tolerance']} points of it (`{data['command']}`)", "",
+                  markdown_table(rows)]
+    return "\n".join(parts)
+
+
 def update_readme(readme: Path, text: str, start: str = START, end: str = END) -> None:
     content = readme.read_text()
     if start not in content or end not in content:
@@ -219,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     if EXPERIMENT_START in args.readme.read_text():
         update_readme(args.readme, experiment_tables(args.results, base), EXPERIMENT_START,
                       EXPERIMENT_END)
+    if PERFORMANCE_START in args.readme.read_text():
+        update_readme(args.readme, performance_tables(REPO / "benchmarks" / "results"),
+                      PERFORMANCE_START, PERFORMANCE_END)
     print(f"updated {args.readme}")
     return 0
 

@@ -4,7 +4,11 @@ A converted network is the ANN's FX graph with every activation replaced by a
 :class:`~spikeforge.neurons.SpikingNeuron` and an extra ``timesteps`` input. The encoded input
 ``(T, B, ...)`` is folded to ``(T·B, ...)``: every stateless layer (conv, linear, pooling,
 flatten, residual add) runs **once** on all steps at the same time — one large batched call
-instead of T small ones — and only the neurons unfold the time axis to scan over it.
+instead of T small ones — and only the neurons unfold the time axis to scan over it. With
+direct input (the same image at every step) the layers that see only the image run once on
+``(B, ...)`` and their result is repeated over time (:func:`constant_input_graph`). The
+graph runs channels-last on CPUs and GPUs (oneDNN's and cuDNN's fast layout), in float32 or,
+with ``precision="bf16"``, with bfloat16 synaptic layers and float32 membranes.
 
 Max pooling, by policy (``max_pool=`` in :func:`spikeforge.convert`):
 
@@ -24,9 +28,8 @@ ran a CIFAR VGG 1.2–1.5× faster with the same result (``benchmarks/README.md`
 
 from __future__ import annotations
 
-from typing import Any
-
 import copy
+from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
@@ -37,7 +40,8 @@ from spikeforge.neurons import SpikingNeuron
 #: precision name → dtype of the synaptic layers
 PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "bf16": torch.bfloat16}
 
-__all__ = ["PRECISIONS", "SpikingMaxPool", "SpikingNetwork", "activation_bytes", "constant_input_graph"]
+__all__ = ["PRECISIONS", "SpikingMaxPool", "SpikingNetwork", "activation_bytes",
+           "constant_input_graph"]
 
 
 class SpikingMaxPool(nn.Module):
