@@ -1,6 +1,6 @@
 """spikeforge against SpikingJelly and snnTorch, in one run (issue 7, benchmarks A, B and C).
 
-    python benchmarks/compare.py --quick            # A at T = 4, 16; B at T = 8; < 5 minutes
+    python benchmarks/compare.py --quick            # A and C at T = 16; B at T = 8; < 5 minutes
     python benchmarks/compare.py --json benchmarks/results/compare.json
 
 Every peer is built the way its users build it, from the same weights:
@@ -304,7 +304,7 @@ def compare_rows(rows: list[dict]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="A at T = 4, 16 and B at T = 8, 5 repetitions (bf16 only where "
+                        help="A and C at T = 16, B at T = 8, 5 repetitions (bf16 only where "
                              "the CPU has bf16 instructions)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch", type=int, default=64, help="inference batch (A, C)")
@@ -316,7 +316,7 @@ def main() -> int:
     parser.add_argument("--timesteps", type=int, nargs="+", help="T values (VGG, A)")
     parser.add_argument("--only", nargs="+", help="implementations to run")
     args = parser.parse_args()
-    steps = args.timesteps or ((4, 16) if args.quick else (4, 16, 32))
+    steps = args.timesteps or ((16,) if args.quick else (4, 16, 32))
     repeats = 5 if args.quick else max(5, args.repeats)
     # emulated bf16 (a CPU without bf16 instructions) is slow: --quick leaves it out
     slow = set() if not args.quick or torch.ops.mkldnn._is_mkldnn_bf16_supported() else {
