@@ -60,7 +60,8 @@ class SpikingMaxPool(nn.Module):
         self.pool = pool
 
     def forward(self, x: Tensor, timesteps: int) -> Tensor:
-        cumulative = x.unflatten(0, (timesteps, -1)).cumsum(dim=0, dtype=torch.float32)
+        exact = torch.promote_types(x.dtype, torch.float32)  # bfloat16 sums would round
+        cumulative = x.unflatten(0, (timesteps, -1)).cumsum(dim=0, dtype=exact)
         pooled = self.pool(cumulative.flatten(0, 1)).unflatten(0, (timesteps, -1))
         return (torch.diff(pooled, dim=0, prepend=torch.zeros_like(pooled[:1]))
                 .flatten(0, 1).to(x.dtype))
