@@ -122,8 +122,8 @@ def constant_input_graph(gm: fx.GraphModule) -> fx.GraphModule:
             constant.add(node)
     for node in [n for n in graph.nodes if n in constant]:
         users = [u for u in node.users if u not in constant]
-        if users:
-            with graph.inserting_after(node):
+        if users:  # (after the last placeholder, which T is, when the input itself is used)
+            with graph.inserting_after(timesteps if node.op == "placeholder" else node):
                 repeated = graph.call_function(repeat_over_time, (node, timesteps))
             for user in users:
                 user.replace_input_with(node, repeated)
@@ -244,17 +244,23 @@ class SpikingNetwork(nn.Module):
         batch_dim = 0 if constant else 1
         if self.bytes_per_sample_step <= 0:
             sample = inputs[:1] if constant else inputs[0, :1]
-            self.bytes_per_sample_step = activation_bytes(self.graph, sample.to(self.dtype), 1)
+            self.bytes_per_sample_step = activation_bytes(self.graph, self._cast(sample), 1)
         graph = self.constant_graph if constant else self.graph
         with torch.inference_mode():
             outs = []
             for chunk in inputs.split(self.chunk_size(steps, inputs.device), dim=batch_dim):
-                rows = (chunk if constant else chunk.flatten(0, 1)).to(self.dtype)
+                rows = self._cast(chunk if constant else chunk.flatten(0, 1))
                 if self.channels_last and rows.ndim == 4:
                     rows = rows.contiguous(memory_format=torch.channels_last)
-                out = graph(rows, steps).float()  # the readout is summed in float32
+                out = graph(rows, steps)
+                out = out.to(torch.promote_types(out.dtype, torch.float32))  # summed in >= fp32
                 outs.append(out.unflatten(0, (steps, chunk.shape[batch_dim])))
         return torch.cat(outs, dim=1)
+
+    def _cast(self, x: Tensor) -> Tensor:
+        """The input in the synaptic layers' dtype in bf16 mode (else as given: a float64
+        network takes float64 input)."""
+        return x if self.precision == "float32" else x.to(self.dtype)
 
     def extra_repr(self) -> str:
         method = self.info.get("method", "?")
