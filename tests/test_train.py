@@ -119,7 +119,10 @@ def test_ctrl_c_leaves_a_valid_checkpoint_and_says_how_to_resume(tmp_path):
     # six short epochs: the interrupt lands well before the end even on a fast machine
     config = write_yaml(tmp_path / "cfg.yaml", tmp_path / "run", "optim.epochs=6")
     cmd = [sys.executable, "-m", "spikeforge.cli", "train", str(config)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell that starts a job in the background makes it ignore SIGINT, and Python then
+    # never raises KeyboardInterrupt: give the child the default handling back
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ckpt = tmp_path / "run" / "checkpoint.pt"
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
