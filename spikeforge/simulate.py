@@ -165,8 +165,6 @@ class SpikingNetwork(nn.Module):
         super().__init__()
         if encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {encoder!r}; valid: {', '.join(ENCODERS)}")
-        # oneDNN convolutions are markedly faster on channels-last tensors (1.3x for a CIFAR
-        # VGG on this project's CPU); the results are identical
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
         self.precision, self.dtype = precision, PRECISIONS[precision]
@@ -175,6 +173,8 @@ class SpikingNetwork(nn.Module):
             for module in graph.modules():
                 if isinstance(module, SpikingNeuron):
                     module.float()  # thresholds stay float32, like the membranes
+        # oneDNN convolutions are markedly faster on channels-last tensors (1.3x for a CIFAR
+        # VGG on this project's CPU); the results are identical
         self.channels_last = any(isinstance(m, nn.Conv2d) for m in graph.modules())
         if self.channels_last:  # `view` needs contiguous strides; `reshape` is the same op
             for node in graph.graph.nodes:

@@ -95,7 +95,7 @@ def test_resume_after_kill_gives_identical_weights(tmp_path):
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
-    time.sleep(0.05)  # into epoch 2 (an epoch of this config takes about 0.1 s)
+    time.sleep(0.3)  # well into epoch 2
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert ckpt.exists()
@@ -116,8 +116,7 @@ def test_resume_after_kill_gives_identical_weights(tmp_path):
 
 
 def test_ctrl_c_leaves_a_valid_checkpoint_and_says_how_to_resume(tmp_path):
-    # six short epochs: the interrupt lands well before the end even on a fast machine
-    config = write_yaml(tmp_path / "cfg.yaml", tmp_path / "run", "optim.epochs=6")
+    config = write_yaml(tmp_path / "cfg.yaml", tmp_path / "run", "optim.epochs=3")
     cmd = [sys.executable, "-m", "spikeforge.cli", "train", str(config)]
     # a shell that starts a job in the background makes it ignore SIGINT, and Python then
     # never raises KeyboardInterrupt: give the child the default handling back
@@ -127,14 +126,14 @@ def test_ctrl_c_leaves_a_valid_checkpoint_and_says_how_to_resume(tmp_path):
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
-    time.sleep(0.05)  # into epoch 2
+    time.sleep(0.3)  # into epoch 2
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert "interrupted; the last checkpoint is intact (resume with --resume)" in err
     assert load_checkpoint(ckpt)["epoch"] >= 1  # loads: complete, not half-written
     rc = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
-    assert rc.returncode == 0 and load_checkpoint(ckpt)["epoch"] == 6, rc.stderr
+    assert rc.returncode == 0 and load_checkpoint(ckpt)["epoch"] == 3, rc.stderr
 
 
 def test_divergence_stops_with_epoch_and_step_and_keeps_checkpoint(tmp_path):
