@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from spikeforge.neurons.functional import binary_scan_into
 from spikeforge.neurons.surrogate import _DERIVATIVES, check_surrogate, lee_factor
 
 __all__ = ["SAVED_MEMBRANE", "lif_scan"]
@@ -48,15 +49,7 @@ class _LIFScan(torch.autograd.Function):
         fired = torch.empty_like(z, dtype=torch.bool)  # same strides as z (channels-last)
         membrane = torch.empty_like(z, dtype=SAVED_MEMBRANE.get(z.dtype, z.dtype))
         v = torch.empty_like(z[0]).copy_(v0.expand_as(z[0]))
-        for t in range(z.shape[0]):
-            if leak != 1.0:
-                v.mul_(leak)
-            v.add_(z[t])  # m(t)
-            membrane[t].copy_(v)
-            torch.ge(v, theta, out=fired[t])
-            out[t].copy_(fired[t])
-            # v − θ·s, or v − v·s (reset to zero; exact, and much faster than masked_fill_)
-            v.addcmul_(out[t], theta if reset == "subtract" else v, value=-1)
+        binary_scan_into(z, v, theta, leak, reset, out, fired, membrane)
         ctx.save_for_backward(membrane, fired, theta)
         ctx.leak, ctx.reset, ctx.surrogate, ctx.width = leak, reset, surrogate, width
         ctx.detach_reset = detach_reset

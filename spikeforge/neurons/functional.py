@@ -169,14 +169,26 @@ def _binary_scan_inplace(z: Tensor, state: NeuronState, params: NeuronParams
     theta = torch.as_tensor(params.threshold, dtype=state.v.dtype, device=z.device)
     v = state.v.expand_as(z[0]).clone()  # the state's dtype: float32 for bfloat16 currents
     out = torch.empty_like(z)
-    fired = torch.empty_like(z[0], dtype=torch.bool)
-    for t in range(z.shape[0]):
-        if params.leak != 1.0:
-            v.mul_(params.leak)
-        v.add_(z[t])
-        torch.ge(v, theta, out=fired)
-        out[t].copy_(fired)
-        # v − θ·s, or v − v·s (reset to zero): exact, and without per-step allocations
-        v.addcmul_(out[t], theta if params.reset == "subtract" else v, value=-1)
+    binary_scan_into(z, v, theta, params.leak, params.reset, out,
+                     torch.empty_like(z[0], dtype=torch.bool))
     return out, NeuronState(v, state.count)
 
+
+def binary_scan_into(z: Tensor, v: Tensor, theta: Tensor, leak: float, reset: Reset,
+                     out: Tensor, fired: Tensor, membrane: Tensor | None = None) -> None:
+    """The binary neuron's equations over the time axis of ``z``, written into buffers:
+    ``v`` (the membrane, updated in place), ``out`` (T, ...) the spikes s, ``fired`` the
+    spike mask — one step's buffer, or (T, ...) to keep every step's — and, when given,
+    ``membrane`` (T, ...) m(t) before firing (what BPTT keeps for backward). No tensor is
+    allocated per step."""
+    for t in range(z.shape[0]):
+        if leak != 1.0:
+            v.mul_(leak)
+        v.add_(z[t])  # m(t)
+        if membrane is not None:
+            membrane[t].copy_(v)
+        mask = fired[t] if fired.ndim == z.ndim else fired
+        torch.ge(v, theta, out=mask)
+        out[t].copy_(mask)
+        # v − θ·s, or v − v·s (reset to zero): exact, and much faster than masked_fill_
+        v.addcmul_(out[t], theta if reset == "subtract" else v, value=-1)
