@@ -23,7 +23,37 @@ def test_qcfs_values_and_straight_through_gradient():
     y.sum().backward()
     # floor passes gradient straight through; the clamp stops it outside [0, λ]
     assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 0.0]
-    assert act.threshold.grad is not None and float(act.threshold.grad) != 0
+    # ∂a/∂λ = clip(q, 0, L)/L - m·x/λ with q = floor(x·L/λ + 1/2), m = [0 ≤ q ≤ L]:
+    # (0) + (0 - .1) + (.25 - .15) + (.5 - .5) + (.5 - .6) + (1) = 0.9
+    assert float(act.threshold.grad) == pytest.approx(0.9)
+
+
+def _qcfs_by_autograd(x: torch.Tensor, lam: torch.Tensor, levels: int) -> torch.Tensor:
+    """The straightforward composition of autograd ops, floor made straight-through."""
+    scaled = x / lam * levels + 0.5
+    floor = scaled + (torch.floor(scaled) - scaled).detach()
+    return torch.clamp(floor / levels, 0.0, 1.0) * lam
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_fused_qcfs_matches_the_autograd_composition(per_channel):
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(4, 3, 5, 5, generator=gen, dtype=torch.float64) * 2).requires_grad_()
+    rho = torch.rand(3 if per_channel else 1, generator=gen, dtype=torch.float64) + 0.5
+    rho.requires_grad_()
+    grad_out = torch.randn(4, 3, 5, 5, generator=gen, dtype=torch.float64)
+    results = []
+    for fn in (sf.nn.quantized.qcfs, _qcfs_by_autograd):
+        lam = rho.view(-1, 1, 1) if per_channel else rho[0]
+        y = fn(x, lam, 3)
+        y.backward(grad_out)
+        results.append((y.detach(), x.grad.clone(), rho.grad.clone()))
+        x.grad, rho.grad = None, None
+    (y1, gx1, gl1), (y2, gx2, gl2) = results
+    assert torch.equal(y1, y2)  # same arithmetic, bit for bit
+    assert 0 < int((gx1 == 0).sum()) < gx1.numel()  # some inputs outside the clip
+    torch.testing.assert_close(gx1, gx2)
+    torch.testing.assert_close(gl1, gl2)
 
 
 def test_csqcfs_thresholds_stay_positive_under_training():

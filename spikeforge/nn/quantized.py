@@ -24,29 +24,53 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CSQCFS", "QCFS", "floor_ste", "qcfs"]
+__all__ = ["CSQCFS", "QCFS", "qcfs"]
 
 
-class _FloorSTE(torch.autograd.Function):
+class _QCFSFunction(torch.autograd.Function):
+    """QCFS in one pass over the activations, forward and backward.
+
+    With ``q = floor(x·L/λ + 1/2)`` and ``m = [0 ≤ q ≤ L]`` (where the clip passes the
+    gradient), the straight-through gradients are
+
+    .. math::
+        \\frac{\\partial a}{\\partial x} = m, \\qquad
+        \\frac{\\partial a}{\\partial \\lambda} = \\frac{\\mathrm{clip}(q, 0, L)}{L}
+            - m \\frac{x}{\\lambda}.
+
+    Only ``x`` and ``λ`` are saved; ``q`` is recomputed in backward with the forward's exact
+    arithmetic. The composition of elementwise autograd ops it replaces kept three tensors of
+    the activations' size per layer and took 1.5-2x the time.
+    """
+
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # noqa: D102
-        return torch.floor(x)
+    def forward(ctx, x: Tensor, lam: Tensor, levels: int) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(x, lam)
+        ctx.levels = levels
+        out = x / lam
+        out.mul_(levels).add_(0.5).floor_().div_(levels).clamp_(0.0, 1.0)
+        return out.mul_(lam)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
-        return grad
-
-
-def floor_ste(x: Tensor) -> Tensor:
-    """``floor(x)`` whose gradient is the identity (straight-through estimator)."""
-    return _FloorSTE.apply(x)
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # noqa: D102
+        x, lam = ctx.saved_tensors
+        levels = ctx.levels
+        u = x / lam
+        q = (u * levels).add_(0.5).floor_()
+        inside = (q >= 0) & (q <= levels)
+        grad_x = grad * inside if ctx.needs_input_grad[0] else None
+        grad_lam = None
+        if ctx.needs_input_grad[1]:
+            term = q.clamp_(0, levels).div_(levels).sub_(u.mul_(inside)).mul_(grad)
+            grad_lam = term.sum_to_size(lam.shape)
+        return grad_x, grad_lam, None
 
 
 def qcfs(x: Tensor, threshold: Tensor, levels: int) -> Tensor:
     """The QCFS function ``λ·clip(floor(x·L/λ + 1/2)/L, 0, 1)``; ``threshold`` (λ) broadcasts
-    against ``x`` (a scalar, or shaped ``(C, 1, ...)`` for per-channel thresholds)."""
-    scaled = floor_ste(x / threshold * levels + 0.5) / levels
-    return torch.clamp(scaled, 0.0, 1.0) * threshold
+    against ``x`` (a scalar, or shaped ``(C, 1, ...)`` for per-channel thresholds). The floor
+    passes its gradient straight through."""
+    return _QCFSFunction.apply(x, threshold, levels)
 
 
 class QCFS(nn.Module):
