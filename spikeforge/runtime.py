@@ -6,14 +6,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 import random
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 import torch
@@ -28,6 +30,46 @@ def select_device(requested: str | None = None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {requested!r} was requested but CUDA is not available here")
     return device
+
+
+COMPILE_ENV = "SPIKEFORGE_COMPILE"
+Fn = TypeVar("Fn", bound=Callable[..., Any])
+
+
+def compile_enabled() -> bool:
+    """Whether :func:`compilable` functions run compiled: ``$SPIKEFORGE_COMPILE`` is ``1``."""
+    return os.environ.get(COMPILE_ENV, "0") == "1"
+
+
+def compilable(fn: Fn) -> Fn:
+    """``fn``, run through ``torch.compile`` when :func:`compile_enabled`.
+
+    For small pure functions of tensors that eager PyTorch runs as many passes over memory
+    (chains of elementwise ops): inductor fuses each into one loop (C++/OpenMP on a CPU, Triton
+    on CUDA). Compiling costs seconds per new input shape, so it is opt-in, for long runs
+    (``SPIKEFORGE_COMPILE=1 spikeforge run ...``). Where compiling fails (no C++ compiler, an
+    unsupported backend) it warns once and runs ``fn`` as it is from then on.
+    """
+    compiled: Callable[..., Any] | None = None
+
+    @functools.wraps(fn)
+    def call(*args: Any) -> Any:
+        nonlocal compiled
+        if not compile_enabled():
+            return fn(*args)
+        if compiled is None:
+            compiled = torch.compile(fn)
+        try:
+            return compiled(*args)
+        except Exception as err:  # noqa: BLE001 - inductor fails in many ways
+            if compiled is fn:
+                raise
+            warnings.warn(f"torch.compile of {fn.__qualname__} failed ({type(err).__name__}: "
+                          f"{err}); running it uncompiled", stacklevel=2)
+            compiled = fn
+            return fn(*args)
+
+    return call  # type: ignore[return-value]
 
 
 def set_threads(threads: int | None) -> None:
@@ -133,6 +175,7 @@ def machine_info(device: torch.device | None = None) -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "compile": compile_enabled(),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }

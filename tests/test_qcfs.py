@@ -35,25 +35,47 @@ def _qcfs_by_autograd(x: torch.Tensor, lam: torch.Tensor, levels: int) -> torch.
     return torch.clamp(floor / levels, 0.0, 1.0) * lam
 
 
+def _value_and_grads(fn, x, rho, per_channel, grad_out):
+    lam = rho.view(-1, 1, 1) if per_channel else rho[0]
+    y = fn(x, lam, 3)
+    y.backward(grad_out)
+    result = y.detach(), x.grad.clone(), rho.grad.clone()
+    x.grad, rho.grad = None, None
+    return result
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_fused_qcfs_matches_the_autograd_composition(per_channel):
+def test_qcfs_function_matches_the_autograd_composition(per_channel, compiled, monkeypatch):
+    monkeypatch.setenv("SPIKEFORGE_COMPILE", "1" if compiled else "0")
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(4, 3, 5, 5, generator=gen, dtype=torch.float64) * 2).requires_grad_()
     rho = torch.rand(3 if per_channel else 1, generator=gen, dtype=torch.float64) + 0.5
     rho.requires_grad_()
     grad_out = torch.randn(4, 3, 5, 5, generator=gen, dtype=torch.float64)
-    results = []
-    for fn in (sf.nn.quantized.qcfs, _qcfs_by_autograd):
-        lam = rho.view(-1, 1, 1) if per_channel else rho[0]
-        y = fn(x, lam, 3)
-        y.backward(grad_out)
-        results.append((y.detach(), x.grad.clone(), rho.grad.clone()))
-        x.grad, rho.grad = None, None
-    (y1, gx1, gl1), (y2, gx2, gl2) = results
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y1, gx1, gl1 = _value_and_grads(sf.nn.quantized.qcfs, x, rho, per_channel, grad_out)
+    assert not [w for w in caught if "uncompiled" in str(w.message)]  # it did compile
+    y2, gx2, gl2 = _value_and_grads(_qcfs_by_autograd, x, rho, per_channel, grad_out)
     assert torch.equal(y1, y2)  # same arithmetic, bit for bit
     assert 0 < int((gx1 == 0).sum()) < gx1.numel()  # some inputs outside the clip
     torch.testing.assert_close(gx1, gx2)
     torch.testing.assert_close(gl1, gl2)
+
+
+def test_a_failing_compile_warns_and_runs_uncompiled(monkeypatch):
+    def broken(fn):
+        def call(*args):
+            raise RuntimeError("no C++ compiler")
+        return call
+
+    monkeypatch.setenv("SPIKEFORGE_COMPILE", "1")
+    monkeypatch.setattr(torch, "compile", broken)
+    square = sf.runtime.compilable(lambda t: t * t)
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler.*uncompiled"):
+        assert square(torch.tensor([3.0])).item() == 9.0
+    assert square(torch.tensor([4.0])).item() == 16.0  # no second warning: stays uncompiled
 
 
 def test_csqcfs_thresholds_stay_positive_under_training():

@@ -24,11 +24,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spikeforge.runtime import compilable
+
 __all__ = ["CSQCFS", "QCFS", "qcfs"]
 
 
+@compilable
+def _qcfs_forward(x: Tensor, lam: Tensor, levels: int) -> Tensor:
+    out = x / lam
+    out.mul_(levels).add_(0.5).floor_().div_(levels).clamp_(0.0, 1.0)
+    return out.mul_(lam)
+
+
+@compilable
+def _qcfs_backward(x: Tensor, lam: Tensor, grad: Tensor, levels: int) -> tuple[Tensor, Tensor]:
+    u = x / lam
+    q = (u * levels).add_(0.5).floor_()  # the forward's arithmetic, so the same q
+    inside = (q >= 0) & (q <= levels)
+    term = q.clamp_(0, levels).div_(levels).sub_(u.mul_(inside)).mul_(grad)
+    return grad * inside, term.sum_to_size(lam.shape)
+
+
 class _QCFSFunction(torch.autograd.Function):
-    """QCFS in one pass over the activations, forward and backward.
+    """QCFS with a hand-written backward over the saved ``x`` and ``λ`` only.
 
     With ``q = floor(x·L/λ + 1/2)`` and ``m = [0 ≤ q ≤ L]`` (where the clip passes the
     gradient), the straight-through gradients are
@@ -38,31 +56,22 @@ class _QCFSFunction(torch.autograd.Function):
         \\frac{\\partial a}{\\partial \\lambda} = \\frac{\\mathrm{clip}(q, 0, L)}{L}
             - m \\frac{x}{\\lambda}.
 
-    Only ``x`` and ``λ`` are saved; ``q`` is recomputed in backward with the forward's exact
-    arithmetic. The composition of elementwise autograd ops it replaces kept three tensors of
-    the activations' size per layer and took 1.5-2x the time.
+    ``q`` is recomputed in backward. The composition of elementwise autograd ops this replaces
+    kept three tensors of the activations' size per layer and took 1.5-2x the time; with
+    ``SPIKEFORGE_COMPILE=1`` forward and backward each run as one fused loop, 3-5x faster
+    again on a CPU (see :func:`spikeforge.runtime.compilable`).
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, lam: Tensor, levels: int) -> Tensor:  # noqa: D102
         ctx.save_for_backward(x, lam)
         ctx.levels = levels
-        out = x / lam
-        out.mul_(levels).add_(0.5).floor_().div_(levels).clamp_(0.0, 1.0)
-        return out.mul_(lam)
+        return _qcfs_forward(x, lam, levels)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # noqa: D102
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # noqa: D102
         x, lam = ctx.saved_tensors
-        levels = ctx.levels
-        u = x / lam
-        q = (u * levels).add_(0.5).floor_()
-        inside = (q >= 0) & (q <= levels)
-        grad_x = grad * inside if ctx.needs_input_grad[0] else None
-        grad_lam = None
-        if ctx.needs_input_grad[1]:
-            term = q.clamp_(0, levels).div_(levels).sub_(u.mul_(inside)).mul_(grad)
-            grad_lam = term.sum_to_size(lam.shape)
+        grad_x, grad_lam = _qcfs_backward(x, lam, grad, ctx.levels)
         return grad_x, grad_lam, None
 
 
