@@ -58,6 +58,10 @@ def compilable(fn: Fn) -> Fn:
         if not compile_enabled():
             return fn(*args)
         if compiled is None:
+            # one graph per rank, dtype and int argument (e.g. QCFS levels) and a dynamic-shape
+            # one per such combination; dynamo's default of 8 graphs per function is too few
+            # for a run that trains several variants in one process
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             compiled = torch.compile(fn)
         try:
             return compiled(*args)
