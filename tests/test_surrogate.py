@@ -4,6 +4,7 @@ stand-in is smooth, autograd through a step-by-step reference, and Lee et al.'s 
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -96,6 +97,30 @@ def test_lif_scan_matches_autograd_through_the_steps(surrogate, reset, detach_re
     assert torch.equal(grads[0][0], grads[1][0])
     assert grads[0][0].sum() > 10  # neurons fired: the reset path is exercised
     torch.testing.assert_close(grads[0][1], grads[1][1], atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize(("reset", "surrogate", "detach_reset"),
+                         [("zero", "atan", False), ("subtract", "sigmoid", True),
+                          ("zero", "lee", False)])
+def test_compiled_lif_backward_matches_the_in_place_one(reset, surrogate, detach_reset,
+                                                         monkeypatch):
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(5, 3, 4, 3, 3, generator=gen, dtype=torch.float64) * 0.8 + 0.4
+    theta = torch.tensor([0.7, 1.0, 1.3, 2.0], dtype=torch.float64).view(4, 1, 1)
+    weights = torch.randn(5, 3, 4, 3, 3, generator=gen, dtype=torch.float64)
+    grads = []
+    for compiled in ("0", "1"):
+        monkeypatch.setenv("SPIKEFORGE_COMPILE", compiled)
+        zz = z.clone().requires_grad_(True)
+        s = lif_scan(zz, theta, leak=0.9, reset=reset, surrogate=surrogate,
+                     detach_reset=detach_reset)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            (s * weights).sum().backward()
+        assert not [w for w in caught if "uncompiled" in str(w.message)]
+        grads.append(zz.grad)
+    assert grads[0].abs().sum() > 1  # gradient flows
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-12, rtol=1e-10)
 
 
 @pytest.mark.parametrize("reset", ["zero", "subtract"])

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from spikeforge.neurons.functional import binary_scan_into
 from spikeforge.neurons.surrogate import _DERIVATIVES, check_surrogate, lee_factor
+from spikeforge.runtime import compilable, compile_enabled
 
 __all__ = ["SAVED_MEMBRANE", "lif_scan"]
 
@@ -59,29 +60,67 @@ class _LIFScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor, _grad_fired: Tensor | None = None):
         membrane, fired, theta = ctx.saved_tensors
-        inverse = 1 / theta
-        if ctx.surrogate == "lee":
-            spikes = fired.to(grad_out.dtype)
-            sigma = spikes.mul_(lee_factor(spikes, ctx.leak) * inverse)
-        else:
-            x = membrane.to(grad_out.dtype, copy=True).sub_(theta).mul_(inverse)  # (m − θ)/θ
-            sigma = _DERIVATIVES[ctx.surrogate](x, ctx.width).mul_(inverse)
-        grad_z = torch.empty_like(grad_out)
-        eps = torch.zeros_like(grad_out[0])  # ∂L/∂v(t)
-        subtract = ctx.reset == "subtract"
-        for t in range(grad_out.shape[0] - 1, -1, -1):
-            delta = grad_z[t]
-            if ctx.detach_reset:
-                torch.mul(grad_out[t], sigma[t], out=delta)
-            else:  # ∂L/∂s = ∂L/∂out + ε ∂v/∂s,  ∂v/∂s = −θ or −m
-                torch.addcmul(grad_out[t], eps, theta if subtract else membrane[t], value=-1,
-                              out=delta)
-                delta.mul_(sigma[t])
-            if not subtract:  # ∂v/∂m = 1 − s
-                eps.addcmul_(fired[t].to(eps.dtype), eps, value=-1)
-            delta.add_(eps)
-            torch.mul(delta, ctx.leak, out=eps)
+        backward = _lif_backward_fused if compile_enabled() else _lif_backward
+        grad_z = backward(grad_out, membrane, fired, theta, ctx.leak, ctx.reset == "subtract",
+                          ctx.surrogate, ctx.width, ctx.detach_reset)
         return grad_z, None, None, None, None, None, None, None
+
+
+def _sigma(grad_out: Tensor, membrane: Tensor, fired: Tensor, theta: Tensor, leak: float,
+           surrogate: str, width: float | None) -> Tensor:
+    """σ(t) ≈ ∂s/∂m for every step, in the gradient's dtype."""
+    inverse = 1 / theta
+    if surrogate == "lee":
+        spikes = fired.to(grad_out.dtype)
+        return spikes.mul_(lee_factor(spikes, leak) * inverse)
+    x = membrane.to(grad_out.dtype, copy=True).sub_(theta).mul_(inverse)  # (m − θ)/θ
+    return _DERIVATIVES[surrogate](x, width).mul_(inverse)
+
+
+def _lif_backward(grad_out: Tensor, membrane: Tensor, fired: Tensor, theta: Tensor,
+                  leak: float, subtract: bool, surrogate: str, width: float | None,
+                  detach_reset: bool) -> Tensor:
+    """∂L/∂z (T, ...) from ∂L/∂s by the reverse recurrence of the module docstring, with
+    in-place updates of one gradient buffer per step (no tensors allocated per step)."""
+    sigma = _sigma(grad_out, membrane, fired, theta, leak, surrogate, width)
+    grad_z = torch.empty_like(grad_out)
+    eps = torch.zeros_like(grad_out[0])  # ∂L/∂v(t)
+    for t in range(grad_out.shape[0] - 1, -1, -1):
+        delta = grad_z[t]
+        if detach_reset:
+            torch.mul(grad_out[t], sigma[t], out=delta)
+        else:  # ∂L/∂s = ∂L/∂out + ε ∂v/∂s,  ∂v/∂s = −θ or −m
+            torch.addcmul(grad_out[t], eps, theta if subtract else membrane[t], value=-1,
+                          out=delta)
+            delta.mul_(sigma[t])
+        if not subtract:  # ∂v/∂m = 1 − s
+            eps.addcmul_(fired[t].to(eps.dtype), eps, value=-1)
+        delta.add_(eps)
+        torch.mul(delta, leak, out=eps)
+    return grad_z
+
+
+@compilable
+def _lif_backward_fused(grad_out: Tensor, membrane: Tensor, fired: Tensor, theta: Tensor,
+                        leak: float, subtract: bool, surrogate: str, width: float | None,
+                        detach_reset: bool) -> Tensor:
+    """:func:`_lif_backward` written out of place, the form ``torch.compile`` fuses into one
+    loop over the neurons (about 4x faster on a CPU; writes into views of a buffer compile
+    badly). Used with ``SPIKEFORGE_COMPILE=1``; equal to float rounding (tested)."""
+    sigma = _sigma(grad_out, membrane, fired, theta, leak, surrogate, width)
+    eps = torch.zeros_like(grad_out[0])
+    deltas = []
+    for t in range(grad_out.shape[0] - 1, -1, -1):
+        delta = grad_out[t]
+        if not detach_reset:
+            delta = delta - eps * (theta if subtract else membrane[t])
+        delta = delta * sigma[t]
+        if not subtract:
+            eps = eps - fired[t] * eps
+        delta = delta + eps
+        eps = delta * leak
+        deltas.append(delta)
+    return torch.stack(deltas[::-1])
 
 
 def lif_scan(z: Tensor, threshold: Tensor | float = 1.0, leak: float = 1.0,
