@@ -43,11 +43,13 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True, help="where to re-run it")
     parser.add_argument("--only", nargs="+", help="re-run only these variants")
     parser.add_argument("--tolerance", type=float, default=0.3)
+    parser.add_argument("--threads", type=int, help="CPU threads (default: the config's)")
     args = parser.parse_args()
     record = json.loads((args.published / "results.json").read_text())
     config = record["results"][0]["provenance"]["config_file"]
     command = [sys.executable, "-m", "spikeforge.cli", "run", config, "--out-dir",
-               str(args.out), "--no-progress", *(["--only", *args.only] if args.only else [])]
+               str(args.out), "--no-progress", *(["--only", *args.only] if args.only else []),
+               *(["--threads", str(args.threads)] if args.threads else [])]
     print(" ".join(command), flush=True)
     subprocess.run(command, check=True)
     fresh = json.loads((args.out / "results.json").read_text())["results"]
