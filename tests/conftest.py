@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,16 @@ def real_data_root() -> Path:
     if root is None:
         pytest.skip("real data sets not found: set SPIKEFORGE_DATA to a folder with MNIST/raw")
     return root
+
+
+@pytest.fixture
+def no_compile_fallback():
+    """Fails the test if a :func:`spikeforge.runtime.compilable` function fell back to running
+    uncompiled: with ``SPIKEFORGE_COMPILE=1`` the compiled kernels must really be used."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    assert not [w for w in caught if "uncompiled" in str(w.message)]
 
 
 @pytest.fixture(autouse=True)
