@@ -305,9 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from spikeforge.runtime import keep_freed_memory
+    from spikeforge.runtime import git_commit, keep_freed_memory
 
     keep_freed_memory()
+    git_commit()  # the provenance of this process is the code it loaded now (cached)
     from spikeforge.convert import ConversionError
     from spikeforge.data import DatasetError
     from spikeforge.train import CheckpointError, TrainingDiverged

@@ -160,23 +160,43 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, handle)
 
 
-def git_commit() -> str | None:
-    """The current git commit of the working directory, or ``None`` outside a checkout."""
+def _git(args: list[str], cwd: Path) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=cwd)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def describe_checkout(directory: str | os.PathLike) -> str | None:
+    """The commit checked out in ``directory``, suffixed ``+dirty`` when tracked files differ
+    from it; ``None`` outside a git checkout."""
+    cwd = Path(directory)
+    commit = _git(["rev-parse", "HEAD"], cwd)
+    if not commit:
+        return None
+    changes = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
+    return commit + "+dirty" if changes else commit
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The commit of the spikeforge code this process runs (see :func:`describe_checkout`).
+
+    Looked up once per process and cached, so a stage written hours into a long run records
+    the code that was loaded at its start, not a commit made while it ran. The CLI looks it up
+    before any work starts."""
+    return describe_checkout(Path(__file__).resolve().parent)
 
 
 def machine_info(device: torch.device | None = None) -> dict[str, Any]:
-    """What ran a job: host, CPU count, torch version, device and threads."""
+    """What ran a job: host, CPU count and vector instruction set (``"AVX2"``,
+    ``"AVX512"``, ...: throughputs differ by 2x between them), torch version, device, threads
+    and whether :func:`compilable` functions were compiled."""
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "compile": compile_enabled(),

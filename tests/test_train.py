@@ -79,6 +79,31 @@ def test_training_learns_and_writes_everything(tmp_path):
     assert acc == pytest.approx(result.test_accuracy)
 
 
+def test_provenance_names_the_loaded_commit_and_marks_uncommitted_changes(tmp_path):
+    from spikeforge.runtime import describe_checkout, git_commit, machine_info
+
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, env=env, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    assert describe_checkout(tmp_path) is None  # not a checkout
+    git("init", "-q")
+    (tmp_path / "f.py").write_text("a = 1\n")
+    git("add", "f.py")
+    git("commit", "-qm", "one")
+    head = git("rev-parse", "HEAD")
+    assert describe_checkout(tmp_path) == head
+    (tmp_path / "untracked.txt").write_text("ignored")
+    assert describe_checkout(tmp_path) == head
+    (tmp_path / "f.py").write_text("a = 2\n")
+    assert describe_checkout(tmp_path) == head + "+dirty"
+    assert git_commit() is git_commit()  # looked up once per process
+    assert machine_info()["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["model"]
 
