@@ -22,7 +22,9 @@ B. One BPTT training step of the same VGG with LIF neurons (leak 0.9, reset to z
 C. The dense ANN forward of the same network (channels-last, batch 64): the per-step floor;
    shown as images/s ÷ T beside the SNNs.
 
-Each measurement runs in a fresh process: the median of >= 5 timed repetitions after a
+Each measurement runs in a fresh process, with glibc keeping freed memory as the ``spikeforge``
+commands do (``--malloc default``: glibc's settings; either way the same for every
+implementation): the median of >= 5 timed repetitions after a
 warm-up, images per second, the ratio to the best peer, the process's peak RSS (torch and
 the model included, the same for all) and the RSS the measured calls added
 (``work_mib``: peak minus the RSS before them — a lower bound, 0 when an earlier stage such
@@ -51,6 +53,7 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from spikeforge.runtime import compile_enabled  # noqa: E402
 
 PEERS = ("spikingjelly-m", "spikingjelly-s", "snntorch")
 INFERENCE = ("spikeforge", "spikeforge-bf16", *PEERS, "ann")
@@ -245,8 +248,14 @@ def _rss_mib() -> float:
 
 
 def measure(kind: str, bench: str, impl: str, timesteps: int, batch: int, repeats: int,
-            threads: int) -> dict:
-    """Time one implementation in this process; its output for the comparison."""
+            threads: int, keep_memory: bool = True) -> dict:
+    """Time one implementation in this process; its output for the comparison. With
+    ``keep_memory`` glibc keeps freed memory (:func:`spikeforge.runtime.keep_freed_memory`,
+    what every ``spikeforge`` command does) for whichever implementation runs here."""
+    if keep_memory:
+        from spikeforge.runtime import keep_freed_memory
+
+        keep_freed_memory()
     torch.set_num_threads(threads)
     grad = torch.enable_grad() if kind == "training" else torch.inference_mode()
     with grad:
@@ -315,6 +324,10 @@ def main() -> int:
                         choices=("vgg_cifar", "mnist_cnn", "training"))
     parser.add_argument("--timesteps", type=int, nargs="+", help="T values (VGG, A)")
     parser.add_argument("--only", nargs="+", help="implementations to run")
+    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                        help="keep: glibc keeps freed memory in every measuring process, as "
+                             "the spikeforge commands run (no page faults per call on large "
+                             "tensors); default: glibc's own settings")
     args = parser.parse_args()
     steps = args.timesteps or ((16,) if args.quick else (4, 16, 32))
     repeats = 5 if args.quick else max(5, args.repeats)
@@ -332,8 +345,8 @@ def main() -> int:
             cases = [("inference", bench, t, args.batch, keep(INFERENCE))
                      for t in (steps if bench == "vgg_cifar" else (16,))]
         for kind, name, t, batch, impls in cases:
-            rows = [isolated(kind, name, impl, t, batch, repeats, args.threads)
-                    for impl in impls]
+            rows = [isolated(kind, name, impl, t, batch, repeats, args.threads,
+                             args.malloc == "keep") for impl in impls]
             compare_rows(rows)
             records.extend(rows)
             _print(kind, name, t, batch, args.threads, rows)
@@ -342,6 +355,7 @@ def main() -> int:
         args.json.write_text(json.dumps({
             "command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "malloc": args.malloc, "compile": compile_enabled(),
             "machine": platform.platform(), "records": records}, indent=2))
     return 0
 
