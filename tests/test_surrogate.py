@@ -141,3 +141,17 @@ def test_lee_rule_by_hand():
     assert z.grad.flatten().tolist() == pytest.approx(expected, rel=1e-12)
     assert lee_factor(s.detach(), 0.5).item() == pytest.approx(factor)
     assert lee_factor(s.detach(), 1.0).item() == 1.0  # no leak, no correction
+
+
+def test_lee_factor_of_a_random_window_matches_its_definition():
+    torch.manual_seed(3)
+    spikes = torch.rand(9, 4, 6) < 0.3
+    leak, steps = 0.9, spikes.shape[0]
+    s = spikes.double()
+    count = s.sum(0)
+    trace = sum(s[t] * leak ** (steps - 1 - t) for t in range(steps))  # t = 0..T−1
+    expected = torch.where(count > 0, 1 + math.log(leak) * trace / count.clamp(min=1), 1.0)
+    factor = lee_factor(spikes, leak, torch.float64)  # booleans, as the scan keeps them
+    torch.testing.assert_close(factor, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(lee_factor(s, leak), factor, rtol=0, atol=0)
+    assert lee_factor(spikes, leak).dtype == torch.get_default_dtype()

@@ -66,14 +66,23 @@ class _LIFScan(torch.autograd.Function):
         return grad_z, None, None, None, None, None, None, None
 
 
-def _sigma(grad_out: Tensor, membrane: Tensor, fired: Tensor, theta: Tensor, leak: float,
-           surrogate: str, width: float | None) -> Tensor:
-    """σ(t) ≈ ∂s/∂m for every step, in the gradient's dtype."""
+def _lee_scale(grad_out: Tensor, fired: Tensor, theta: Tensor, leak: float,
+               surrogate: str) -> Tensor | None:
+    """(1 + ln(l)·f/N)/θ per neuron for the ``lee`` rule (one step's size), else None."""
+    if surrogate != "lee":
+        return None
+    return lee_factor(fired, leak, grad_out.dtype).mul_(1 / theta)
+
+
+def _sigma(membrane: Tensor, fired: Tensor, theta: Tensor, surrogate: str,
+           width: float | None, lee_scale: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """σ(t) ≈ ∂s/∂m at one step, in ``dtype``: s(t)·lee_scale for ``lee``, else
+    g((m(t) − θ)/θ)/θ. Computed step by step inside the reverse loop, so that the
+    backward allocates nothing of the size of the window."""
+    if lee_scale is not None:
+        return fired.to(dtype).mul_(lee_scale)
     inverse = 1 / theta
-    if surrogate == "lee":
-        spikes = fired.to(grad_out.dtype)
-        return spikes.mul_(lee_factor(spikes, leak) * inverse)
-    x = membrane.to(grad_out.dtype, copy=True).sub_(theta).mul_(inverse)  # (m − θ)/θ
+    x = membrane.to(dtype, copy=True).sub_(theta).mul_(inverse)  # (m − θ)/θ
     return _DERIVATIVES[surrogate](x, width).mul_(inverse)
 
 
@@ -81,18 +90,19 @@ def _lif_backward(grad_out: Tensor, membrane: Tensor, fired: Tensor, theta: Tens
                   leak: float, subtract: bool, surrogate: str, width: float | None,
                   detach_reset: bool) -> Tensor:
     """∂L/∂z (T, ...) from ∂L/∂s by the reverse recurrence of the module docstring, with
-    in-place updates of one gradient buffer per step (no tensors allocated per step)."""
-    sigma = _sigma(grad_out, membrane, fired, theta, leak, surrogate, width)
+    in-place updates of one gradient buffer per step."""
+    lee_scale = _lee_scale(grad_out, fired, theta, leak, surrogate)
     grad_z = torch.empty_like(grad_out)
     eps = torch.zeros_like(grad_out[0])  # ∂L/∂v(t)
     for t in range(grad_out.shape[0] - 1, -1, -1):
         delta = grad_z[t]
+        sigma = _sigma(membrane[t], fired[t], theta, surrogate, width, lee_scale, eps.dtype)
         if detach_reset:
-            torch.mul(grad_out[t], sigma[t], out=delta)
+            torch.mul(grad_out[t], sigma, out=delta)
         else:  # ∂L/∂s = ∂L/∂out + ε ∂v/∂s,  ∂v/∂s = −θ or −m
             torch.addcmul(grad_out[t], eps, theta if subtract else membrane[t], value=-1,
                           out=delta)
-            delta.mul_(sigma[t])
+            delta.mul_(sigma)
         if not subtract:  # ∂v/∂m = 1 − s
             eps.addcmul_(fired[t].to(eps.dtype), eps, value=-1)
         delta.add_(eps)
@@ -108,14 +118,15 @@ def _lif_backward_fused(grad_out: Tensor, membrane: Tensor, fired: Tensor, theta
     loop over the neurons (writes into views of a buffer compile badly). Used with
     ``SPIKEFORGE_COMPILE=1``; equal to float rounding (tested). A LIF LeNet training step at
     T = 20 is 1.18x faster with it, VGG-7 at T = 8 1.05x (``benchmarks/compile_gain.py``)."""
-    sigma = _sigma(grad_out, membrane, fired, theta, leak, surrogate, width)
+    lee_scale = _lee_scale(grad_out, fired, theta, leak, surrogate)
     eps = torch.zeros_like(grad_out[0])
     deltas = []
     for t in range(grad_out.shape[0] - 1, -1, -1):
         delta = grad_out[t]
         if not detach_reset:
             delta = delta - eps * (theta if subtract else membrane[t])
-        delta = delta * sigma[t]
+        delta = delta * _sigma(membrane[t], fired[t], theta, surrogate, width, lee_scale,
+                               grad_out.dtype)
         if not subtract:
             eps = eps - fired[t] * eps
         delta = delta + eps

@@ -128,15 +128,19 @@ def spike_fn(m: Tensor, threshold: Tensor | float, surrogate: str = "atan",
     return _SpikeFn.apply(m, theta, surrogate, w)
 
 
-def lee_factor(spikes: Tensor, leak: float) -> Tensor:
+def lee_factor(spikes: Tensor, leak: float, dtype: torch.dtype | None = None) -> Tensor:
     """The per-neuron leak correction 1 + ln(l)·f/N of Lee et al. (2020) for a spike train
-    ``spikes`` (T, ...) of 0/1: N = Σ_t s(t), f = Σ_t s(t)·l^(T − t) (t = 1..T). Neurons that
-    never fired get 1 (their gradient is zero anyway)."""
-    steps = spikes.shape[0]
-    count = spikes.sum(0)
-    decay = torch.tensor([leak ** (steps - t) for t in range(1, steps + 1)],
-                         dtype=spikes.dtype, device=spikes.device)
-    trace = (spikes * decay.view(-1, *([1] * (spikes.ndim - 1)))).sum(0)
+    ``spikes`` (T, ...) of 0/1 (or booleans): N = Σ_t s(t), f = Σ_t s(t)·l^(T − t)
+    (t = 1..T), accumulated step by step as f ← l·f + s(t), so nothing of the size of the
+    window is allocated. Neurons that never fired get 1 (their gradient is zero anyway).
+    ``dtype``: of the result (default: the spikes' if floating point, else torch's default)."""
+    if dtype is None:
+        dtype = spikes.dtype if spikes.is_floating_point() else torch.get_default_dtype()
+    count = torch.zeros_like(spikes[0], dtype=dtype)
     if leak == 1.0:
-        return torch.ones_like(count)
-    return 1 + math.log(leak) * trace / count.clamp(min=1)
+        return count.fill_(1)
+    trace = torch.zeros_like(count)
+    for s in spikes:
+        count.add_(s)
+        trace.mul_(leak).add_(s)
+    return trace.mul_(math.log(leak)).div_(count.clamp_(min=1)).add_(1)
