@@ -53,7 +53,7 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from spikeforge.runtime import compile_enabled  # noqa: E402
+from spikeforge.runtime import compile_enabled, keep_freed_memory  # noqa: E402
 
 PEERS = ("spikingjelly-m", "spikingjelly-s", "snntorch")
 INFERENCE = ("spikeforge", "spikeforge-bf16", *PEERS, "ann")
@@ -253,8 +253,6 @@ def measure(kind: str, bench: str, impl: str, timesteps: int, batch: int, repeat
     ``keep_memory`` glibc keeps freed memory (:func:`spikeforge.runtime.keep_freed_memory`,
     what every ``spikeforge`` command does) for whichever implementation runs here."""
     if keep_memory:
-        from spikeforge.runtime import keep_freed_memory
-
         keep_freed_memory()
     torch.set_num_threads(threads)
     grad = torch.enable_grad() if kind == "training" else torch.inference_mode()

@@ -66,12 +66,12 @@ class _LIFScan(torch.autograd.Function):
         return grad_z, None, None, None, None, None, None, None
 
 
-def _lee_scale(grad_out: Tensor, fired: Tensor, theta: Tensor, leak: float,
-               surrogate: str) -> Tensor | None:
+def _lee_scale(fired: Tensor, theta: Tensor, leak: float, surrogate: str,
+               dtype: torch.dtype) -> Tensor | None:
     """(1 + ln(l)·f/N)/θ per neuron for the ``lee`` rule (one step's size), else None."""
     if surrogate != "lee":
         return None
-    return lee_factor(fired, leak, grad_out.dtype).mul_(1 / theta)
+    return lee_factor(fired, leak, dtype).mul_(1 / theta)
 
 
 def _sigma(membrane: Tensor, fired: Tensor, theta: Tensor, surrogate: str,
@@ -91,12 +91,13 @@ def _lif_backward(grad_out: Tensor, membrane: Tensor, fired: Tensor, theta: Tens
                   detach_reset: bool) -> Tensor:
     """∂L/∂z (T, ...) from ∂L/∂s by the reverse recurrence of the module docstring, with
     in-place updates of one gradient buffer per step."""
-    lee_scale = _lee_scale(grad_out, fired, theta, leak, surrogate)
+    lee_scale = _lee_scale(fired, theta, leak, surrogate, grad_out.dtype)
     grad_z = torch.empty_like(grad_out)
     eps = torch.zeros_like(grad_out[0])  # ∂L/∂v(t)
     for t in range(grad_out.shape[0] - 1, -1, -1):
         delta = grad_z[t]
-        sigma = _sigma(membrane[t], fired[t], theta, surrogate, width, lee_scale, eps.dtype)
+        sigma = _sigma(membrane[t], fired[t], theta, surrogate, width, lee_scale,
+                       grad_out.dtype)
         if detach_reset:
             torch.mul(grad_out[t], sigma, out=delta)
         else:  # ∂L/∂s = ∂L/∂out + ε ∂v/∂s,  ∂v/∂s = −θ or −m
@@ -118,7 +119,7 @@ def _lif_backward_fused(grad_out: Tensor, membrane: Tensor, fired: Tensor, theta
     loop over the neurons (writes into views of a buffer compile badly). Used with
     ``SPIKEFORGE_COMPILE=1``; equal to float rounding (tested). A LIF LeNet training step at
     T = 20 is 1.18x faster with it, VGG-7 at T = 8 1.05x (``benchmarks/compile_gain.py``)."""
-    lee_scale = _lee_scale(grad_out, fired, theta, leak, surrogate)
+    lee_scale = _lee_scale(fired, theta, leak, surrogate, grad_out.dtype)
     eps = torch.zeros_like(grad_out[0])
     deltas = []
     for t in range(grad_out.shape[0] - 1, -1, -1):
