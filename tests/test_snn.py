@@ -103,8 +103,13 @@ def test_snn_trains_on_real_digits_and_reloads(tmp_path):
         sf.convert(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()), None, "snn")
 
 
-def test_killed_and_resumed_snn_training_equals_an_uninterrupted_one(tmp_path, epochs):
-    whole = fit(config(tmp_path, "whole"))
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """The uninterrupted run that the kill-and-resume tests compare with."""
+    return fit(config(tmp_path_factory.mktemp("snn"), "whole"))
+
+
+def test_killed_and_resumed_snn_training_equals_an_uninterrupted_one(tmp_path, epochs, whole):
     epochs.kill_at = epochs.calls + 2  # during the second epoch of the next run
     with pytest.raises(KeyboardInterrupt):
         fit(config(tmp_path, "killed"))
@@ -112,11 +117,45 @@ def test_killed_and_resumed_snn_training_equals_an_uninterrupted_one(tmp_path, e
     resumed = fit(config(tmp_path, "killed"), resume=True)
     assert [h["test_accuracy"] for h in resumed.history] == \
         [h["test_accuracy"] for h in whole.history]
-    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["model"]
+    a = torch.load(whole.out_dir / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]
                for k in a)
+
+
+def test_a_kill_within_an_epoch_resumes_from_the_last_step_checkpoint(tmp_path, monkeypatch,
+                                                                     whole):
+    """With ``run.checkpoint_minutes`` tiny every step is checkpointed; a kill during step 7 of
+    epoch 2 leaves the checkpoint after step 6, and resuming from it gives the same weights,
+    losses and accuracies as a run that was never interrupted."""
+    every_step = {"run__checkpoint_minutes": 1e-9}
+    real, steps = loop.F.cross_entropy, []
+
+    def killed_at_step_25(*args, **kwargs):
+        if torch.is_grad_enabled():
+            steps.append(1)
+            if len(steps) == 25:  # 18 steps per epoch: epoch 2, step 7
+                raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop.F, "cross_entropy", killed_at_step_25)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config(tmp_path, "killed", **every_step))
+    monkeypatch.setattr(loop.F, "cross_entropy", real)
+    saved = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
+    assert saved["epoch"] == 1 and saved["partial"]["step"] == 6
+    assert saved["partial"]["count"] == 6 * 64
+    resumed = fit(config(tmp_path, "killed", **every_step), resume=True)
+    for a, b in zip(whole.history, resumed.history, strict=True):
+        for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+            assert a[key] == b[key], key
+    a = torch.load(whole.out_dir / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
+    assert a["partial"] is None and b["partial"] is None
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(x, b["model"][k]) if isinstance(x, torch.Tensor) else x == b["model"][k]
+               for k, x in a["model"].items())
 
 
 def test_exploding_snn_loss_stops_with_the_epoch_and_step(tmp_path, monkeypatch):

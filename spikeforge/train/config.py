@@ -91,6 +91,9 @@ class RunConfig:
     channels_last: bool = True
     # true: a tqdm bar; false: a log line every 10% of an epoch; null: bar on a terminal only
     progress: bool | None = None
+    # also checkpoint within an epoch once this many minutes passed since the last save, so a
+    # kill loses at most that much of a long epoch (0: only after each epoch)
+    checkpoint_minutes: float = 10.0
 
 
 @dataclass
@@ -122,3 +125,6 @@ class TrainConfig:
         for key, value in positive:
             if value <= 0:
                 raise ConfigError(f"config key {prefix + key!r} must be > 0, got {value!r}")
+        if self.run.checkpoint_minutes < 0:
+            raise ConfigError(f"config key {prefix + 'run.checkpoint_minutes'!r} must be >= 0 "
+                              f"(0: only after each epoch), got {self.run.checkpoint_minutes!r}")

@@ -1,21 +1,25 @@
 """The training loop: epochs of SGD/AdamW with a warm-up + cosine schedule, a checkpoint after
-every epoch, exact resume, JSONL metrics, AMP on CUDA and DDP under ``torchrun``.
+every epoch and every ``run.checkpoint_minutes`` within one, exact resume, JSONL metrics, AMP
+on CUDA and DDP under ``torchrun``.
 
 Reproducibility: batches and augmentation depend only on ``(seed, epoch)`` (see
 :class:`spikeforge.data.BatchLoader`), and every global RNG is saved in the checkpoint, so a
 run that is killed and resumed with ``resume=True`` ends with the same weights as one that was
-never interrupted (on CPU, same thread count).
+never interrupted (on CPU, same thread count). A checkpoint taken within an epoch records the
+batches done and the running sums; the resumed run replays the epoch's loader up to there
+(order and augmentation only, no training) and goes on.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +58,30 @@ RESULTS = "results.json"
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class EpochProgress:
+    """How far an epoch got: batches done, the running loss sum (float64) and correct count
+    over ``count`` samples, and the seconds spent training it (over all resumptions)."""
+
+    step: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    count: int = 0
+    seconds: float = 0.0
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.count, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return 100.0 * self.correct / max(self.count, 1)
+
+    def where(self, epoch: int) -> str:
+        """Where a checkpoint with this progress stands, for messages."""
+        return f"epoch {epoch + 1}, step {self.step}" if self.step else f"after epoch {epoch}"
 
 
 @dataclass
@@ -215,13 +243,15 @@ def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> Non
 
 def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data`` and write into ``cfg.run.out_dir``:
-    ``checkpoint.pt`` (after every epoch), ``metrics.jsonl`` (one line per epoch) and, at the
-    end, ``results.json`` (accuracy, history and provenance).
+    ``checkpoint.pt`` (after every epoch, and within an epoch every ``run.checkpoint_minutes``),
+    ``metrics.jsonl`` (one line per epoch) and, at the end, ``results.json`` (accuracy, history
+    and provenance).
 
     Args:
         cfg: the full training configuration.
         resume: continue from ``out_dir/checkpoint.pt`` if it exists (after a kill or Ctrl-C,
-            or to extend ``optim.epochs``); start fresh if there is none.
+            or to extend ``optim.epochs``), from the epoch and batch where it was taken; start
+            fresh if there is none.
     """
     started = time.perf_counter()
     set_threads(cfg.run.threads)
@@ -250,6 +280,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         history: list[dict[str, Any]] = []
         start_epoch = 0
         extra: dict[str, Any] = {}  # the hybrid SNN's accuracy before fine-tuning
+        progress = EpochProgress()  # of the epoch the checkpoint was taken in
         if resume and ckpt_path.is_file():
             saved = load_checkpoint(ckpt_path, map_location=device)
             _check_resumable(saved, cfg, ckpt_path)
@@ -261,8 +292,9 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             set_rng_state(saved["rng"])
             history, start_epoch = list(saved["history"]), int(saved["epoch"])
             extra = dict(saved.get("extra") or {})
+            progress = EpochProgress(**(saved.get("partial") or {}))
             if ctx.is_main:
-                print(f"resuming {ckpt_path} after epoch {start_epoch}", file=sys.stderr)
+                print(f"resuming {ckpt_path} at {progress.where(start_epoch)}", file=sys.stderr)
                 _write_metrics(out_dir / METRICS, history)
         elif ctx.is_main and (out_dir / METRICS).exists():
             (out_dir / METRICS).unlink()
@@ -273,34 +305,39 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                 print(f"converted SNN before fine-tuning: test {acc:.2f}%", file=sys.stderr)
         net = (nn.parallel.DistributedDataParallel(model) if ctx.enabled else model)
 
+        def checkpoint(epochs_done: int, partial: EpochProgress | None = None) -> None:
+            save_checkpoint({
+                "model": model.state_dict(), "model_spec": model.spikeforge_spec,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "epoch": epochs_done, "history": history,
+                "partial": asdict(partial) if partial else None,
+                "rng": rng_state(), "config": to_dict(cfg), "extra": extra,
+                "version": spikeforge.__version__,
+            }, ckpt_path)
+
         for epoch in range(start_epoch, cfg.optim.epochs):
-            tick = time.perf_counter()
             train_loader.set_epoch(epoch)
-            train_loss, train_acc = _train_epoch(
-                net, train_loader, optimizer, scheduler, scaler, autocast, cfg, epoch, ctx)
-            seconds = time.perf_counter() - tick
+            done = _train_epoch(net, train_loader, optimizer, scheduler, scaler, autocast, cfg,
+                                epoch, ctx, progress,
+                                (lambda p, e=epoch: checkpoint(e, p)) if ctx.is_main else None)
+            progress = EpochProgress()
             test_loss, test_acc = evaluate(model, test_loader, autocast)
             record = {
-                "epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
+                "epoch": epoch + 1, "train_loss": done.loss, "train_accuracy": done.accuracy,
                 "test_loss": test_loss, "test_accuracy": test_acc,
-                "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
+                "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": done.seconds,
                 "images_per_s": len(train_loader) * cfg.data.batch_size * ctx.world_size
-                / seconds,
+                / done.seconds,
             }
             history.append(record)
             if ctx.is_main:
-                save_checkpoint({
-                    "model": model.state_dict(), "model_spec": model.spikeforge_spec,
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "epoch": epoch + 1, "history": history,
-                    "rng": rng_state(), "config": to_dict(cfg), "extra": extra,
-                    "version": spikeforge.__version__,
-                }, ckpt_path)
+                checkpoint(epoch + 1)
                 _append_metrics(out_dir / METRICS, record)
                 write_json(out_dir / RESULTS,
                            summarize(cfg, history, model, device, started, **extra))
-                print(f"epoch {epoch + 1}/{cfg.optim.epochs}  loss {train_loss:.4f}  "
-                      f"train {train_acc:.2f}%  test {test_acc:.2f}%  ({seconds:.1f} s)",
+                print(f"epoch {epoch + 1}/{cfg.optim.epochs}  loss {done.loss:.4f}  "
+                      f"train {done.accuracy:.2f}%  test {test_acc:.2f}%  "
+                      f"({done.seconds:.1f} s)",
                       file=sys.stderr, flush=True)
             distributed.barrier(ctx)
 
@@ -346,26 +383,39 @@ def write_json(path: Path, record: dict[str, Any]) -> None:
 
 def _train_epoch(net: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer,
                  scheduler: Any, scaler: torch.amp.GradScaler, autocast: Any,
-                 cfg: TrainConfig, epoch: int, ctx: distributed.DistContext
-                 ) -> tuple[float, float]:
+                 cfg: TrainConfig, epoch: int, ctx: distributed.DistContext,
+                 start: EpochProgress, save: Callable[[EpochProgress], None] | None
+                 ) -> EpochProgress:
+    """Train one epoch from ``start`` (a checkpoint's progress within it, or zeros); every
+    ``cfg.run.checkpoint_minutes`` hand the progress to ``save``. Returns the whole epoch's."""
     net.train()
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    correct = torch.zeros((), dtype=torch.int64)
-    count = 0
+    loss_sum = torch.tensor(start.loss_sum, dtype=torch.float64)
+    correct = torch.tensor(start.correct, dtype=torch.int64)
+    count = start.count
     show = ctx.is_main and (cfg.run.progress if cfg.run.progress is not None
                             else sys.stderr.isatty())
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not show,
-               leave=False, unit="batch")
+    # the skipped batches are still drawn: their order and augmentation come from the epoch's
+    # generators, and the batches after them depend on those draws
+    bar = tqdm(itertools.islice(loader, start.step, None), total=len(loader),
+               initial=start.step, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+               disable=not show, leave=False, unit="batch")
     heartbeat = max(1, len(loader) // 10)  # progress lines when there is no progress bar
-    tick = time.perf_counter()
-    for step, (x, y) in enumerate(bar):
+    every = 60.0 * cfg.run.checkpoint_minutes
+    tick = last_save = time.perf_counter()
+    saved_at = start.where(epoch)
+
+    def progress(steps: int) -> EpochProgress:
+        return EpochProgress(steps, loss_sum.item(), int(correct.item()), count,
+                             start.seconds + time.perf_counter() - tick)
+
+    for step, (x, y) in enumerate(bar, start=start.step):
         with autocast:
             logits = net(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopped. "
-                f"The last good checkpoint (after epoch {epoch}) is kept in "
+                f"The last good checkpoint ({saved_at}) is kept in "
                 f"{cfg.run.out_dir}. Lower optim.lr or set optim.grad_clip.")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -384,9 +434,13 @@ def _train_epoch(net: nn.Module, loader: BatchLoader, optimizer: torch.optim.Opt
         elif ctx.is_main and not show and (step + 1) % heartbeat == 0:  # logs without a bar
             print(f"  epoch {epoch + 1} step {step + 1}/{len(loader)}  "
                   f"loss {loss_sum.item() / count:.4f}  "
-                  f"{count * ctx.world_size / (time.perf_counter() - tick):.0f} images/s",
-                  file=sys.stderr, flush=True)
-    return loss_sum.item() / max(count, 1), 100.0 * correct.item() / max(count, 1)
+                  f"{(count - start.count) * ctx.world_size / (time.perf_counter() - tick):.0f}"
+                  " images/s", file=sys.stderr, flush=True)
+        if (save is not None and every > 0 and step + 1 < len(loader)
+                and time.perf_counter() - last_save >= every):
+            save(progress(step + 1))
+            saved_at, last_save = f"epoch {epoch + 1}, step {step + 1}", time.perf_counter()
+    return progress(len(loader))
 
 
 def _append_metrics(path: Path, record: dict[str, Any]) -> None:
