@@ -47,6 +47,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -173,8 +174,17 @@ def peer_forward(net: nn.Module, impl: str, x: torch.Tensor, timesteps: int) -> 
 
 # --- A and C: inference ---------------------------------------------------------------------
 
-def inference(bench: str, impl: str, timesteps: int, batch: int) -> tuple[Callable, Callable]:
-    """(the timed call, the summed readout to compare with spikeforge's)."""
+class Case(NamedTuple):
+    """One implementation ready to measure: the timed call, the output to compare with
+    spikeforge's, and the network the call runs (for ``profile_step.py``)."""
+
+    run: Callable
+    output: Callable
+    net: nn.Module
+
+
+def inference(bench: str, impl: str, timesteps: int, batch: int) -> Case:
+    """The timed call runs the network; the output is the summed readout."""
     import spikeforge as sf
 
     ann, shape = network(bench)
@@ -184,22 +194,22 @@ def inference(bench: str, impl: str, timesteps: int, batch: int) -> tuple[Callab
     snn = sf.convert(ann, [x], "threshold_balancing", timesteps=timesteps, percentile=100.0,
                      progress=False, **options)
     if impl.startswith("spikeforge"):
-        return lambda: snn(x), lambda: snn(x).float().sum(0)
+        return Case(lambda: snn(x), lambda: snn(x).float().sum(0), snn)
     if impl == "ann":
         dense = ann.to(memory_format=torch.channels_last)
         xl = x.contiguous(memory_format=torch.channels_last)
-        return lambda: dense(xl), lambda: None
+        return Case(lambda: dense(xl), lambda: None, dense)
     layers = chain(snn)
     net = (snntorch(layers) if impl == "snntorch"
            else spikingjelly(layers, impl[-1])).eval()
     run = lambda: peer_forward(net, impl, x, timesteps)  # noqa: E731
-    return run, lambda: run().sum(0)
+    return Case(run, lambda: run().sum(0), net)
 
 
 # --- B: training ----------------------------------------------------------------------------
 
-def training(impl: str, timesteps: int, batch: int) -> tuple[Callable, Callable]:
-    """(one timed training step, its (loss, output) for the comparison)."""
+def training(impl: str, timesteps: int, batch: int) -> Case:
+    """The timed call is one training step; the output is its (loss, output)."""
     from spikeforge.models.spiking import SpikingModel
     from spikeforge.neurons import LIF as SfLIF
 
@@ -237,7 +247,7 @@ def training(impl: str, timesteps: int, batch: int) -> tuple[Callable, Callable]
         net.load_state_dict(state)
         loss, out = step()
         return torch.cat([loss.view(1), out.flatten()])
-    return step, first
+    return Case(step, first, net)
 
 
 # --- measuring ------------------------------------------------------------------------------
@@ -257,8 +267,8 @@ def measure(kind: str, bench: str, impl: str, timesteps: int, batch: int, repeat
     torch.set_num_threads(threads)
     grad = torch.enable_grad() if kind == "training" else torch.inference_mode()
     with grad:
-        run, output = (training(impl, timesteps, batch) if kind == "training"
-                       else inference(bench, impl, timesteps, batch))
+        run, output, _ = (training(impl, timesteps, batch) if kind == "training"
+                          else inference(bench, impl, timesteps, batch))
         before = _rss_mib()
         out = output()
         times = []

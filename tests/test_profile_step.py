@@ -1,0 +1,30 @@
+"""benchmarks/profile_step.py charges every operator, forward and backward, to its layer."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import profile_step  # noqa: E402
+
+
+def test_backward_work_is_charged_to_the_layer_whose_forward_made_it():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(512, 10))
+    profile_step.label_layers(net)
+    x = torch.randn(256, 512)
+    with torch.profiler.profile() as prof:
+        net(x).square().sum().backward()
+    seconds = profile_step.attribute(prof.events())
+    layers = {f"layer {i} {type(m).__name__}" for i, m in enumerate(net)}
+    assert layers - {"layer 4 Flatten"} <= set(seconds)
+    for name in ("layer 0 Linear", "layer 2 Linear", "layer 1 ReLU", "layer 3 ReLU"):
+        assert seconds[name]["forward"] > 0 and seconds[name]["backward"] > 0, name
+    # outside the layers only the loss ran: its backward is tiny next to a 512 x 512 matmul's
+    outside = seconds["outside layers"]
+    assert outside.get("backward", 0.0) < seconds["layer 2 Linear"]["backward"]
