@@ -220,9 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-subset", type=int, help="evaluate on this many test images")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--memory-budget", type=float, help="MiB of activations per chunk")
-    p.add_argument("--precision", choices=("float32", "bf16"), default="float32",
+    p.add_argument("--precision", choices=("float32", "bf16", "int8"), default="float32",
                    help="bf16: synaptic layers in bfloat16, membranes in float32 (fast on "
-                        "GPUs and bf16 CPUs; default float32, exact)")
+                        "GPUs and bf16 CPUs); int8: weights rounded to 8-bit integers per "
+                        "output channel (8-bit neuromorphic hardware); default float32, exact")
     p.add_argument("--seed", type=int, default=0, help="calibration subset / Poisson seed")
     p.add_argument("--out", help="results JSON (a PNG plot is written beside it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -7,8 +7,10 @@ flatten, residual add) runs **once** on all steps at the same time — one large
 instead of T small ones — and only the neurons unfold the time axis to scan over it. With
 direct input (the same image at every step) the layers that see only the image run once on
 ``(B, ...)`` and their result is repeated over time (:func:`constant_input_graph`). The
-graph runs channels-last on CPUs and GPUs (oneDNN's and cuDNN's fast layout), in float32 or,
-with ``precision="bf16"``, with bfloat16 synaptic layers and float32 membranes.
+graph runs channels-last on CPUs and GPUs (oneDNN's and cuDNN's fast layout), in float32,
+with ``precision="bf16"`` with bfloat16 synaptic layers and float32 membranes, or with
+``precision="int8"`` with the weights of 8-bit neuromorphic hardware
+(:func:`quantize_weights_`).
 
 Max pooling, by policy (``max_pool=`` in :func:`spikeforge.convert`):
 
@@ -37,11 +39,46 @@ from torch import Tensor, fx, nn
 from spikeforge.encoding import ENCODERS, encode
 from spikeforge.neurons import SpikingNeuron
 
-#: precision name → dtype of the synaptic layers
-PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "bf16": torch.bfloat16}
+#: precision name → dtype the synaptic layers compute in ("int8": float32 arithmetic on
+#: weights rounded to 8 bits, :func:`quantize_weights_`)
+PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "bf16": torch.bfloat16,
+                                      "int8": torch.float32}
+#: precision name → bits of the weights, where they are quantized
+WEIGHT_BITS: dict[str, int] = {"int8": 8}
 
 __all__ = ["PRECISIONS", "SpikingMaxPool", "SpikingNetwork", "activation_bytes",
-           "constant_input_graph"]
+           "constant_input_graph", "quantize_weights_"]
+
+
+def quantize_weights_(module: nn.Module, bits: int = 8) -> dict[str, float]:
+    """Round the weight of every convolution and linear layer in ``module``, in place, to a
+    signed ``bits``-bit integer times one scale per output channel c (symmetric per-channel
+    quantization, the weight format of 8-bit neuromorphic cores):
+
+        s_c = max|W_c| / (2^(bits−1) − 1),      W_c ← s_c · round(W_c / s_c)
+
+    Biases, thresholds and membranes keep their precision (on-chip they are wider than the
+    weights, e.g. 24-bit membranes). Spikes times integer weights sum exactly in float32 up to
+    2^24, so simulating in float32 with these weights is what the integer hardware computes.
+
+    Returns:
+        The largest |ΔW| / max|W| of each layer, by name (at most 1/(2(2^(bits−1) − 1))).
+    """
+    if not 2 <= bits <= 16:
+        raise ValueError(f"bits must be in 2..16, got {bits}")
+    levels = 2 ** (bits - 1) - 1
+    error = {}
+    with torch.no_grad():
+        for name, layer in module.named_modules():
+            if not isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+                continue
+            w = layer.weight
+            peak = w.abs().flatten(1).amax(1).view(-1, *[1] * (w.ndim - 1))
+            scale = torch.where(peak > 0, peak / levels, torch.ones_like(peak))
+            quantized = (w / scale).round_().clamp_(-levels, levels).mul_(scale)
+            error[name] = float((quantized - w).abs().max() / w.abs().max().clamp_min(1e-30))
+            w.copy_(quantized)
+    return error
 
 
 class SpikingMaxPool(nn.Module):
@@ -148,11 +185,14 @@ class SpikingNetwork(nn.Module):
         memory_budget: bytes of activations one chunk of the batch may take (all T steps).
         working_set: on a CPU, the activation bytes one chunk aims at (at least one sample):
             calls near the cache size are faster than one large call.
-        precision: ``"float32"``, or ``"bf16"``: the synaptic layers (and the currents and
+        precision: ``"float32"``; ``"bf16"``: the synaptic layers (and the currents and
             θ·s they pass on) in bfloat16 — spikes stay exact, θ and the weights are rounded
             to 8 significant bits — while every neuron integrates its membrane in float32
             and the readout is summed over time in float32. Fast where the hardware has
             bf16 matrix units (recent GPUs, AVX-512-BF16/AMX CPUs); slower elsewhere.
+            ``"int8"``: a model of 8-bit neuromorphic hardware, weights rounded to 8-bit
+            integers per output channel (:func:`quantize_weights_`), everything else as in
+            float32 (the layers' weights are changed in place: pass a graph you own).
         bytes_per_sample_step: activation bytes of one sample at one step (0: measured on
             the first call).
         info: what the converter did (method, options, thresholds), for reports.
@@ -168,6 +208,8 @@ class SpikingNetwork(nn.Module):
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
         self.precision, self.dtype = precision, PRECISIONS[precision]
+        rounding = (quantize_weights_(graph, WEIGHT_BITS[precision])
+                    if precision in WEIGHT_BITS else {})
         if self.dtype != torch.float32:
             graph = graph.to(self.dtype)
             for module in graph.modules():
@@ -189,6 +231,9 @@ class SpikingNetwork(nn.Module):
         self.memory_budget, self.bytes_per_sample_step = memory_budget, bytes_per_sample_step
         self.working_set = working_set
         self.info = dict(info or {})
+        if rounding:  # the largest |ΔW| / max|W| of any layer
+            self.info.update(weight_bits=WEIGHT_BITS[precision],
+                             weight_rounding=max(rounding.values()))
 
     def layers(self, kinds: type | tuple[type, ...]) -> dict[str, nn.Module]:
         """The graph's modules of type ``kinds`` by name, in execution order."""
@@ -260,7 +305,7 @@ class SpikingNetwork(nn.Module):
     def _cast(self, x: Tensor) -> Tensor:
         """The input in the synaptic layers' dtype in bf16 mode (else as given: a float64
         network takes float64 input)."""
-        return x if self.precision == "float32" else x.to(self.dtype)
+        return x if self.dtype == torch.float32 else x.to(self.dtype)
 
     def extra_repr(self) -> str:
         method = self.info.get("method", "?")

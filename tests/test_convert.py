@@ -406,5 +406,43 @@ def test_bf16_keeps_spikes_exact_and_accuracy_close(trained, mnist):
     a, b = evaluate(fp32, test), evaluate(bf16, test)
     assert abs(a.at(16) - b.at(16)) <= 1.0, (a.at(16), b.at(16))
     assert abs(a.sops_per_sample - b.sops_per_sample) <= 0.02 * a.sops_per_sample
-    with pytest.raises(ValueError, match="unknown precision 'fp8'; valid: float32, bf16"):
+    with pytest.raises(ValueError, match="unknown precision 'fp8'; valid: float32, bf16, int8"):
         sf.convert(trained, mnist[2], progress=False, precision="fp8")
+
+
+def test_int8_weights_are_8_bit_integers_per_channel_and_cost_little_accuracy(trained, mnist):
+    from spikeforge.metrics import evaluate
+
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    fp32 = sf.convert(trained, mnist[2], timesteps=16, progress=False)
+    int8 = sf.convert(trained, mnist[2], timesteps=16, progress=False, precision="int8")
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in before.items())  # untouched
+    layers = int8.layers((nn.Conv2d, nn.Linear))
+    assert layers
+    for name, layer in layers.items():
+        w = layer.weight.detach().flatten(1)
+        scale = w.abs().amax(1, keepdim=True) / 127
+        steps = w / scale
+        assert torch.allclose(steps, steps.round(), atol=1e-3), name  # integers
+        assert steps.abs().max() <= 127 + 1e-3
+        original = fp32.layers((nn.Conv2d, nn.Linear))[name].weight.detach().flatten(1)
+        assert ((w - original).abs() <= scale / 2 + 1e-7).all(), name  # rounded to nearest
+    assert 0 < int8.info["weight_rounding"] <= 1 / 254 + 1e-6
+    assert int8.info["weight_bits"] == 8
+    a, b = evaluate(fp32, mnist[1]), evaluate(int8, mnist[1])
+    assert abs(a.at(16) - b.at(16)) <= 1.0, (a.at(16), b.at(16))
+
+
+def test_quantize_weights_handles_zero_channels_and_refuses_bad_bit_widths():
+    from spikeforge.simulate import quantize_weights_
+
+    layer = nn.Linear(4, 3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.0, 0, 0, 0], [1.0, -0.5, 0.25, 0.1], [3, 2, 1, 0]]))
+    error = quantize_weights_(layer, bits=3)  # levels -3..3
+    assert torch.equal(layer.weight[0], torch.zeros(4))
+    assert torch.allclose(layer.weight[1], torch.tensor([1.0, -2 / 3, 1 / 3, 0.0]))
+    assert torch.allclose(layer.weight[2], torch.tensor([3.0, 2.0, 1.0, 0.0]))
+    assert error[""] == pytest.approx((2 / 3 - 0.5) / 3)
+    with pytest.raises(ValueError, match="bits must be in 2..16"):
+        quantize_weights_(layer, bits=1)

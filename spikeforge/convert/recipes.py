@@ -143,9 +143,10 @@ def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
         calibration_batches: use at most this many calibration batches.
         memory_budget: activation bytes per chunk of a batch during simulation.
         activations: extra module types to treat as ReLU-like activations.
-        precision: ``"float32"`` (exact) or ``"bf16"`` (synaptic layers in bfloat16, membrane
-            potentials and the readout's sum in float32; see
-            :class:`~spikeforge.simulate.SpikingNetwork`).
+        precision: ``"float32"`` (exact), ``"bf16"`` (synaptic layers in bfloat16, membrane
+            potentials and the readout's sum in float32) or ``"int8"`` (weights rounded to
+            8-bit integers per output channel, a model of neuromorphic hardware); see
+            :class:`~spikeforge.simulate.SpikingNetwork`.
         progress: show a progress bar while calibrating.
 
     Returns:

@@ -1,0 +1,87 @@
+"""What lower precision costs in accuracy, and gains or loses in speed (issue 7, item 2): one
+trained ANN converted once per precision — ``float32`` (exact), ``bf16`` (bfloat16 synaptic
+layers, float32 membranes) and ``int8`` (8-bit integer weights per output channel, a model of
+neuromorphic hardware) — and evaluated on the same test images at every t ≤ T.
+
+    python benchmarks/precision.py results/mnist_cnn/model.pt --test-subset 2000 \
+        --timesteps 32 --json benchmarks/results/precision_mnist.json
+
+Per precision: accuracy after every t, its largest and final difference from the first
+precision listed (float32), the agreement with the ANN's class at T, and the median images/s
+of ``--repeats`` timed runs of a batch at T.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from time_to_accuracy import images_per_s  # noqa: E402
+
+PRECISIONS = ("float32", "bf16", "int8")
+
+
+def main() -> int:
+    import spikeforge as sf
+    from spikeforge.experiments.conversion import parse_method, prepare
+    from spikeforge.metrics import evaluate
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="a trained ANN (spikeforge checkpoint)")
+    parser.add_argument("--method", default="threshold_balancing",
+                        help="conversion method with options, e.g. termapping")
+    parser.add_argument("--timesteps", type=int, default=32)
+    parser.add_argument("--test-subset", type=int, help="seeded subset of the test set")
+    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS),
+                        choices=PRECISIONS)
+    parser.add_argument("--batch", type=int, default=64, help="batch of the timing runs")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--data-root")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    setup = prepare(args.checkpoint, data_root=args.data_root, test_subset=args.test_subset,
+                    batch_size=250, device="cpu")
+    ann = setup.model.eval()
+    name, options = parse_method(args.method)
+    x = next(iter(setup.loader))[0][:args.batch]
+    rows, reference = [], None
+    for precision in args.precisions:
+        snn = sf.convert(ann, setup.calibration, name, timesteps=args.timesteps,
+                         progress=False, precision=precision, **options)
+        result = evaluate(snn, setup.loader, args.timesteps, ann=ann, progress=False)
+        reference = reference or result.accuracy
+        diff = [a - b for a, b in zip(result.accuracy, reference, strict=True)]
+        rows.append({
+            "precision": precision, "accuracy": result.accuracy,
+            "ann_accuracy": result.ann_accuracy, "ann_agreement_at_T": result.agreement[-1],
+            "max_abs_diff_vs_first": max(abs(d) for d in diff), "diff_at_T": diff[-1],
+            "images_per_s": images_per_s(lambda s=snn: s(x), len(x), args.repeats),
+            "weight_rounding": snn.info.get("weight_rounding")})
+        r = rows[-1]
+        print(f"{precision:8s} acc@T {r['accuracy'][-1]:6.2f}  Δ@T {r['diff_at_T']:+5.2f}  "
+              f"max|Δ| {r['max_abs_diff_vs_first']:4.2f}  agrees with ANN "
+              f"{r['ann_agreement_at_T']:6.2f}%  {r['images_per_s']:7.1f} images/s",
+              flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "command": " ".join(["python", *sys.argv]), "checkpoint": args.checkpoint,
+            "dataset": setup.dataset, "model": setup.model_name, "method": args.method,
+            "timesteps": args.timesteps, "test_images": len(setup.loader.dataset),
+            "threads": args.threads, "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "machine": platform.platform(), "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
