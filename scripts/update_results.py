@@ -222,7 +222,8 @@ def performance_tables(bench_dir: Path) -> str:
                  "t*": r["t_star"] if r["method"] != "ann" else "", "accuracy % at t*":
                  r["accuracy_at_t_star"], "images/s at t*": r["images_per_s"]}
                 for r in data["rows"]]
-        parts += ["", f"**{data['dataset']}, {data['model']}** — ANN {data['ann_accuracy']:.2f}%"
+        parts += ["", f"**{data['dataset']}, {data['model']}** (`{data['checkpoint']}`) — ANN "
+                  f"{data['ann_accuracy']:.2f}%"
                   f" on {data['test_images']} test images; t* = first t within "
                   f"{data['tolerance']} points of it (`{data['command']}`)", "",
                   markdown_table(rows)]
