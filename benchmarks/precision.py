@@ -23,34 +23,25 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from time_to_accuracy import images_per_s  # noqa: E402
+from time_to_accuracy import add_common_arguments, images_per_s, load_ann  # noqa: E402
 
 PRECISIONS = ("float32", "bf16", "int8")
 
 
 def main() -> int:
     import spikeforge as sf
-    from spikeforge.experiments.conversion import parse_method, prepare
+    from spikeforge.experiments.conversion import parse_method
     from spikeforge.metrics import evaluate
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="a trained ANN (spikeforge checkpoint)")
+    add_common_arguments(parser, repeats=3)
     parser.add_argument("--method", default="threshold_balancing",
                         help="conversion method with options, e.g. termapping")
     parser.add_argument("--timesteps", type=int, default=32)
-    parser.add_argument("--test-subset", type=int, help="seeded subset of the test set")
     parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS),
                         choices=PRECISIONS)
-    parser.add_argument("--batch", type=int, default=64, help="batch of the timing runs")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--data-root")
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    setup = prepare(args.checkpoint, data_root=args.data_root, test_subset=args.test_subset,
-                    batch_size=250, device="cpu")
-    ann = setup.model.eval()
+    setup, ann = load_ann(args)
     name, options = parse_method(args.method)
     x = next(iter(setup.loader))[0][:args.batch]
     rows, reference = [], None

@@ -50,6 +50,27 @@ def images_per_s(run: Callable[[], object], batch: int, repeats: int) -> float:
     return batch / statistics.median(times)
 
 
+def add_common_arguments(parser: argparse.ArgumentParser, repeats: int) -> None:
+    """The arguments this script shares with ``precision.py``: the ANN, test images, timing."""
+    parser.add_argument("checkpoint", help="a trained ANN (spikeforge checkpoint)")
+    parser.add_argument("--test-subset", type=int, help="seeded subset of the test set")
+    parser.add_argument("--batch", type=int, default=64, help="batch of the timing runs")
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--data-root")
+    parser.add_argument("--json", type=Path)
+
+
+def load_ann(args: argparse.Namespace):
+    """(the conversion setup: model, test loader, calibration; the ANN in eval mode)."""
+    from spikeforge.experiments.conversion import prepare
+
+    torch.set_num_threads(args.threads)
+    setup = prepare(args.checkpoint, data_root=args.data_root, test_subset=args.test_subset,
+                    batch_size=250, device="cpu")
+    return setup, setup.model.eval()
+
+
 def spikingjelly_snn(ann: nn.Module, calibration: list[torch.Tensor]) -> nn.Module:
     from spikingjelly.activation_based import ann2snn
 
@@ -76,25 +97,16 @@ def spikingjelly_accuracy(snn: nn.Module, loader, steps: int) -> list[float]:
 
 def main() -> int:
     import spikeforge as sf
-    from spikeforge.experiments.conversion import parse_method, prepare
+    from spikeforge.experiments.conversion import parse_method
     from spikeforge.metrics import evaluate
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="a trained ANN (spikeforge checkpoint)")
+    add_common_arguments(parser, repeats=5)
     parser.add_argument("--max-t", type=int, default=64)
-    parser.add_argument("--test-subset", type=int, help="seeded subset of the test set")
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--no-spikingjelly", action="store_true")
-    parser.add_argument("--batch", type=int, default=64, help="batch of the timing runs")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--data-root")
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    setup = prepare(args.checkpoint, data_root=args.data_root, test_subset=args.test_subset,
-                    batch_size=250, device="cpu")
-    ann = setup.model.eval()
+    setup, ann = load_ann(args)
     with torch.inference_mode():
         hits = sum(int((ann(x).argmax(1) == y).sum()) for x, y in setup.loader)
     ann_accuracy = 100 * hits / len(setup.loader.dataset)
