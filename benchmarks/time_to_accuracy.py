@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,7 +62,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, repeats: int) -> None:
     parser.add_argument("--json", type=Path)
 
 
-def load_ann(args: argparse.Namespace):
+def load_ann(args: argparse.Namespace) -> tuple[Any, nn.Module]:
     """(the conversion setup: model, test loader, calibration; the ANN in eval mode)."""
     from spikeforge.experiments.conversion import prepare
 

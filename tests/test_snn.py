@@ -103,6 +103,13 @@ def test_snn_trains_on_real_digits_and_reloads(tmp_path):
         sf.convert(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()), None, "snn")
 
 
+def assert_same_state(a: dict, b: dict) -> None:
+    """Two saved model states hold the same keys and bit-identical values."""
+    assert a.keys() == b.keys()
+    assert all(torch.equal(x, b[k]) if isinstance(x, torch.Tensor) else x == b[k]
+               for k, x in a.items())
+
+
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
     """The uninterrupted run that the kill-and-resume tests compare with."""
@@ -119,9 +126,7 @@ def test_killed_and_resumed_snn_training_equals_an_uninterrupted_one(tmp_path, e
         [h["test_accuracy"] for h in whole.history]
     a = torch.load(whole.out_dir / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["model"]
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]
-               for k in a)
+    assert_same_state(a, b)
 
 
 def test_a_kill_within_an_epoch_resumes_from_the_last_step_checkpoint(tmp_path, monkeypatch,
@@ -153,9 +158,7 @@ def test_a_kill_within_an_epoch_resumes_from_the_last_step_checkpoint(tmp_path, 
     a = torch.load(whole.out_dir / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
     assert a["partial"] is None and b["partial"] is None
-    assert a["model"].keys() == b["model"].keys()
-    assert all(torch.equal(x, b["model"][k]) if isinstance(x, torch.Tensor) else x == b["model"][k]
-               for k, x in a["model"].items())
+    assert_same_state(a["model"], b["model"])
 
 
 def test_exploding_snn_loss_stops_with_the_epoch_and_step(tmp_path, monkeypatch):

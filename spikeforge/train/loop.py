@@ -404,7 +404,7 @@ def _train_epoch(net: nn.Module, loader: BatchLoader, optimizer: torch.optim.Opt
     tick = last_save = time.perf_counter()
     saved_at = start.where(epoch)
 
-    def progress(steps: int) -> EpochProgress:
+    def so_far(steps: int) -> EpochProgress:
         return EpochProgress(steps, loss_sum.item(), int(correct.item()), count,
                              start.seconds + time.perf_counter() - tick)
 
@@ -438,9 +438,9 @@ def _train_epoch(net: nn.Module, loader: BatchLoader, optimizer: torch.optim.Opt
                   " images/s", file=sys.stderr, flush=True)
         if (save is not None and every > 0 and step + 1 < len(loader)
                 and time.perf_counter() - last_save >= every):
-            save(progress(step + 1))
+            save(so_far(step + 1))
             saved_at, last_save = f"epoch {epoch + 1}, step {step + 1}", time.perf_counter()
-    return progress(len(loader))
+    return so_far(len(loader))
 
 
 def _append_metrics(path: Path, record: dict[str, Any]) -> None:
