@@ -32,6 +32,8 @@ MAX_PUBLISHED_PARAMETERS = 3_000_000  # about 12 MB of float32 weights
 CONVERT_START, CONVERT_END = "<!-- conversion:start -->", "<!-- conversion:end -->"
 EXPERIMENT_START, EXPERIMENT_END = "<!-- experiments:start -->", "<!-- experiments:end -->"
 PERFORMANCE_START, PERFORMANCE_END = "<!-- performance:start -->", "<!-- performance:end -->"
+PAPERS_START, PAPERS_END = "<!-- papers:start -->", "<!-- papers:end -->"
+PAPER_STEPS = (1, 2, 4, 8, 16, 32)  # the T columns of the papers table; others go to "other T"
 
 
 def summary_from_checkpoint(run_dir: Path, command: str | None) -> dict:
@@ -230,6 +232,53 @@ def performance_tables(bench_dir: Path) -> str:
     return "\n".join(parts)
 
 
+def _ours(results_dir: Path, ref: dict, base: Path) -> dict:
+    """One of our rows for the papers table: an experiment entry (``label``) or a training
+    run (``folder`` only) of ``results/``, its accuracy at every T it was evaluated at."""
+    folder = results_dir / ref["folder"]
+    record = json.loads((folder / "results.json").read_text())
+    link = f"[{ref['folder']}]({os.path.relpath(folder, base)})"
+    if "label" not in ref:  # a training run: its accuracy at its own T
+        snn = record["provenance"]["config"].get("snn", {})
+        t = snn.get("timesteps", 1) if record["kind"] == "snn" else 1
+        return {"model": record["model"], "setting": f"{record['epochs']} epochs, CPU, {link}",
+                "ann": None, "accuracy": {t: record["test_accuracy"]}}
+    entries = [e for e in record["results"] if e["label"] == ref["label"]]
+    if not entries:
+        raise SystemExit(f"results/published.yaml: {ref['folder']} has no entry labelled "
+                         f"{ref['label']!r}; its labels: "
+                         + ", ".join(e["label"] for e in record["results"]))
+    e = entries[0]
+    epochs = e["provenance"]["train_config"]["optim"]["epochs"]
+    return {"model": f"{e['model']} {ref['label']}",
+            "setting": f"{epochs} epochs, CPU, {e['samples']} test images, {link}",
+            "ann": e["ann_accuracy"],
+            "accuracy": {t: a for t, a in enumerate(e["accuracy"], 1) if t in PAPER_STEPS}}
+
+
+def papers_table(published: Path, results_dir: Path, base: Path) -> str:
+    """The papers' published numbers beside ours (``results/published.yaml``), and which
+    settings were not run here because they need a GPU."""
+    import yaml
+
+    rows, notes = [], []
+    for group in yaml.safe_load(published.read_text()):
+        what = {"data set": group["dataset"], "method": group["method"]}
+        ours = [("spikeforge", _ours(results_dir, ref, base)) for ref in group["ours"]]
+        for who, r in [*((p["source"], p) for p in group["published"]), *ours]:
+            acc = {int(t): a for t, a in r["accuracy"].items()}
+            rows.append({**what, "who": who, "model": r["model"], "setting": r["setting"],
+                         "ANN %": r.get("ann"),
+                         **{f"T={t}": acc.get(t) for t in PAPER_STEPS},
+                         "other T": ", ".join(f"{a:.2f} (T={t})" for t, a in acc.items()
+                                              if t not in PAPER_STEPS) or None})
+        if not ours:
+            rows.append({**what, "who": "spikeforge", "model": "not run here", "setting":
+                         "needs a GPU: " + ", ".join(f"`{c}`" for c in group["gpu_configs"])})
+        notes.append(f"- {group['dataset']}, {group['method']}: {group['note']}")
+    return "\n".join([markdown_table(rows), "", *notes])
+
+
 def update_readme(readme: Path, text: str, start: str = START, end: str = END) -> None:
     content = readme.read_text()
     if start not in content or end not in content:
@@ -259,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     if EXPERIMENT_START in args.readme.read_text():
         update_readme(args.readme, experiment_tables(args.results, base), EXPERIMENT_START,
                       EXPERIMENT_END)
+    published = args.results / "published.yaml"
+    if PAPERS_START in args.readme.read_text() and published.is_file():
+        update_readme(args.readme, papers_table(published, args.results, base), PAPERS_START,
+                      PAPERS_END)
     if PERFORMANCE_START in args.readme.read_text():
         update_readme(args.readme, performance_tables(REPO / "benchmarks" / "results"),
                       PERFORMANCE_START, PERFORMANCE_END)
