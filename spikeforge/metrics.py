@@ -235,16 +235,24 @@ class _Monitor:
               ) -> None:
         """Add one batch of a source's output ``(T·B, ...)``: fan-out-weighted events per
         step, and unit spikes (|value|/θ for augmented neurons; events otherwise)."""
-        out = output.reshape(self.steps, -1, fan_out[0].numel())  # (T, B, N)
-        dtype = torch.promote_types(out.dtype, torch.float32)  # counts in >= float32
-        fan = fan_out.reshape(-1).to(dtype)
+        dtype = torch.promote_types(output.dtype, torch.float32)  # counts in >= float32
+        augmented = isinstance(module, SpikingNeuron) and module.rule == "augmented"
+        per_neuron = [fan_out.expand_as(output[:1])]  # and 1/θ of augmented neurons
+        if augmented:
+            theta = broadcast_threshold(module.threshold.to(dtype), output[:1],
+                                        module.channel_dim)
+            per_neuron.append((1.0 / theta).expand_as(output[:1]))
+        if output.ndim == 4 and not output.is_contiguous() and output.is_contiguous(
+                memory_format=torch.channels_last):  # neurons in memory order: no copy
+            output = output.permute(0, 2, 3, 1)
+            per_neuron = [x.permute(0, 2, 3, 1) for x in per_neuron]
+        out = output.reshape(self.steps, -1, output[0].numel())  # (T, B, N)
+        fan = per_neuron[0].reshape(-1).to(dtype)
         events = (out != 0).to(dtype)
         per_step = (events @ fan).sum(1).double().cpu()  # one pass + a matrix-vector product
         n_events = float(events.sum())
-        if isinstance(module, SpikingNeuron) and module.rule == "augmented":
-            theta = broadcast_threshold(module.threshold.to(dtype), output[:1],
-                                        module.channel_dim)
-            inverse = (1.0 / theta).expand_as(output[:1]).reshape(-1)
+        if augmented:
+            inverse = per_neuron[1].reshape(-1)
             magnitude = out.abs().to(dtype)
             units_sops = float((magnitude @ (fan * inverse)).sum())
             units = float((magnitude @ inverse).sum())

@@ -324,6 +324,30 @@ def test_augmented_units_counted_beside_events(trained, mnist):
     assert {"accuracy", "firing_rates", "sops_per_sample"} <= set(result.to_dict())
 
 
+def test_spike_counts_do_not_depend_on_the_memory_format():
+    """The monitor reads channels-last outputs in memory order (no copy): same events, SOPs
+    and unit spikes as from the contiguous tensor, with per-channel augmented thresholds."""
+    from spikeforge.metrics import _Monitor
+    from spikeforge.neurons import SpikingNeuron
+
+    gen = torch.Generator().manual_seed(0)
+    steps, batch = 3, 2
+    out = torch.randint(-1, 4, (steps * batch, 4, 5, 6), generator=gen).float()
+    fan = torch.randint(0, 10, (1, 4, 5, 6), generator=gen).float()
+    neuron = SpikingNeuron(torch.tensor([0.5, 1.0, 2.0, 4.0]), "augmented")
+    counts = []
+    for x in (out, out.contiguous(memory_format=torch.channels_last)):
+        monitor = _Monitor.__new__(_Monitor)  # counting only: no network to hook
+        monitor.steps, monitor.events = steps, torch.zeros(steps, dtype=torch.float64)
+        monitor.layer_events, monitor.layer_units, monitor.unit_spikes = {}, {}, {}
+        monitor.count("n", x, neuron, fan)
+        counts.append((monitor.events, monitor.layer_units["n"], monitor.unit_spikes["n"]))
+    assert torch.equal(counts[0][0], counts[1][0]) and float(counts[0][0].sum()) > 0
+    assert counts[0][1:] == pytest.approx(counts[1][1:])
+    expected = ((out != 0).float().view(steps, batch, -1) * fan.view(-1)).sum((1, 2))
+    assert torch.equal(counts[0][0], expected.double())
+
+
 # --- CLI ----------------------------------------------------------------------------------
 
 def test_convert_cli_writes_results_json_and_table(tmp_path, capsys):

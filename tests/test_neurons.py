@@ -113,17 +113,19 @@ def test_bad_neuron_parameters_are_named(kwargs, message):
         SpikingNeuron(**kwargs)
 
 
+@pytest.mark.parametrize("rule, symmetric", [("binary", False), ("ternary", False),
+                                              ("ternary", True)])
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
 @pytest.mark.parametrize("leak", [1.0, 0.9])
 @pytest.mark.parametrize("initial", ["zero", "half"])
-def test_in_place_binary_scan_equals_the_step_function_loop(reset, leak, initial):
-    """The inference fast path (in-place updates) is bit-identical to neuron_step."""
+def test_in_place_scan_equals_the_step_function_loop(rule, symmetric, reset, leak, initial):
+    """The inference fast paths (in-place updates) are bit-identical to neuron_step."""
     from spikeforge.neurons.functional import init_state, neuron_step
 
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(12, 3, 4, 5, 5, generator=gen) * 0.7 + 0.3
     theta = torch.tensor([0.5, 1.0, 1.5, 2.0]).view(4, 1, 1)
-    params = NeuronParams(theta, "binary", reset, leak)
+    params = NeuronParams(theta, rule, reset, leak, symmetric)
     fast, fast_state = neuron_scan(z, params, initial)
     state = init_state(z[0], params, initial)
     steps = []
@@ -131,4 +133,7 @@ def test_in_place_binary_scan_equals_the_step_function_loop(reset, leak, initial
         s, state = neuron_step(z[t], state, params)
         steps.append(s)
     assert torch.equal(fast, torch.stack(steps)) and torch.equal(fast_state.v, state.v)
-    assert fast.sum() > 20
+    assert torch.equal(fast_state.count, state.count)
+    assert fast.clamp(min=0).sum() > 20
+    if rule == "ternary":
+        assert (fast < 0).sum() > 5  # the negative side is exercised

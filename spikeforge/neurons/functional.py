@@ -152,8 +152,11 @@ def neuron_scan(z: Tensor, params: NeuronParams, initial: Initial = "zero",
         raise ValueError(f"expected a (T, ...) sequence with T >= 1, got shape {tuple(z.shape)}")
     if state is None:
         state = init_state(z[0], params, initial)
-    if params.rule == "binary" and not (torch.is_grad_enabled() and z.requires_grad):
-        return _binary_scan_inplace(z, state, params)
+    if not (torch.is_grad_enabled() and z.requires_grad):
+        if params.rule == "binary":
+            return _binary_scan_inplace(z, state, params)
+        if params.rule == "ternary":
+            return _ternary_scan_inplace(z, state, params)
     out = torch.empty_like(z)
     for t in range(z.shape[0]):
         s, state = neuron_step(z[t], state, params)
@@ -172,6 +175,37 @@ def _binary_scan_inplace(z: Tensor, state: NeuronState, params: NeuronParams
     binary_scan_into(z, v, theta, params.leak, params.reset, out,
                      torch.empty_like(z[0], dtype=torch.bool))
     return out, NeuronState(v, state.count)
+
+
+def _ternary_scan_inplace(z: Tensor, state: NeuronState, params: NeuronParams
+                          ) -> tuple[Tensor, NeuronState]:
+    """:func:`neuron_scan` for ternary neurons when no gradient is needed: the equations of
+    :func:`neuron_step` on one membrane, one net-count and three mask buffers, updated in
+    place (no tensor allocated per step). Bit-identical to the step-function loop (tested)."""
+    theta = torch.as_tensor(params.threshold, dtype=state.v.dtype, device=z.device)
+    v = state.v.expand_as(z[0]).clone()
+    count = state.count.expand_as(z[0]).to(v.dtype, copy=True)
+    out = torch.empty_like(z)
+    step = None if out.dtype == v.dtype else torch.empty_like(v)  # s(t) in v's dtype
+    up, down, gate = (torch.empty_like(v, dtype=torch.bool) for _ in range(3))
+    for t in range(z.shape[0]):
+        s = out[t] if step is None else step
+        if params.leak != 1.0:
+            v.mul_(params.leak)
+        v.add_(z[t])  # m(t)
+        torch.ge(v, theta, out=up)
+        torch.le(v, -theta, out=down)
+        if not params.symmetric:  # a negative spike only retracts an earlier positive one
+            down.logical_and_(torch.gt(count, 0, out=gate))
+        s.copy_(up).masked_fill_(down, -1.0)  # up and down exclude each other (θ > 0)
+        if params.reset == "subtract":
+            v.addcmul_(s, theta, value=-1)
+        else:
+            v.masked_fill_(up, 0.0).masked_fill_(down, 0.0)
+        count.add_(s)
+        if step is not None:
+            out[t].copy_(step)
+    return out, NeuronState(v, count)
 
 
 def binary_scan_into(z: Tensor, v: Tensor, theta: Tensor, leak: float, reset: Reset,
