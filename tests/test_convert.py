@@ -327,6 +327,8 @@ def test_augmented_units_counted_beside_events(trained, mnist):
 def test_spike_counts_do_not_depend_on_the_memory_format():
     """The monitor reads channels-last outputs in memory order (no copy): same events, SOPs
     and unit spikes as from the contiguous tensor, with per-channel augmented thresholds."""
+    from types import SimpleNamespace
+
     from spikeforge.metrics import _Monitor
     from spikeforge.neurons import SpikingNeuron
 
@@ -337,9 +339,8 @@ def test_spike_counts_do_not_depend_on_the_memory_format():
     neuron = SpikingNeuron(torch.tensor([0.5, 1.0, 2.0, 4.0]), "augmented")
     counts = []
     for x in (out, out.contiguous(memory_format=torch.channels_last)):
-        monitor = _Monitor.__new__(_Monitor)  # counting only: no network to hook
-        monitor.steps, monitor.events = steps, torch.zeros(steps, dtype=torch.float64)
-        monitor.layer_events, monitor.layer_units, monitor.unit_spikes = {}, {}, {}
+        no_layers = SimpleNamespace(layers=lambda kinds: {})  # counting only: nothing to hook
+        monitor = _Monitor(no_layers, None, steps)
         monitor.count("n", x, neuron, fan)
         counts.append((monitor.events, monitor.layer_units["n"], monitor.unit_spikes["n"]))
     assert torch.equal(counts[0][0], counts[1][0]) and float(counts[0][0].sum()) > 0
