@@ -189,6 +189,19 @@ def git_commit() -> str | None:
     return describe_checkout(Path(__file__).resolve().parent)
 
 
+def native_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether ``device`` does bfloat16 arithmetic in hardware: a CUDA GPU that supports it,
+    or a CPU with AVX512-BF16 or AMX (oneDNN's test). On other CPUs bf16 is emulated in
+    float32 and runs several times slower than float32 itself."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def machine_info(device: torch.device | None = None) -> dict[str, Any]:
     """What ran a job: host, CPU count and vector instruction set (``"AVX2"``,
     ``"AVX512"``, ...: throughputs differ by 2x between them), torch version, device, threads
@@ -197,6 +210,7 @@ def machine_info(device: torch.device | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": native_bf16("cpu"),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "compile": compile_enabled(),
