@@ -1,14 +1,20 @@
-"""Publish training runs into ``results/`` and regenerate the README's results table from it.
+"""Publish runs into ``results/`` and regenerate every results table from the committed JSON.
 
-    python scripts/update_results.py runs/mnist_cnn runs/fashion_mnist_cnn   # publish + table
+    python scripts/update_results.py runs/mnist_cnn runs/fashion_mnist_cnn   # publish + tables
     python scripts/update_results.py runs/convert_mnist_cnn    # a `spikeforge convert` output
     python scripts/update_results.py runs/mnist_qcfs           # a `spikeforge run` output
-    python scripts/update_results.py                                        # table only
+    python scripts/update_results.py                                        # tables only
 
 Publishing copies a run's ``results.json`` and ``metrics.jsonl`` into ``results/<run name>/``
-and draws its training curves there. The README section between the ``results:start`` and
-``results:end`` markers is rewritten from every ``results/*/results.json``; no number in it is
-typed by hand.
+and draws its training curves there. Then every section between ``<!-- NAME:start -->`` and
+``<!-- NAME:end -->`` markers is rewritten (see ``SECTIONS``):
+
+    README.md              headline (ours beside the papers', best of each method), demo
+    docs/results.md        results (training runs), papers, conversion, experiments
+    benchmarks/README.md   performance (compare.py, time to accuracy)
+
+from ``results/*/results.json``, ``results/published.yaml`` and ``benchmarks/results/*.json``;
+no number in them is typed by hand, and every table links the JSON it comes from.
 """
 
 from __future__ import annotations
@@ -27,13 +33,10 @@ sys.path.insert(0, str(REPO))
 from spikeforge.experiments.plots import plot_training_curves  # noqa: E402
 from spikeforge.experiments.tables import markdown_table  # noqa: E402
 
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 MAX_PUBLISHED_PARAMETERS = 3_000_000  # about 12 MB of float32 weights
-CONVERT_START, CONVERT_END = "<!-- conversion:start -->", "<!-- conversion:end -->"
-EXPERIMENT_START, EXPERIMENT_END = "<!-- experiments:start -->", "<!-- experiments:end -->"
-PERFORMANCE_START, PERFORMANCE_END = "<!-- performance:start -->", "<!-- performance:end -->"
-PAPERS_START, PAPERS_END = "<!-- papers:start -->", "<!-- papers:end -->"
 PAPER_STEPS = (1, 2, 4, 8, 16, 32)  # the T columns of the papers table; others go to "other T"
+HEADLINE_STEPS = (1, 4)  # the T columns of the README's headline table (beside the best T)
+DEMO_RESULTS = "benchmarks/results/demo_threads1.json"  # the README's `make demo` output
 
 
 def summary_from_checkpoint(run_dir: Path, command: str | None) -> dict:
@@ -87,28 +90,6 @@ def publish_experiment(run_dir: Path, dest: Path, record: dict, weights: bool) -
     return dest
 
 
-def experiment_tables(results_dir: Path, base: Path) -> str:
-    """One comparison table per published `spikeforge run` experiment."""
-    from spikeforge.experiments.report import table as comparison
-
-    parts = []
-    for path in sorted(results_dir.glob("*/results.json")):
-        record = json.loads(path.read_text())
-        if "experiment" not in record:
-            continue
-        cfg = record["config"]
-        points = cfg["evaluate"].get("report") or [1, 2, 4, 8, 16, 32]
-        folder = os.path.relpath(path.parent, base)
-        minutes = sum(json.loads(p.read_text())["provenance"]["train_seconds"]
-                      for p in path.parent.glob("*/results.json")) / 60
-        commands = sorted({e["provenance"]["command"] for e in record["results"]})
-        parts += [f"**{record['experiment']}** — " + ", ".join(f"`{c}`" for c in commands)
-                  + f" (seed {cfg['seed']}; "
-                  f"ANN training {minutes:.0f} min in all; [report]({folder}/report.md))", "",
-                  comparison(record["results"], points), ""]
-    return "\n".join(parts).rstrip()
-
-
 def publish(run_dir: Path, results_dir: Path, command: str | None = None,
             weights: bool = False) -> Path:
     dest = results_dir / run_dir.name
@@ -140,8 +121,45 @@ def publish(run_dir: Path, results_dir: Path, command: str | None = None,
     return dest
 
 
+def _link(path: Path, base: Path, text: str | None = None) -> str:
+    """A Markdown link to ``path``, relative to the folder ``base`` of the page it is on."""
+    return f"[{text or path.name}]({os.path.relpath(path, base)})"
+
+
+def method_name(entry: dict) -> str:
+    """The name a results entry's method goes by in the docs, from what its neuron record
+    says was run (not from its label): e.g. ``AugMapping (Yu et al.)`` (one level, θ = λ),
+    ``AugMapping, 16 levels`` (θ = λ/16), ``threshold balancing, v(0) = θ/2, per channel``.
+    Records written before ``levels`` was recorded ran the default of that time, 16."""
+    neuron = entry.get("neuron") or {}
+    method = entry["method"]
+    initial = neuron.get("initial")
+    if method == "augmapping":
+        levels = neuron.get("levels") or 16
+        if neuron.get("thresholds_from") == "learned":
+            name = f"AugMapping, {levels} levels, learned λ"
+            default_initial = "half"
+        elif levels == 1:
+            name, default_initial = "AugMapping (Yu et al.)", "zero"
+        else:
+            name, default_initial = f"AugMapping, {levels} levels", "half"
+        if neuron.get("cap") is not None:
+            name += f", cap {neuron['cap']}"
+    else:
+        name = {"threshold_balancing": "threshold balancing", "termapping": "TerMapping",
+                "qcfs": "QCFS", "csqcfs": "CS-QCFS", "snn": "trained SNN"}.get(method, method)
+        default_initial = "half" if method in ("qcfs", "csqcfs") else "zero"
+    if neuron.get("symmetric"):
+        name += ", symmetric"
+    if initial and initial != default_initial and method != "snn":
+        name += ", v(0) = θ/2" if initial == "half" else ", v(0) = 0"
+    if neuron.get("channelwise") and neuron.get("thresholds_from") == "calibrate":
+        name += ", per channel"
+    return name
+
+
 def table(results_dir: Path, base: Path) -> str:
-    """The results table; folder links are relative to ``base`` (the README's folder)."""
+    """The training runs' table; links are relative to ``base`` (the page's folder)."""
     rows, commands = [], []
     for path in sorted(results_dir.glob("*/results.json")):
         s = json.loads(path.read_text())
@@ -161,7 +179,7 @@ def table(results_dir: Path, base: Path) -> str:
             "train min": prov["train_seconds"] / 60,
             "median s/epoch": statistics.median(h["epoch_seconds"] for h in history),
             "threads": prov["machine"]["torch_threads"],
-            "folder": f"[{path.parent.name}]({os.path.relpath(path.parent, base)})",
+            "results": _link(path, base, path.parent.name),
         })
         commands.append(f"- `{prov['command']}` (seed {prov['seed']})")
     return "\n".join([markdown_table(rows), "", "Commands (each folder also holds the "
@@ -178,13 +196,12 @@ def conversion_table(results_dir: Path, base: Path) -> str:
             continue
         for e in entries:
             points = [t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256) if t <= len(e["accuracy"])]
-            rows.append({"data set": e["dataset"], "method": e["label"],
+            rows.append({"data set": e["dataset"], "method": method_name(e),
                          **{f"T={t}": e["accuracy"][t - 1] for t in points},
                          "ANN": e["ann_accuracy"], "T max": len(e["accuracy"]),
                          "M SOPs at T max": e["sops_per_sample"] / 1e6,
                          "M MACs (ANN)": e["ann_macs_per_sample"] / 1e6,
-                         "folder": f"[{path.parent.name}]"
-                                   f"({os.path.relpath(path.parent, base)})"})
+                         "results": _link(path, base, path.parent.name)})
         commands.append(f"- `{entries[0]['provenance']['command']}`")
     keys = list(dict.fromkeys(key for row in rows for key in row))
     steps = sorted((k for k in keys if k.startswith("T=")), key=lambda k: int(k[2:]))
@@ -193,9 +210,53 @@ def conversion_table(results_dir: Path, base: Path) -> str:
     return "\n".join([markdown_table(rows, columns), "", "Commands:", "", *commands])
 
 
-def performance_tables(bench_dir: Path) -> str:
-    """The README's performance section from ``benchmarks/results``: compare.py's ratios and
-    the time-to-accuracy runs."""
+def experiment_tables(results_dir: Path, base: Path) -> str:
+    """One comparison table per published `spikeforge run` experiment."""
+    from spikeforge.experiments.report import table as comparison
+
+    parts = []
+    for path in sorted(results_dir.glob("*/results.json")):
+        record = json.loads(path.read_text())
+        if "experiment" not in record:
+            continue
+        cfg = record["config"]
+        points = cfg["evaluate"].get("report") or [1, 2, 4, 8, 16, 32]
+        minutes = sum(json.loads(p.read_text())["provenance"]["train_seconds"]
+                      for p in path.parent.glob("*/results.json")) / 60
+        commands = sorted({e["provenance"]["command"] for e in record["results"]})
+        parts += [f"**{record['experiment']}** — " + ", ".join(f"`{c}`" for c in commands)
+                  + f" (seed {cfg['seed']}; ANN training {minutes:.0f} min in all; "
+                  f"{_link(path, base)}, {_link(path.parent / 'report.md', base)})", "",
+                  comparison(record["results"], points), ""]
+    return "\n".join(parts).rstrip()
+
+
+def demo_table(repo: Path) -> str:
+    """What ``spikeforge demo`` prints at the end, from the committed run of the demo."""
+    from spikeforge.experiments.conversion import report_points
+    from spikeforge.experiments.report import table as comparison
+
+    record = json.loads((repo / DEMO_RESULTS).read_text())
+    entries = record["results"]
+    machine = entries[0]["provenance"]["machine"]
+    threads = machine["torch_threads"]
+    points = record["config"]["evaluate"].get("report") or report_points(
+        record["config"]["evaluate"]["timesteps"])
+    return "\n".join([
+        "```", f"demo: test accuracy (%) after t steps, {entries[0]['samples']} test images", "",
+        comparison(entries, points), "",
+        "report:  spikeforge-demo/report.md", "results: spikeforge-demo/results.json",
+        "plots:   spikeforge-demo/{accuracy_vs_time,energy_vs_accuracy,firing_rates}.png",
+        "models:  spikeforge-demo/<variant>/ann/checkpoint.pt (training curves beside them)",
+        "```", "", f"(A committed run on {threads} thread{'s' * (threads > 1)} of a CPU with "
+        f"{machine['cpu_capability']}: {record['wall_seconds_this_process']:.0f} s in all; "
+        f"{_link(repo / DEMO_RESULTS, repo, 'its JSON')}. The accuracies move by a few of the "
+        "test images with the thread count.)"])
+
+
+def performance_tables(bench_dir: Path, base: Path) -> str:
+    """The benchmarks page's tables from ``benchmarks/results``: compare.py's ratios and the
+    time-to-accuracy runs."""
     parts = []
     compare = bench_dir / "compare.json"
     if compare.exists():
@@ -216,7 +277,7 @@ def performance_tables(bench_dir: Path) -> str:
                              None if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}")})
         parts += [f"`{data['command']}` ({data['records'][0]['threads']} threads, torch "
                   f"{data['torch']}, CPU capability {data.get('cpu_capability', '?')}; "
-                  "[JSON](benchmarks/results/compare.json))", "", markdown_table(rows)]
+                  f"{_link(compare, base)})", "", markdown_table(rows)]
     for path in sorted(bench_dir.glob("time_to_accuracy_*.json")):
         data = json.loads(path.read_text())
         rows = [{"method": r["method"] + (" (SpikingJelly)" if r.get("implementation")
@@ -227,33 +288,42 @@ def performance_tables(bench_dir: Path) -> str:
         parts += ["", f"**{data['dataset']}, {data['model']}** (`{data['checkpoint']}`) — ANN "
                   f"{data['ann_accuracy']:.2f}%"
                   f" on {data['test_images']} test images; t* = first t within "
-                  f"{data['tolerance']} points of it (`{data['command']}`)", "",
-                  markdown_table(rows)]
+                  f"{data['tolerance']} points of it (`{data['command']}`; "
+                  f"{_link(path, base)})", "", markdown_table(rows)]
     return "\n".join(parts)
 
 
 def _ours(results_dir: Path, ref: dict, base: Path) -> dict:
-    """One of our rows for the papers table: an experiment entry (``label``) or a training
-    run (``folder`` only) of ``results/``, its accuracy at every T it was evaluated at."""
+    """One of our rows for the papers tables: a results entry (``label``) of an experiment or
+    a `spikeforge convert` output, or a training run (``folder`` only) of ``results/``, with
+    its accuracy at the papers' T and at the last T it was evaluated at."""
     folder = results_dir / ref["folder"]
-    record = json.loads((folder / "results.json").read_text())
-    link = f"[{ref['folder']}]({os.path.relpath(folder, base)})"
+    path = folder / "results.json"
+    record = json.loads(path.read_text())
+    link = _link(path, base, ref["folder"])
     if "label" not in ref:  # a training run: its accuracy at its own T
         snn = record["provenance"]["config"].get("snn", {})
         t = snn.get("timesteps", 1) if record["kind"] == "snn" else 1
-        return {"model": record["model"], "setting": f"{record['epochs']} epochs, CPU, {link}",
-                "ann": None, "accuracy": {t: record["test_accuracy"]}}
+        return {"model": record["model"], "name": "direct training",
+                "setting": f"{record['epochs']} epochs, CPU, {link}", "ann": None,
+                "accuracy": {t: record["test_accuracy"]}, "link": _link(path, base, "JSON")}
     entries = [e for e in record["results"] if e["label"] == ref["label"]]
     if not entries:
         raise SystemExit(f"results/published.yaml: {ref['folder']} has no entry labelled "
                          f"{ref['label']!r}; its labels: "
                          + ", ".join(e["label"] for e in record["results"]))
     e = entries[0]
-    epochs = e["provenance"]["train_config"]["optim"]["epochs"]
-    return {"model": f"{e['model']} {ref['label']}",
-            "setting": f"{epochs} epochs, CPU, {e['samples']} test images, {link}",
-            "ann": e["ann_accuracy"],
-            "accuracy": {t: a for t, a in enumerate(e["accuracy"], 1) if t in PAPER_STEPS}}
+    train_config = e["provenance"].get("train_config")
+    if "experiment" in record and train_config:
+        trained = f"{train_config['optim']['epochs']} epochs"
+    else:  # a `spikeforge convert` output: the ANN came from a published training run
+        trained = f"ANN `{e['provenance']['checkpoint']}`"
+    last = len(e["accuracy"])
+    return {"model": f"{e['model']} {ref['label']}", "name": method_name(e), "label": True,
+            "setting": f"{trained}, CPU, {e['samples']} test images, {link}",
+            "ann": e["ann_accuracy"], "link": _link(path, base, "JSON"),
+            "accuracy": {t: a for t, a in enumerate(e["accuracy"], 1)
+                         if t in PAPER_STEPS or t == last}}
 
 
 def papers_table(published: Path, results_dir: Path, base: Path) -> str:
@@ -279,43 +349,100 @@ def papers_table(published: Path, results_dir: Path, base: Path) -> str:
     return "\n".join([markdown_table(rows), "", *notes])
 
 
-def update_readme(readme: Path, text: str, start: str = START, end: str = END) -> None:
-    content = readme.read_text()
+def _best(accuracy: dict) -> tuple[int, float]:
+    """The highest accuracy and the first T that reaches it."""
+    t, a = max(accuracy.items(), key=lambda item: (item[1], -item[0]))
+    return t, a
+
+
+def headline_table(published: Path, results_dir: Path, base: Path) -> str:
+    """The README's one table: for each method of ``results/published.yaml`` that we ran,
+    the papers' best row beside our best (highest accuracy at any reported T; ties: the
+    smaller T), with the accuracy at T = 1 and 4 and a link to our results JSON."""
+    import yaml
+
+    rows, not_run = [], []
+    for group in yaml.safe_load(published.read_text()):
+        if not group["ours"]:
+            not_run.append(f"{group['method']} on {group['dataset']}")
+            continue
+        candidates = [(p["source"], p["model"], p.get("ann"),
+                       {int(t): a for t, a in p["accuracy"].items()}, "")
+                      for p in group["published"]]
+        paper = max(candidates, key=lambda c: _best(c[3])[::-1], default=None)
+        ours = [_ours(results_dir, ref, base) for ref in group["ours"]]
+        best = max(ours, key=lambda r: _best(r["accuracy"])[::-1])
+        detail = best["name"]
+        if detail.lower().startswith(group["method"].lower()):
+            detail = detail[len(group["method"]):].lstrip(", ")
+        model = best["model"].split()[0] + (f" ({detail})" if detail and "label" in best
+                                            else "")
+        mine = ("spikeforge", model, best["ann"], best["accuracy"], best["link"])
+        for who, model, ann, acc, link in ([paper] if paper else []) + [mine]:
+            t, a = _best(acc)
+            rows.append({"method": f"{group['method']}, {group['dataset']}", "who": who,
+                         "model": model, "ANN %": ann,
+                         **{f"T={s}": acc.get(s) for s in HEADLINE_STEPS},
+                         "best % (T)": f"{a:.2f} ({t})", "results": link})
+    text = [markdown_table(rows)]
+    if not_run:
+        text += ["", "Not run (they need a GPU; configs in `configs/paper/`): "
+                 + ", ".join(not_run) + "."]
+    return "\n".join(text)
+
+
+#: generated sections: (page, marker name, generator of its text from (repo, page folder))
+SECTIONS = [
+    ("README.md", "headline", lambda repo, base: headline_table(
+        repo / "results" / "published.yaml", repo / "results", base)),
+    ("README.md", "demo", lambda repo, base: demo_table(repo)),
+    ("docs/results.md", "results", lambda repo, base: table(repo / "results", base)),
+    ("docs/results.md", "papers", lambda repo, base: papers_table(
+        repo / "results" / "published.yaml", repo / "results", base)),
+    ("docs/results.md", "conversion", lambda repo, base: conversion_table(
+        repo / "results", base)),
+    ("docs/results.md", "experiments", lambda repo, base: experiment_tables(
+        repo / "results", base)),
+    ("benchmarks/README.md", "performance", lambda repo, base: performance_tables(
+        repo / "benchmarks" / "results", base)),
+]
+
+
+def update_section(page: Path, name: str, text: str) -> None:
+    """Replace what lies between ``<!-- name:start -->`` and ``<!-- name:end -->``."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    content = page.read_text()
     if start not in content or end not in content:
-        raise SystemExit(f"{readme} has no {start} ... {end} section")
+        raise SystemExit(f"{page} has no {start} ... {end} section")
     head, rest = content.split(start, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+    page.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+
+
+def update_pages(repo: Path) -> list[Path]:
+    """Regenerate every section of ``SECTIONS`` under ``repo``; returns the pages."""
+    pages = []
+    for relative, name, generate in SECTIONS:
+        page = repo / relative
+        update_section(page, name, generate(repo, page.parent))
+        pages.append(page)
+    return list(dict.fromkeys(pages))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="*", type=Path, help="run folders to publish")
-    parser.add_argument("--results", type=Path, default=REPO / "results")
-    parser.add_argument("--readme", type=Path, default=REPO / "README.md")
+    parser.add_argument("--root", type=Path, default=REPO,
+                        help="the repository whose results/ and pages to use (default: this one)")
     parser.add_argument("--command", help="the command that started a run published from its "
                         "checkpoint (runs without results.json)")
     parser.add_argument("--weights", action="store_true",
                         help="also publish the trained weights of an experiment's variants")
     args = parser.parse_args(argv)
     for run in args.runs:
-        print(f"published {publish(run, args.results, args.command, args.weights)}")
-    base = args.readme.resolve().parent
-    update_readme(args.readme, table(args.results, base))
-    if CONVERT_START in args.readme.read_text():
-        update_readme(args.readme, conversion_table(args.results, base), CONVERT_START,
-                      CONVERT_END)
-    if EXPERIMENT_START in args.readme.read_text():
-        update_readme(args.readme, experiment_tables(args.results, base), EXPERIMENT_START,
-                      EXPERIMENT_END)
-    published = args.results / "published.yaml"
-    if PAPERS_START in args.readme.read_text() and published.is_file():
-        update_readme(args.readme, papers_table(published, args.results, base), PAPERS_START,
-                      PAPERS_END)
-    if PERFORMANCE_START in args.readme.read_text():
-        update_readme(args.readme, performance_tables(REPO / "benchmarks" / "results"),
-                      PERFORMANCE_START, PERFORMANCE_END)
-    print(f"updated {args.readme}")
+        print(f"published {publish(run, args.root / 'results', args.command, args.weights)}")
+    for page in update_pages(args.root.resolve()):
+        print(f"updated {page}")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Two routes to an SNN share one neuron core: ANN-to-SNN conversion (threshold balancing,
 TerMapping, AugMapping, QCFS, CS-QCFS) and direct spike-based training (LIF, BPTT with
-surrogate gradients). See ``docs/`` and ``DESIGN.md``.
+surrogate gradients). See ``docs/``; the equations and conventions are in ``docs/design.md``.
 """
 
 from __future__ import annotations

@@ -190,7 +190,7 @@ def test_t_equals_l_with_constant_currents_layer_by_layer(levels, activation):
 
 def test_augmapping_on_qcfs_equals_the_l_level_ann_at_t1():
     """AugMapping with learned thresholds: θ = λ/L, v(0) = θ/2, cap L — at T = 1 the SNN is
-    the L-level QCFS ANN (DESIGN.md §1), for L = 4."""
+    the L-level QCFS ANN (docs/design.md §1), for L = 4."""
     model = _randomised("vgg7", "qcfs", levels=4)
     x = torch.randn(8, 3, 32, 32, dtype=torch.float64)
     snn = sf.convert(model, None, "augmapping", thresholds="learned", timesteps=1)

@@ -1,5 +1,7 @@
-"""The README's results sections are generated from ``results/`` (no hand-typed numbers), and
-the papers' numbers are put beside ours from ``results/published.yaml``."""
+"""The generated results sections (README's headline and demo tables, docs/results.md,
+benchmarks/README.md) are what ``scripts/update_results.py`` makes of the committed results
+files (no hand-typed numbers), and the papers' numbers are put beside ours from
+``results/published.yaml``."""
 
 from __future__ import annotations
 
@@ -16,15 +18,62 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import update_results  # noqa: E402
 
+PAGES = sorted({page for page, _, _ in update_results.SECTIONS})
 
-def test_readme_is_what_the_script_generates(tmp_path):
-    readme = tmp_path / "README.md"
-    shutil.copy2(REPO / "README.md", readme)
+
+def test_generated_sections_are_up_to_date(tmp_path):
+    for page in PAGES:
+        (tmp_path / page).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / page, tmp_path / page)
     shutil.copytree(REPO / "results", tmp_path / "results",  # the records, not the weights
                     ignore=shutil.ignore_patterns("*.pt", "*.png"))
-    update_results.main(["--readme", str(readme), "--results", str(tmp_path / "results")])
-    assert readme.read_text() == (REPO / "README.md").read_text(), (
-        "README.md's generated sections are out of date: run python scripts/update_results.py")
+    shutil.copytree(REPO / "benchmarks" / "results", tmp_path / "benchmarks" / "results")
+    update_results.main(["--root", str(tmp_path)])
+    for page in PAGES:
+        assert (tmp_path / page).read_text() == (REPO / page).read_text(), (
+            f"{page}'s generated sections are out of date: run python scripts/update_results.py")
+
+
+def test_every_page_has_its_sections():
+    for page, name, _ in update_results.SECTIONS:
+        text = (REPO / page).read_text()
+        assert f"<!-- {name}:start -->" in text and f"<!-- {name}:end -->" in text, (page, name)
+
+
+def test_headline_puts_our_best_beside_the_papers_best():
+    text = update_results.headline_table(REPO / "results" / "published.yaml", REPO / "results",
+                                         REPO)
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in text.splitlines() if line.startswith("|")][2:]
+    qcfs = [r for r in rows if r[0] == "QCFS, cifar10"]
+    assert [r[1] for r in qcfs] == ["Bu et al. 2022", "spikeforge"]
+    assert qcfs[0][6] == "96.08 (32)"  # the papers' best of the three networks
+    record = json.loads((REPO / "results" / "cifar10_qcfs" / "results.json").read_text())
+    entry = next(e for e in record["results"] if e["label"] == "qcfs_L4 qcfs")
+    best = max(a for t, a in enumerate(entry["accuracy"], 1) if t in (1, 2, 4, 8, 16, 32))
+    assert qcfs[1][6].startswith(f"{best:.2f} (")
+    assert qcfs[1][7] == "[JSON](results/cifar10_qcfs/results.json)"
+    assert "QCFS on cifar100" in text  # said not run, not left out silently
+
+
+@pytest.mark.parametrize(("neuron", "method", "name"), [
+    ({"levels": 1, "initial": "zero", "thresholds_from": "calibrate"}, "augmapping",
+     "AugMapping (Yu et al.)"),
+    ({"levels": 16, "initial": "half", "thresholds_from": "calibrate"}, "augmapping",
+     "AugMapping, 16 levels"),
+    ({"levels": None, "initial": "zero", "thresholds_from": "calibrate"}, "augmapping",
+     "AugMapping, 16 levels, v(0) = 0"),
+    ({"levels": 4, "initial": "half", "thresholds_from": "learned"}, "augmapping",
+     "AugMapping, 4 levels, learned λ"),
+    ({"initial": "half", "channelwise": True, "thresholds_from": "calibrate"},
+     "threshold_balancing", "threshold balancing, v(0) = θ/2, per channel"),
+    ({"initial": "zero", "symmetric": True, "thresholds_from": "calibrate"}, "termapping",
+     "TerMapping, symmetric"),
+    ({"initial": "half", "channelwise": True, "thresholds_from": "learned"}, "csqcfs",
+     "CS-QCFS"),
+])
+def test_method_names_follow_the_design_notes(neuron, method, name):
+    assert update_results.method_name({"method": method, "neuron": neuron}) == name
 
 
 def test_papers_table_puts_our_numbers_beside_the_papers():

@@ -1,4 +1,4 @@
-"""ANN → SNN conversion (DESIGN.md §1): ``sf.convert(model, calibration, method, **options)``.
+"""ANN → SNN conversion (docs/design.md §1): ``sf.convert(model, calibration, method, **options)``.
 
 A recipe over an FX graph: trace → fold BN → insert observers → calibrate → replace
 activations by neurons → finalise (:mod:`~spikeforge.convert.graph`,

@@ -58,8 +58,8 @@ class _QCFSFunction(torch.autograd.Function):
 
     ``q`` is recomputed in backward (the composition of elementwise autograd ops this replaces
     kept three tensors of the activations' size per layer). With ``SPIKEFORGE_COMPILE=1``
-    forward and backward each run as one fused loop (:func:`spikeforge.runtime.compilable`):
-    a QCFS cnn_small training step is 1.17x faster (``benchmarks/compile_gain.py``).
+    forward and backward each run as one fused loop (:func:`spikeforge.runtime.compilable`;
+    what it gains per training step: ``benchmarks/compile_gain.py``).
     """
 
     @staticmethod
