@@ -53,9 +53,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from spikeforge.runtime import set_threads
 
     set_threads(args.threads)
-    options = {"percentile": args.percentile, "channelwise": args.channelwise,
-               "encoder": args.encoder, "reset": args.reset, "initial": args.initial,
-               "max_pool": args.max_pool, "precision": args.precision}
+    # only what the user set: everything else is the method's default (one source)
+    options = {key: getattr(args, key) for key in _METHOD_OPTIONS
+               if getattr(args, key) is not None}
     if args.memory_budget:
         options["memory_budget"] = int(args.memory_budget * 2**20)
     entries = run_conversion(args.checkpoint, args.method, args.timesteps, args.out,
@@ -68,10 +68,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     print(accuracy_table(entries))
     print()
     for e in entries:
-        ratio = e["energy_per_sample"]["snn"] / e["energy_per_sample"]["ann"]
-        print(f"{e['label']:28s} SOPs/sample {e['sops_per_sample'] / 1e6:9.2f} M at T="
-              f"{len(e['accuracy'])}  (ANN {e['ann_macs_per_sample'] / 1e6:.2f} M MACs)  "
-              f"energy SNN/ANN {ratio:.2f}  {e['seconds']:.0f} s")
+        energy = e["energy_per_sample"]
+        ratio = f"energy SNN/ANN {energy['snn'] / energy['ann']:.2f}"
+        if energy["snn_events"] != energy["snn"]:  # augmented events carry |c| > 1
+            ratio += (f" (|c| ACs per event; one AC per event "
+                      f"{energy['snn_events'] / energy['ann']:.2f})")
+        print(f"{e['label']:28s} {e['name']}\n{'':28s} SOPs/sample "
+              f"{e['sops_per_sample'] / 1e6:9.2f} M (unit {e['unit_sops_per_sample'] / 1e6:.2f}"
+              f" M) at T={len(e['accuracy'])}  (ANN {e['ann_macs_per_sample'] / 1e6:.2f} M "
+              f"MACs)  {ratio}  {e['seconds']:.0f} s")
     if args.out:
         print(f"\nresults: {args.out}")
     return 0
@@ -173,12 +178,32 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the convert options that mirror :func:`spikeforge.convert` (argparse destinations); each
+#: defaults to None, meaning the method's default
+_METHOD_OPTIONS = ("percentile", "channelwise", "encoder", "reset", "initial", "max_pool",
+                   "precision")
+
+
+def _default(option: str) -> str:
+    """``"default: the method's (X)"`` with X read from :func:`spikeforge.convert`."""
+    import inspect
+
+    from spikeforge.convert import convert
+
+    value = inspect.signature(convert).parameters[option].default
+    return f"default: the method's, {value}" if value is not None else "default: the method's"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spikeforge",
         description="Accurate and efficient deep spiking neural networks: ANN-to-SNN "
                     "conversion and direct spike-based training.")
     from spikeforge import __version__
+    from spikeforge.convert.recipes import MAX_POOL_POLICIES, METHODS
+    from spikeforge.encoding import ENCODERS
+    from spikeforge.neurons.functional import INITIALS, RESETS
+    from spikeforge.simulate import PRECISIONS
 
     parser.add_argument("--version", action="version", version=f"spikeforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -203,27 +228,34 @@ def build_parser() -> argparse.ArgumentParser:
         "augmapping:cap=4.")
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt of a trained ANN")
     p.add_argument("--method", nargs="+", default=["threshold_balancing"],
-                   help="threshold_balancing, termapping, augmapping (optionally "
-                   "name:key=value,...); default: threshold_balancing")
-    p.add_argument("--timesteps", type=int, default=32, help="T (default 32)")
-    p.add_argument("--percentile", type=float, default=99.9,
-                   help="activation percentile for the thresholds, 100 = max (default 99.9)")
-    p.add_argument("--channelwise", action="store_true", help="one threshold per channel")
-    p.add_argument("--encoder", choices=("direct", "poisson"), default="direct")
-    p.add_argument("--reset", choices=("subtract", "zero"), default="subtract")
-    p.add_argument("--initial", choices=("zero", "half"), default="zero",
-                   help="initial membrane potential: 0 or threshold/2")
-    p.add_argument("--max-pool", choices=("cumulative", "error"), default="cumulative",
-                   help="max-pool policy (default: cumulative spiking max-pool)")
+                   help=f"{', '.join(METHODS)} (optionally name:key=value,...; "
+                   "augmapping is the paper's form, θ = λ; augmapping:levels=16 our "
+                   "multi-level extension); default: threshold_balancing")
+    p.add_argument("--timesteps", type=int, help="T (default: the method's, 32; a trained "
+                   "SNN's own T)")
+    p.add_argument("--percentile", type=float,
+                   help="activation percentile for the thresholds, 100 = max ("
+                   + _default("percentile") + ")")
+    p.add_argument("--channelwise", action=argparse.BooleanOptionalAction,
+                   help="one threshold per channel (" + _default("channelwise") + ")")
+    p.add_argument("--encoder", choices=tuple(ENCODERS), help=_default("encoder"))
+    p.add_argument("--reset", choices=RESETS, help=_default("reset"))
+    p.add_argument("--initial", choices=INITIALS,
+                   help="initial membrane potential: 0 or threshold/2 (default: the "
+                   "method's: θ/2 for qcfs, csqcfs, augmapping with levels > 1 or learned "
+                   "thresholds; else 0)")
+    p.add_argument("--max-pool", choices=MAX_POOL_POLICIES,
+                   help="max-pool policy (" + _default("max_pool") + ")")
     p.add_argument("--calibration-samples", type=int, default=2048,
                    help="training images used for calibration (default 2048)")
     p.add_argument("--test-subset", type=int, help="evaluate on this many test images")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--memory-budget", type=float, help="MiB of activations per chunk")
-    p.add_argument("--precision", choices=("float32", "bf16", "int8"), default="float32",
+    p.add_argument("--precision", choices=tuple(PRECISIONS),
                    help="bf16: synaptic layers in bfloat16, membranes in float32 (fast on "
                         "GPUs and bf16 CPUs); int8: weights rounded to 8-bit integers per "
-                        "output channel (8-bit neuromorphic hardware); default float32, exact")
+                        "output channel (8-bit neuromorphic hardware); "
+                        + _default("precision"))
     p.add_argument("--seed", type=int, default=0, help="calibration subset / Poisson seed")
     p.add_argument("--out", help="results JSON (a PNG plot is written beside it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -10,12 +10,22 @@ Conventions (DESIGN.md §1; stated in every results file under ``"conventions"``
   whose average pools sum (:func:`connectivity`).
 * **SOPs** (synaptic operations) of a source = Σ_t Σ_i e_i(t) · fanout_i, with e_i(t) = 1
   for an event (any non-zero output). For augmented spikes the unit count |c_i(t)| gives
-  the second figure, ``unit_sops`` (equal to SOPs for binary and ternary neurons; for a
-  spiking max-pool the events are used for both).
+  the second figure, ``unit_sops`` = Σ_t Σ_i |c_i(t)| · fanout_i (equal to SOPs for binary
+  and ternary neurons; for a spiking max-pool the events are used for both).
 * **MACs** of the ANN: Σ over conv/linear layers of outputs × inputs per output.
-* **Energy** per sample (45 nm, Horowitz 2014): 0.9 pJ per SOP (accumulate), 4.6 pJ per MAC.
+* **Energy** per sample (45 nm, Horowitz 2014): 0.9 pJ per accumulate (AC), 4.6 pJ per MAC.
   With direct input the first layer(s) receive analog currents: their MACs are counted at
-  4.6 pJ at every step; with Poisson input the input spikes are SOPs like any other.
+  4.6 pJ at every step; with Poisson input the input spikes are SOPs like any other. An
+  augmented event with coefficient c adds c·w at each synapse, so two figures:
+
+  - ``energy_per_sample["snn"]`` charges |c| ACs per event and synapse (0.9 pJ ×
+    ``unit_sops``): hardware that delivers c unit spikes, or adds w |c| times — the
+    conservative figure, and the one every ratio in our reports uses;
+  - ``energy_per_sample["snn_events"]`` charges one AC per event and synapse (0.9 pJ ×
+    ``sops``): hardware whose synapse multiplies w by a small integer c at the cost of one
+    addition (a shift-and-add or a lookup), as the AugMapping paper assumes.
+
+  They are equal for binary and ternary spikes.
 * **Firing rate** of a layer: unit spikes per neuron per step, Σ|c| / (neurons · T).
 """
 
@@ -37,13 +47,15 @@ from spikeforge.neurons.modules import broadcast_threshold
 from spikeforge.simulate import SpikingMaxPool, SpikingNetwork
 
 __all__ = ["ENERGY_PER_MAC", "ENERGY_PER_SOP", "Connectivity", "EvaluationResult",
-           "connectivity", "evaluate"]
+           "connectivity", "evaluate", "rederive_energy"]
 
 ENERGY_PER_SOP = 0.9e-12  # J per accumulate, 45 nm CMOS (Horowitz, ISSCC 2014)
 ENERGY_PER_MAC = 4.6e-12  # J per multiply-accumulate, 45 nm CMOS (Horowitz, ISSCC 2014)
 CONVENTIONS = ("SOPs = events x fan-out (fan-out: synapses driven through stateless layers "
                "up to the next neurons); unit_sops count |c| unit spikes of augmented events; "
-               "energy = 0.9 pJ/SOP + 4.6 pJ/MAC (Horowitz 2014); with direct input the first "
+               "energy (Horowitz 2014): 0.9 pJ per accumulate + 4.6 pJ/MAC, 'snn' charging |c| "
+               "accumulates per augmented event and synapse (0.9 pJ x unit_sops), "
+               "'snn_events' one per event (0.9 pJ x sops); with direct input the first "
                "layer's MACs are counted at every step; firing rate = unit spikes per neuron "
                "per step")
 
@@ -178,11 +190,17 @@ class EvaluationResult:
         sops_per_sample: SOPs over all T steps (events × fan-out).
         unit_sops_per_sample: the same counting unit spikes |c|.
         sops_per_step: cumulative SOPs per sample after each t.
+        unit_sops_per_step: cumulative unit SOPs per sample after each t.
         ann_macs_per_sample: MACs of the ANN.
-        energy_per_sample: joules, ``{"snn": ..., "ann": ...}`` (SNN at T steps).
-        energy_per_step: the SNN's joules per sample after each t (cumulative).
+        energy_per_sample: joules, ``{"snn": ..., "snn_events": ..., "ann": ...}`` (SNN at
+            T steps; ``snn`` charges |c| accumulates per augmented event, ``snn_events``
+            one — see the module docstring).
+        energy_per_step: the SNN's joules per sample after each t (cumulative, |c| per
+            event).
+        energy_events_per_step: the same with one accumulate per event.
         firing_rates: layer → unit spikes per neuron per step.
         layer_sops: layer → SOPs per sample over T.
+        layer_unit_sops: layer → unit SOPs per sample over T.
         samples: test samples evaluated.
         seconds: wall time of the evaluation.
     """
@@ -194,11 +212,14 @@ class EvaluationResult:
     sops_per_sample: float
     unit_sops_per_sample: float
     sops_per_step: list[float]
+    unit_sops_per_step: list[float]
     ann_macs_per_sample: int
     energy_per_sample: dict[str, float]
     energy_per_step: list[float]
+    energy_events_per_step: list[float]
     firing_rates: dict[str, float]
     layer_sops: dict[str, float]
+    layer_unit_sops: dict[str, float]
     samples: int
     seconds: float
     conventions: str = field(default=CONVENTIONS)
@@ -217,6 +238,7 @@ class _Monitor:
     def __init__(self, snn: SpikingNetwork, conn: Connectivity, steps: int) -> None:
         self.conn, self.steps = conn, steps
         self.events = torch.zeros(steps, dtype=torch.float64)  # fan-out weighted, per step
+        self.units = torch.zeros(steps, dtype=torch.float64)  # the same counting |c|
         self.layer_events: dict[str, float] = {}
         self.layer_units: dict[str, float] = {}
         self.unit_spikes: dict[str, float] = {}
@@ -233,8 +255,8 @@ class _Monitor:
 
     def count(self, name: str, output: Tensor, module: nn.Module | None, fan_out: Tensor
               ) -> None:
-        """Add one batch of a source's output ``(T·B, ...)``: fan-out-weighted events per
-        step, and unit spikes (|value|/θ for augmented neurons; events otherwise)."""
+        """Add one batch of a source's output ``(T·B, ...)``: fan-out-weighted events and
+        unit spikes per step (|value|/θ for augmented neurons; events otherwise)."""
         dtype = torch.promote_types(output.dtype, torch.float32)  # counts in >= float32
         augmented = isinstance(module, SpikingNeuron) and module.rule == "augmented"
         per_neuron = [fan_out.expand_as(output[:1])]  # and 1/θ of augmented neurons
@@ -254,11 +276,13 @@ class _Monitor:
         if augmented:
             inverse = per_neuron[1].reshape(-1)
             magnitude = out.abs().to(dtype)
-            units_sops = float((magnitude @ (fan * inverse)).sum())
+            units_per_step = (magnitude @ (fan * inverse)).sum(1).double().cpu()
             units = float((magnitude @ inverse).sum())
         else:  # binary and ternary spikes carry |s| = 1: units are events
-            units_sops, units = float(per_step.sum()), n_events
+            units_per_step, units = per_step, n_events
+        units_sops = float(units_per_step.sum())
         self.events += per_step
+        self.units += units_per_step
         self.layer_events[name] = self.layer_events.get(name, 0.0) + float(per_step.sum())
         self.layer_units[name] = self.layer_units.get(name, 0.0) + units_sops
         self.unit_spikes[name] = self.unit_spikes.get(name, 0.0) + units
@@ -330,13 +354,15 @@ def _result(snn: SpikingNetwork, steps: int, correct: Tensor, agree: Tensor | No
             ann_correct: int | None, samples: int, conn: Connectivity, monitor: _Monitor,
             seconds: float) -> EvaluationResult:
     sops = float(monitor.events.sum()) / samples
-    units = sum(monitor.layer_units.values()) / samples
+    units = float(monitor.units.sum()) / samples
     macs = conn.total_macs
     # with direct input, the layers fed by the input do MACs at every step
     input_macs = conn.input_macs if snn.encoder == "direct" else 0
     sops_per_step = monitor.events.cumsum(0) / samples
-    energy_per_step = (ENERGY_PER_SOP * sops_per_step
-                       + ENERGY_PER_MAC * input_macs * torch.arange(1, steps + 1)).tolist()
+    units_per_step = monitor.units.cumsum(0) / samples
+    analog = ENERGY_PER_MAC * input_macs * torch.arange(1, steps + 1)
+    energy_per_step = (ENERGY_PER_SOP * units_per_step + analog).tolist()
+    energy_events_per_step = (ENERGY_PER_SOP * sops_per_step + analog).tolist()
     rates = {name: monitor.unit_spikes[name] / (samples * steps * conn.neurons[name])
              for name in monitor.unit_spikes if name != "input"}
     return EvaluationResult(
@@ -345,10 +371,41 @@ def _result(snn: SpikingNetwork, steps: int, correct: Tensor, agree: Tensor | No
         ann_accuracy=None if ann_correct is None else 100.0 * ann_correct / samples,
         agreement=None if agree is None else (100.0 * agree.double() / samples).tolist(),
         sops_per_sample=sops, unit_sops_per_sample=units,
-        sops_per_step=sops_per_step.tolist(),
+        sops_per_step=sops_per_step.tolist(), unit_sops_per_step=units_per_step.tolist(),
         ann_macs_per_sample=macs,
-        energy_per_sample={"snn": energy_per_step[-1], "ann": ENERGY_PER_MAC * macs},
-        energy_per_step=energy_per_step,
+        energy_per_sample={"snn": energy_per_step[-1], "snn_events": energy_events_per_step[-1],
+                           "ann": ENERGY_PER_MAC * macs},
+        energy_per_step=energy_per_step, energy_events_per_step=energy_events_per_step,
         firing_rates=rates,
         layer_sops={k: v / samples for k, v in monitor.layer_events.items()},
+        layer_unit_sops={k: v / samples for k, v in monitor.layer_units.items()},
         samples=samples, seconds=seconds)
+
+
+def rederive_energy(entry: dict[str, Any]) -> dict[str, Any]:
+    """A results entry written before ``energy_per_sample["snn"]`` charged |c| accumulates
+    per augmented event, brought to the current conventions (a new dict; current entries are
+    returned unchanged).
+
+    Such an entry charged one accumulate per event: that figure becomes ``snn_events`` (and
+    ``energy_events_per_step``). The |c| figure follows exactly at T from the stored totals,
+    E_snn(T) = E_events(T) + 0.9 pJ × (unit_sops − sops); per step it is known only where the
+    two agree (binary and ternary spikes), else ``energy_per_step`` is ``None`` and
+    ``energy_note`` says so.
+    """
+    energy = entry.get("energy_per_sample") or {}
+    if "snn_events" in energy or "snn" not in energy:
+        return entry
+    out = dict(entry)
+    sops = entry.get("sops_per_sample")
+    units = entry.get("unit_sops_per_sample", sops)
+    extra = ENERGY_PER_SOP * (units - sops) if sops is not None and units is not None else 0.0
+    out["energy_per_sample"] = {**energy, "snn": energy["snn"] + extra,
+                                "snn_events": energy["snn"]}
+    out["energy_events_per_step"] = entry.get("energy_per_step")
+    if extra:
+        out["energy_per_step"] = None
+        out["energy_note"] = ("re-derived: the run charged one accumulate per event; "
+                              "energy_per_sample['snn'] adds 0.9 pJ x (unit_sops - sops) at "
+                              "T; per-step unit counts were not recorded")
+    return out

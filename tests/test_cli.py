@@ -67,7 +67,9 @@ def test_demo_trains_converts_and_reports(tmp_path, capsys):
     for variant in ("relu", "csqcfs_L4"):
         assert (tmp_path / variant / "ann" / "training_curves.png").is_file()
     entries = json.loads((tmp_path / "results.json").read_text())["results"]
-    assert [len(e["accuracy"]) for e in entries] == [4, 4, 8, 4, 4]
+    assert [len(e["accuracy"]) for e in entries] == [4, 4, 8, 4, 4, 4]
+    assert [e["name"] for e in entries[2:4]] == ["AugMapping (Yu et al.)",
+                                                 "AugMapping, 16 levels"]
     assert all(e["samples"] == 200 for e in entries)
     # AugMapping on the CS-QCFS thresholds is the 4-level ANN at t = 1
     assert entries[-1]["agreement"][0] >= 99.5

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import spikeforge as sf
-from spikeforge.convert import ConversionError, StreamingPercentile, prepare
+from spikeforge.convert import METHODS, ConversionError, StreamingPercentile, prepare
 from spikeforge.data import BatchLoader, load_dataset
 from spikeforge.metrics import connectivity
 from spikeforge.nn import ClippedReLU
@@ -193,11 +193,14 @@ def test_threshold_balancing_agrees_with_ann_at_t64(trained, mnist):
     assert result.ann_accuracy == pytest.approx(ann_accuracy(trained, test))
 
 
-@pytest.mark.parametrize("method, t, tolerance", [("termapping", 32, 1.5),
-                                                 ("augmapping", 2, 0.5)])
-def test_termapping_and_augmapping_reach_the_ann(trained, mnist, method, t, tolerance):
+@pytest.mark.parametrize("method, options, t, tolerance", [
+    ("termapping", {}, 32, 1.5),
+    ("augmapping", {}, 32, 1.5),  # the paper's form: θ = λ, v(0) = 0, like TerMapping
+    ("augmapping", {"levels": 16}, 2, 0.5)])  # ours: θ = λ/16, v(0) = θ/2
+def test_termapping_and_augmapping_reach_the_ann(trained, mnist, method, options, t,
+                                                 tolerance):
     _, test, calibration = mnist
-    snn = sf.convert(trained, calibration, method, timesteps=t, progress=False)
+    snn = sf.convert(trained, calibration, method, timesteps=t, progress=False, **options)
     result = sf.evaluate(snn, test, ann=trained, progress=False)
     assert result.accuracy[-1] >= result.ann_accuracy - tolerance
 
@@ -318,10 +321,55 @@ def test_fan_out_through_pooling_and_padding(trained, mnist):
 
 
 def test_augmented_units_counted_beside_events(trained, mnist):
-    snn = sf.convert(trained, mnist[2], "augmapping", timesteps=2, progress=False)
+    snn = sf.convert(trained, mnist[2], "augmapping", levels=16, timesteps=2, progress=False)
     result = sf.evaluate(snn, [next(iter(mnist[1]))], progress=False)
     assert result.unit_sops_per_sample > result.sops_per_sample > 0
     assert {"accuracy", "firing_rates", "sops_per_sample"} <= set(result.to_dict())
+    assert result.unit_sops_per_step[-1] == pytest.approx(result.unit_sops_per_sample)
+    assert sum(result.layer_unit_sops.values()) == pytest.approx(result.unit_sops_per_sample)
+
+
+def test_energy_charges_every_unit_spike_of_an_augmented_event():
+    """Linear(4→3)-ReLU-Linear(3→2) with one augmented layer: energy["snn"] = 0.9 pJ per unit
+    spike and synapse (|c| accumulates per event) + the input layer's MACs every step;
+    energy["snn_events"] = 0.9 pJ per event and synapse + the same MACs."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    data = [torch.randn(64, 4) * 3]
+    snn = sf.convert(model, data, "augmapping", levels=8, timesteps=3, percentile=100,
+                     progress=False)
+    (name,) = snn.neurons()
+    neuron = snn.graph.get_submodule(name)
+    x = data[0][:8]
+    with torch.no_grad():
+        out = neuron(model[0](x).repeat(3, 1), 3)  # θ·c(t), (T·B, 3)
+    c = (out / neuron.threshold).round().abs()
+    events, units = float((c > 0).sum()) * 2 / 8, float(c.sum()) * 2 / 8  # fan-out 2
+    assert units > events > 0  # some events carry several unit spikes
+    result = sf.evaluate(snn, [(x, torch.zeros(8, dtype=torch.long))], progress=False)
+    assert result.sops_per_sample == pytest.approx(events)
+    assert result.unit_sops_per_sample == pytest.approx(units)
+    analog = 4.6e-12 * 12 * 3  # Linear(4→3) sees the image at every step
+    assert result.energy_per_sample["snn"] == pytest.approx(0.9e-12 * units + analog)
+    assert result.energy_per_sample["snn_events"] == pytest.approx(0.9e-12 * events + analog)
+    assert result.energy_per_step[-1] == result.energy_per_sample["snn"]
+    assert result.energy_events_per_step[-1] == result.energy_per_sample["snn_events"]
+    per_step = c.view(3, 8, 3).sum((1, 2)).cumsum(0) * 2 / 8
+    assert result.unit_sops_per_step == pytest.approx(per_step.tolist())
+
+
+def test_energy_of_older_results_is_rederived_at_t():
+    from spikeforge.metrics import rederive_energy
+
+    old = {"sops_per_sample": 1e6, "unit_sops_per_sample": 3e6, "accuracy": [90.0, 95.0],
+           "energy_per_sample": {"snn": 2e-6, "ann": 5e-6}, "energy_per_step": [1e-6, 2e-6]}
+    new = rederive_energy(old)
+    assert new["energy_per_sample"] == pytest.approx(
+        {"snn": 2e-6 + 0.9e-12 * 2e6, "snn_events": 2e-6, "ann": 5e-6})
+    assert new["energy_events_per_step"] == [1e-6, 2e-6] and new["energy_per_step"] is None
+    assert rederive_energy(new) is new  # current entries are left alone
+    binary = rederive_energy({**old, "unit_sops_per_sample": 1e6})
+    assert binary["energy_per_step"] == binary["energy_events_per_step"] == [1e-6, 2e-6]
 
 
 def test_spike_counts_do_not_depend_on_the_memory_format():
@@ -373,7 +421,12 @@ def test_convert_cli_writes_results_json_and_table(tmp_path, capsys):
                     "firing_rates", "provenance"):
             assert key in e
         assert e["dataset"] == "mnist_demo" and len(e["accuracy"]) == 4
-    assert entries[1]["options"]["cap"] == 4
+    assert entries[1]["options"] == {"cap": 4}  # only what was asked for
+    assert entries[1]["neuron"]["initial"] == "zero" and entries[1]["neuron"]["levels"] == 1
+    assert entries[1]["name"] == "AugMapping (Yu et al.), cap 4"
+    for e in entries:  # |c| accumulates per augmented event: never less than the unit spikes
+        assert e["energy_per_sample"]["snn"] >= 0.9e-12 * e["unit_sops_per_sample"]
+        assert e["energy_per_sample"]["snn"] >= e["energy_per_sample"]["snn_events"]
     assert out.with_suffix(".png").stat().st_size > 10_000
 
 
@@ -471,3 +524,66 @@ def test_quantize_weights_handles_zero_channels_and_refuses_bad_bit_widths():
     assert error[""] == pytest.approx((2 / 3 - 0.5) / 3)
     with pytest.raises(ValueError, match="bits must be in 2..16"):
         quantize_weights_(layer, bits=1)
+
+
+def _untrained_checkpoint(path, method):
+    """A checkpoint of cnn_small (quarter width) with the activation ``method`` needs: ReLU,
+    QCFS, CS-QCFS or LIF neurons (a directly trained SNN). Weights are random: only the
+    options matter here."""
+    from spikeforge.models import create
+    from spikeforge.models.spiking import create_snn
+
+    torch.manual_seed(0)
+    activation = {"qcfs": "qcfs", "csqcfs": "csqcfs"}.get(method, "relu")
+    if method == "snn":
+        model = create_snn("cnn_small", 4, "direct", num_classes=10, in_channels=1, width=0.25)
+    else:
+        model = create("cnn_small", num_classes=10, in_channels=1, width=0.25,
+                       activation=activation, activation_options=(
+                           {"levels": 2, "threshold": 2.0} if activation != "relu" else {}))
+    torch.save({"model": model.state_dict(), "model_spec": model.spikeforge_spec,
+                "config": {"data": {"dataset": "mnist_demo"}}}, path)
+    return model.eval()
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_convert_cli_without_options_records_the_library_defaults(tmp_path, method):
+    """One source of defaults: `spikeforge convert --method M` with no option writes the same
+    neuron options into the results JSON as `sf.convert(model, calibration, M)`."""
+    from spikeforge.cli import main
+    from spikeforge.convert.recipes import method_defaults
+
+    checkpoint, out = tmp_path / "model.pt", tmp_path / "out.json"
+    model = _untrained_checkpoint(checkpoint, method)
+    assert main(["convert", "--checkpoint", str(checkpoint), "--method", method,
+                 "--timesteps", "2", "--test-subset", "20", "--calibration-samples", "64",
+                 "--no-progress", "--out", str(out)]) == 0
+    (entry,) = json.loads(out.read_text())["results"]
+    calibration = [x for x, _ in BatchLoader(load_dataset("mnist_demo", "train").subset(64), 64)]
+    snn = sf.convert(model, calibration, method, timesteps=2, progress=False)
+    library = {k: v for k, v in snn.info.items() if k not in ("thresholds", "convert_seconds")}
+    written = {k: v for k, v in entry["neuron"].items() if k != "convert_seconds"}
+    assert written == library
+    assert entry["options"] == {}  # nothing passed on the method's behalf
+    assert written["initial"] == method_defaults(method)["initial"] or method == "snn"
+
+
+def test_augmapping_defaults_are_the_papers_form_and_ours_by_name(trained, mnist):
+    """`augmapping` is the paper's form (θ = λ, v(0) = 0); `levels=16` our extension
+    (θ = λ/16, v(0) = θ/2): the two differ in thresholds by exactly 16 and in v(0)."""
+    calibration = mnist[2]
+    paper = sf.convert(trained, calibration, "augmapping", timesteps=2, progress=False)
+    ours = sf.convert(trained, calibration, "augmapping", levels=16, timesteps=2,
+                      progress=False)
+    assert (paper.info["levels"], paper.info["initial"]) == (1, "zero")
+    assert (ours.info["levels"], ours.info["initial"]) == (16, "half")
+    assert paper.info["name"] == "AugMapping (Yu et al.)"
+    assert ours.info["name"] == "AugMapping, 16 levels"
+    for name, neuron in paper.neurons().items():
+        torch.testing.assert_close(neuron.threshold, ours.neurons()[name].threshold * 16)
+    tb = sf.convert(trained, calibration, "threshold_balancing", timesteps=2, progress=False)
+    for name, neuron in paper.neurons().items():  # the paper's θ = λ of threshold balancing
+        torch.testing.assert_close(neuron.threshold, tb.neurons()[name].threshold)
+    named = sf.convert(trained, calibration, "augmapping", levels=16, initial="zero",
+                       progress=False)
+    assert named.info["name"] == "AugMapping, 16 levels, v(0) = 0"

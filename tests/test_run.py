@@ -4,6 +4,7 @@ their cache, resuming an interrupted run, and the report's table and plots."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -97,6 +98,7 @@ def test_run_trains_converts_reports_and_caches(tmp_path, monkeypatch):
     assert saved["results"][0]["provenance"]["seed"] == 0
     report = (out / "report.md").read_text()
     assert "| threshold_balancing |" in report and "t to ANN-0.5" in report
+    assert re.search(r"\|\s+AugMapping \(Yu et al\.\) \|", report)
     for name in ("accuracy_vs_time", "energy_vs_accuracy", "firing_rates"):
         _png_ok(out / f"{name}.png")
 
@@ -158,6 +160,26 @@ def test_summary_row_numbers():
     short = summary_rows([_entry("m", [80.0, 95.0], ann=96.0)], [1, 4])[0]
     assert short["T"] == 2 and short["vs ANN"] == -1.0 and short["t=4 %"] is None
     assert summary_rows([_entry("m", [50.0, 60.0], ann=96.0)], [1, 2])[0]["t to ANN-0.5"] == "—"
+
+
+def test_table_names_the_method_and_shows_both_energies_where_they_differ():
+    from spikeforge.experiments.report import table
+
+    binary = _entry("threshold_balancing", [80.0, 90.0], ann=96.0)
+    binary["neuron"] = {"method": "threshold_balancing", "thresholds_from": "calibrate",
+                        "initial": "half", "channelwise": True}
+    assert "E events/ANN" not in table([binary], [1, 2])  # one figure when they agree
+    aug = _entry("augmapping levels=16", [95.0, 96.0], ann=96.0)
+    aug.update(name="AugMapping, 16 levels",
+               energy_events_per_step=[0.5e-6, 1e-6],
+               energy_per_sample={"snn": 2e-6, "snn_events": 1e-6, "ann": 4e-6})
+    rows = summary_rows([binary, aug], [1, 2])
+    assert rows[0]["method"] == "threshold balancing, v(0) = θ/2, per channel"
+    assert rows[1]["method"] == "AugMapping, 16 levels"
+    assert rows[1]["E SNN/ANN"] == pytest.approx(0.5)  # energy_per_step: |c| per event
+    assert rows[1]["E events/ANN"] == pytest.approx(0.25)
+    text = table([binary, aug], [1, 2])
+    assert "E events/ANN" in text and re.search(r"\|\s+AugMapping, 16 levels \|", text)
 
 
 def test_report_merges_results_files(tmp_path, capsys):

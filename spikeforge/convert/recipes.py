@@ -4,25 +4,33 @@ by neurons → finalise. A method is only a choice of neuron (DESIGN.md §1):
 ============================  ===========================================================
 method                        neuron
 ============================  ===========================================================
-``threshold_balancing``       binary IF, θ = λ (Diehl 2015; Rueckauer 2017)
+``threshold_balancing``       binary IF, θ = λ, v(0) = 0 (Diehl 2015; Rueckauer 2017)
 ``termapping``                ternary: +θ and −θ, negative spikes gated by a positive net
-                              count (``symmetric=True``: ungated) (Yu et al., TNNLS 2022)
-``augmapping``                augmented: c(t) = ⌊m/θ⌋ unit spikes in one event, optional
-                              ``cap``, with TerMapping's gated negative side (Yu et al. 2022),
-                              unit θ = λ/L (``levels`` L, default 16) and v(0) = θ/2
+                              count (the gate is our reading of the paper; ``symmetric=True``:
+                              ungated) (Yu et al., TNNLS 2022)
+``augmapping``                augmented: c(t) = ⌊m/θ⌋ unit spikes in one event with θ = λ,
+                              v(0) = 0 and TerMapping's gated negative side: the paper's form,
+                              "AugMapping (Yu et al.)". ``levels=L`` > 1 selects our
+                              extension "AugMapping, L levels": unit θ = λ/L, v(0) = θ/2
+``qcfs`` / ``csqcfs``         binary IF, θ = the learned λ, v(0) = θ/2 (Bu et al. 2022;
+                              Yang et al. 2025)
 ============================  ===========================================================
 
 All use reset by subtraction and the direct encoder unless told otherwise; θ of each layer is
 the calibrated λ (p-th percentile of its positive activations, layer-wise or per channel),
-divided by ``levels`` for augmented spikes. The graph keeps the ANN's weights unchanged: a
-neuron emits θ·s(t), which is the same as normalising the weights by λ_{l-1}/λ_l and emitting
-unit spikes.
+divided by ``levels`` for our multi-level augmented spikes. The graph keeps the ANN's weights
+unchanged: a neuron emits θ·s(t), which is the same as normalising the weights by
+λ_{l-1}/λ_l and emitting unit spikes.
 
-Why AugMapping has levels: an augmented event carries how many unit spikes fire in one step,
-so the unit can be a fraction of λ without costing more events. With θ = λ/L and v(0) = θ/2
-the first step already emits c = ⌊z·L/λ + 1/2⌋ units, the ANN activation rounded to L levels
-per λ (uncapped: larger activations are not clipped), and later steps refine the residue —
-where binary spikes need about L steps to reach the same resolution.
+Every default lives here (:data:`METHODS`, :func:`method_defaults`); the command line and the
+experiment configs pass only what the user set, so that a method means the same everywhere.
+
+Why our extension has levels: an augmented event carries how many unit spikes fire in one
+step, so the unit can be a fraction of λ without costing more events (though more unit
+spikes, which :mod:`spikeforge.metrics` charges). With θ = λ/L and v(0) = θ/2 the first step
+already emits c = ⌊z·L/λ + 1/2⌋ units, the ANN activation rounded to L levels per λ
+(uncapped: larger activations are not clipped), and later steps refine the residue — where
+the paper's θ = λ with v(0) = 0 emits nothing until a membrane reaches λ.
 """
 
 from __future__ import annotations
@@ -49,17 +57,22 @@ from spikeforge.neurons.functional import INITIALS, RESETS
 from spikeforge.nn import CSQCFS, QCFS
 from spikeforge.simulate import SpikingMaxPool, SpikingNetwork, max_pool_module
 
-__all__ = ["METHODS", "convert", "learned_thresholds", "to_spiking"]
+__all__ = ["MAX_POOL_POLICIES", "METHODS", "THRESHOLD_SOURCES", "convert",
+           "learned_thresholds", "method_defaults", "method_name", "to_spiking"]
 
-#: unit spikes per calibrated λ of an augmented neuron (θ = λ / 16) unless ``levels`` says
-AUGMENTED_LEVELS = 16
+#: where thresholds come from: calibrated λ, or the λ learned by QCFS / CS-QCFS activations
+THRESHOLD_SOURCES: tuple[str, ...] = ("calibrate", "learned")
+#: what happens to max pooling (see :mod:`spikeforge.simulate`)
+MAX_POOL_POLICIES: tuple[str, ...] = ("cumulative", "error")
 
 #: method → its spike rule, default v(0), where its thresholds come from and (for the
-#: learned ones) the activation type it expects
+#: learned ones) the activation type it expects. AugMapping's v(0) = 0 is the paper's form
+#: (TerMapping's neuron, Yu et al. 2022); :func:`method_defaults` gives our multi-level
+#: extension and learned thresholds v(0) = θ/2.
 METHODS: dict[str, dict[str, Any]] = {
     "threshold_balancing": {"rule": "binary", "initial": "zero", "thresholds": "calibrate"},
     "termapping": {"rule": "ternary", "initial": "zero", "thresholds": "calibrate"},
-    "augmapping": {"rule": "augmented", "initial": "half", "thresholds": "calibrate"},
+    "augmapping": {"rule": "augmented", "initial": "zero", "thresholds": "calibrate"},
     "qcfs": {"rule": "binary", "initial": "half", "thresholds": "learned", "activation": QCFS},
     "csqcfs": {"rule": "binary", "initial": "half", "thresholds": "learned",
                "activation": CSQCFS},
@@ -127,18 +140,24 @@ def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
         thresholds: ``"calibrate"`` (λ from the activations on ``calibration``) or
             ``"learned"`` (λ of the QCFS / CS-QCFS activations); default: ``"learned"`` for
             ``qcfs``/``csqcfs``, else ``"calibrate"``. ``augmapping`` with ``"learned"``
-            gives each neuron θ = λ/L, v(0) = θ/2 and cap L, L its layer's QCFS levels: at
-            T = 1 it equals the L-level ANN.
+            (ours, DESIGN.md §1) gives each neuron θ = λ/L, v(0) = θ/2 and cap L, L its
+            layer's QCFS levels: at T = 1 it equals the L-level ANN.
         percentile: p of the calibrated λ (100 = max).
         channelwise: one calibrated threshold per output channel.
         reset: ``"subtract"`` or ``"zero"``.
-        initial: v(0) = 0 (``"zero"``) or θ/2 (``"half"``); default: the method's.
-        symmetric: ungated negative spikes (``termapping``/``augmapping``).
-        levels: L, unit spikes per λ of an augmented neuron: θ = λ/L (``augmapping`` only;
-            default 16 when calibrated, the layer's QCFS levels when learned).
-        cap: largest coefficient of an augmented spike (None = uncapped).
+        initial: v(0) = 0 (``"zero"``) or θ/2 (``"half"``); default: the method's
+            (:func:`method_defaults`).
+        symmetric: ungated negative spikes (``termapping``/``augmapping``; ours: the gate is
+            our reading of the paper, this shows what it does).
+        levels: L, unit spikes per λ of an augmented neuron: θ = λ/L (``augmapping`` only).
+            Default 1, the paper's θ = λ; L > 1 is our extension "AugMapping, L levels"
+            (with v(0) = θ/2 unless ``initial`` says). With learned thresholds: each layer's
+            QCFS L.
+        cap: largest coefficient of an augmented spike (None = uncapped; with learned
+            thresholds each layer's L).
         max_pool: ``"cumulative"`` or ``"error"`` (see :mod:`spikeforge.simulate`).
-        encoder: ``"direct"`` or ``"poisson"``.
+        encoder: a name of :data:`spikeforge.encoding.ENCODERS` (``"direct"``: the image as
+            current every step; ``"poisson"``: spikes).
         seed: Poisson seed.
         calibration_batches: use at most this many calibration batches.
         memory_budget: activation bytes per chunk of a batch during simulation.
@@ -159,22 +178,23 @@ def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
             model without ReLU-like activations.
 
     Example:
-        >>> snn = convert(ann, calibration_batches, "augmapping", timesteps=4)
+        >>> snn = convert(ann, calibration_batches, "augmapping", levels=16, timesteps=4)
         >>> snn(x).shape          # (T, B, classes)
+        >>> snn.info["name"]
+        'AugMapping, 16 levels'
     """
     started = time.perf_counter()
     if method not in METHODS:
         raise ConversionError(f"unknown conversion method {method!r}; valid: "
                               + ", ".join(METHODS))
     defaults = METHODS[method]
-    thresholds = defaults["thresholds"] if thresholds is None else thresholds
-    if initial is None:  # learned QCFS levels are centred: v(0) = θ/2 (not for a trained SNN)
-        borrowed = thresholds == "learned" and defaults["thresholds"] != "learned"
-        initial = "half" if borrowed else defaults["initial"]
-    _check_choice("thresholds", thresholds, ("calibrate", "learned"))
+    resolved = method_defaults(method, thresholds, levels)
+    thresholds = resolved["thresholds"]
+    initial = resolved["initial"] if initial is None else initial
+    _check_choice("thresholds", thresholds, THRESHOLD_SOURCES)
     _check_choice("reset", reset, RESETS)
     _check_choice("initial", initial, INITIALS)
-    _check_choice("max_pool", max_pool, ("cumulative", "error"))
+    _check_choice("max_pool", max_pool, MAX_POOL_POLICIES)
     augmented = defaults["rule"] == "augmented"
     if (cap is not None or levels is not None) and not augmented:
         raise ConversionError(f"cap and levels apply to augmented spikes "
@@ -202,7 +222,7 @@ def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
                                   "calibration data (or thresholds='learned' for QCFS nets)")
         lams = calibrate(gm, calibration, percentile, channelwise,
                          max_batches=calibration_batches, modules=modules, progress=progress)
-        layer_levels = dict.fromkeys(lams, AUGMENTED_LEVELS if augmented else 1)
+        layer_levels = dict.fromkeys(lams, 1)  # the paper's θ = λ unless levels says
     neurons = {}
     for name, lam in lams.items():
         units = (levels or layer_levels[name]) if augmented else 1
@@ -223,8 +243,87 @@ def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
             "symmetric": symmetric, "cap": cap,
             "thresholds": {k: n["threshold"].tolist() for k, n in neurons.items()},
             "convert_seconds": time.perf_counter() - started}
+    info["name"] = method_name(info)
     return SpikingNetwork(graph, timesteps, encoder, seed, memory_budget, info=info,
                           precision=precision).eval()
+
+
+def method_defaults(method: str, thresholds: str | None = None,
+                    levels: int | None = None) -> dict[str, Any]:
+    """The options ``method`` gets when they are not given (the one place they are decided).
+
+    ``thresholds``: the method's own source (``"learned"`` for ``qcfs`` / ``csqcfs``, else
+    ``"calibrate"``). ``initial``: the method's v(0) — 0 for threshold balancing,
+    TerMapping and the paper's AugMapping (θ = λ, ``levels`` 1); θ/2 for QCFS / CS-QCFS, for
+    our multi-level AugMapping (``levels`` > 1: the first step rounds to the nearest level)
+    and for any network converted with learned thresholds (QCFS levels are centred), except a
+    directly trained SNN's own neurons. ``levels``: the unit spikes per λ of augmented
+    neurons — 1 (the paper's θ = λ) when calibrated; with learned thresholds each layer's QCFS
+    L (``None`` here: read from the network).
+
+    Example:
+        >>> method_defaults("augmapping")
+        {'thresholds': 'calibrate', 'initial': 'zero', 'levels': 1}
+        >>> method_defaults("augmapping", levels=16)["initial"]
+        'half'
+    """
+    own = METHODS[method]
+    thresholds = own["thresholds"] if thresholds is None else thresholds
+    augmented = own["rule"] == "augmented"
+    borrowed = thresholds == "learned" and own["thresholds"] != "learned"
+    if levels is None and augmented and thresholds != "learned":
+        levels = 1
+    initial = "half" if borrowed or (augmented and (levels or 1) > 1) else own["initial"]
+    return {"thresholds": thresholds, "initial": initial,
+            "levels": levels if augmented else None}
+
+
+def method_name(info: dict[str, Any]) -> str:
+    """The name a converted network's method is published under, from ``snn.info`` (or a
+    results entry's ``neuron`` record): the paper's forms by the paper's name, our extensions
+    by what they add, and every option that differs from the form's default after a comma.
+
+    Example:
+        >>> method_name({"method": "augmapping", "levels": 1, "initial": "zero"})
+        'AugMapping (Yu et al.)'
+        >>> method_name({"method": "augmapping", "levels": 16, "initial": "half"})
+        'AugMapping, 16 levels'
+    """
+    method = info.get("method", "?")
+    if method not in METHODS:
+        return str(method)
+    source = info.get("thresholds_from") or METHODS[method]["thresholds"]
+    levels = info.get("levels")
+    learned_form = source == "learned" and METHODS[method]["thresholds"] != "learned"
+    if method == "augmapping":
+        if learned_form:
+            name = "AugMapping" + (f", {levels} levels" if levels else "") + ", learned λ"
+        elif (levels or 1) == 1:
+            name = "AugMapping (Yu et al.)"
+        else:
+            name = f"AugMapping, {levels} levels"
+    else:
+        name = {"threshold_balancing": "threshold balancing", "termapping": "TerMapping",
+                "qcfs": "QCFS", "csqcfs": "CS-QCFS", "snn": "trained SNN"}[method]
+        if learned_form:
+            name += ", learned λ"
+    default = method_defaults(method, source, levels if method == "augmapping" else None)
+    extras = []
+    if info.get("symmetric"):
+        extras.append("symmetric")
+    if info.get("initial") and method != "snn" and info["initial"] != default["initial"]:
+        extras.append("v(0) = θ/2" if info["initial"] == "half" else "v(0) = 0")
+    if info.get("channelwise"):
+        extras.append("per channel")
+    if source == "calibrate" and info.get("percentile", 99.9) != 99.9:
+        extras.append(f"p = {info['percentile']:g}")
+    if info.get("reset", "subtract") != "subtract" and method != "snn":
+        extras.append(f"reset to {info['reset']}")
+    if info.get("cap") is not None:
+        extras.append(f"cap {info['cap']}")
+    if info.get("encoder", "direct") != "direct":
+        extras.append(f"{info['encoder']} input")
+    return ", ".join([name, *extras])
 
 
 def _uniform(layer_levels: dict[str, int]) -> int | None:

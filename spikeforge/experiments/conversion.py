@@ -30,8 +30,8 @@ from spikeforge.runtime import git_commit, machine_info, select_device
 from spikeforge.train.checkpoint import CheckpointError, load_checkpoint, load_model
 from spikeforge.train.loop import write_json
 
-__all__ = ["Setup", "accuracy_table", "convert_and_evaluate", "parse_method", "prepare",
-           "report_points", "run_conversion"]
+__all__ = ["Setup", "accuracy_table", "command_line", "convert_and_evaluate", "parse_method",
+           "prepare", "report_points", "run_conversion"]
 
 
 def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
@@ -52,6 +52,15 @@ def label(name: str, options: dict[str, Any]) -> str:
     return name + "".join(f" {k}={v}" for k, v in options.items() if k != "timesteps")
 
 
+def command_line() -> str:
+    """The command this process runs, as a user types it: ``spikeforge ...`` when started as
+    the ``spikeforge`` command (or ``python -m spikeforge.cli``), else the script and its
+    arguments."""
+    if sys.argv and Path(sys.argv[0]).name in ("spikeforge", "cli.py"):
+        return " ".join(["spikeforge", *sys.argv[1:]])
+    return " ".join(sys.argv)
+
+
 def report_points(timesteps: int) -> list[int]:
     """1, 2, 4, ... up to T, and T itself."""
     points, t = [], 1
@@ -63,7 +72,8 @@ def report_points(timesteps: int) -> list[int]:
 
 def accuracy_table(entries: Sequence[dict[str, Any]], points: Sequence[int] | None = None
                    ) -> str:
-    """Markdown table: one row per t, one column per method, the ANN in the last row."""
+    """Markdown table: one row per t, one column per method (headed by its spec label; the
+    entries' ``name`` says which form it is), the ANN in the last row."""
     steps = max(len(e["accuracy"]) for e in entries)
     rows = []
     for t in points or report_points(steps):
@@ -113,33 +123,38 @@ def prepare(checkpoint: str | os.PathLike, *, data_root: str | None = None,
                  config, calibration, BatchLoader(test, batch_size, device=dev), dev, seed)
 
 
-def convert_and_evaluate(setup: Setup, spec: str, timesteps: int, progress: bool = True,
-                         **options: Any) -> dict[str, Any]:
+def convert_and_evaluate(setup: Setup, spec: str, timesteps: int | None,
+                         progress: bool = True, **options: Any) -> dict[str, Any]:
     """Convert ``setup.model`` with the method ``spec`` and evaluate it at t = 1..T: one
     results entry (DESIGN.md §2) with its provenance.
 
     Args:
         spec: ``name`` or ``name:key=value,...`` (see the module docstring).
-        timesteps: T, unless the spec says ``timesteps=``.
-        options: conversion options shared by all methods; the spec's own win.
+        timesteps: T, unless the spec says ``timesteps=`` (``None``: the method's default).
+        options: conversion options shared by all methods; the spec's own win. Only what
+            was given: every other option is the method's default
+            (:func:`spikeforge.convert.recipes.method_defaults`), and the entry's ``neuron``
+            record says what each resolved to.
     """
     tick = time.perf_counter()
     name, own = parse_method(spec)
     method_options = {**options, **own}
-    steps = int(method_options.pop("timesteps", timesteps))
-    snn = convert(setup.model, setup.calibration, name, timesteps=steps, seed=setup.seed,
+    steps = method_options.pop("timesteps", timesteps)
+    snn = convert(setup.model, setup.calibration, name,
+                  timesteps=None if steps is None else int(steps), seed=setup.seed,
                   progress=progress, **method_options)
     from spikeforge.models.spiking import SpikingModel
 
     ann = None if isinstance(setup.model, SpikingModel) else setup.model  # no ANN to compare
-    result = evaluate(snn, setup.loader, steps, ann=ann, progress=progress)
+    result = evaluate(snn, setup.loader, snn.timesteps, ann=ann, progress=progress)
     return {
-        "method": name, "label": label(name, own), "options": method_options,
+        "method": name, "name": snn.info["name"], "label": label(name, own),
+        "options": method_options,
         "dataset": setup.dataset, "model": setup.model_name, **result.to_dict(),
         "neuron": {k: v for k, v in snn.info.items() if k != "thresholds"},
         "thresholds": snn.info["thresholds"],
         "provenance": {
-            "checkpoint": setup.checkpoint, "command": " ".join(sys.argv),
+            "checkpoint": setup.checkpoint, "command": command_line(),
             "seed": setup.seed,
             "calibration_samples": sum(len(x) for x in setup.calibration),
             "spikeforge": spikeforge.__version__, "git_commit": git_commit(),
@@ -150,7 +165,8 @@ def convert_and_evaluate(setup: Setup, spec: str, timesteps: int, progress: bool
     }
 
 
-def run_conversion(checkpoint: str | os.PathLike, methods: Sequence[str], timesteps: int,
+def run_conversion(checkpoint: str | os.PathLike, methods: Sequence[str],
+                   timesteps: int | None,
                    out: str | os.PathLike | None = None, *, data_root: str | None = None,
                    calibration_samples: int = 2048, test_subset: int | None = None,
                    batch_size: int = 250, device: str | None = None, seed: int = 0,
@@ -161,12 +177,14 @@ def run_conversion(checkpoint: str | os.PathLike, methods: Sequence[str], timest
     Args:
         checkpoint: a spikeforge training checkpoint (model, model_spec and config).
         methods: method specs (see the module docstring).
-        timesteps: T; accuracy is reported for every t ≤ T.
+        timesteps: T (``None``: the method's default); accuracy is reported for every
+            t ≤ T.
         out: results JSON path (a PNG plot is written beside it).
         calibration_samples: training images used to calibrate (seeded subset).
         test_subset: evaluate on a seeded subset of the test set (default: all of it).
         options: conversion options shared by all methods (``percentile``,
-            ``channelwise``, ``encoder``, ...); a method's own options win.
+            ``channelwise``, ``encoder``, ...), only those set; a method's own options
+            win.
     """
     started = time.perf_counter()
     setup = prepare(checkpoint, data_root=data_root, calibration_samples=calibration_samples,

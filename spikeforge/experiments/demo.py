@@ -2,7 +2,8 @@
 
 An experiment like any other (:mod:`spikeforge.experiments.run`), built in: it trains the
 small CNN twice — with ReLU, and with CS-QCFS activations (L = 4) — converts the first with
-threshold balancing, TerMapping and AugMapping and the second with its learned thresholds,
+threshold balancing, TerMapping, the paper's AugMapping (θ = λ) and our 16-level AugMapping
+(θ = λ/16), and the second with its learned thresholds (CS-QCFS, and AugMapping on them),
 prints the training tables and the comparison table, and writes the report and the plots.
 Works offline in under three minutes even on one CPU core (159 s measured, README); a second
 run reuses what is finished.
@@ -38,7 +39,8 @@ DEMO_ANN: dict[str, Any] = {
 
 #: variant → its ANN overrides and conversion methods
 DEMO_VARIANTS: dict[str, dict[str, Any]] = {
-    "relu": {"methods": ["threshold_balancing", "termapping", "augmapping:timesteps=8"]},
+    "relu": {"methods": ["threshold_balancing", "termapping", "augmapping:timesteps=8",
+                         "augmapping:levels=16,timesteps=4"]},
     "csqcfs_L4": {"overrides": ["model.activation=csqcfs",
                                 "model.options.activation_options.levels=4",
                                 "model.options.activation_options.threshold=2.0"],

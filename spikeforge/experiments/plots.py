@@ -62,17 +62,26 @@ def plot_accuracy_vs_time(entries: Sequence[dict[str, Any]], path: str | os.Path
 
     Args:
         entries: results entries with ``label``, ``timesteps``, ``accuracy``,
-            ``ann_accuracy`` and (for the right panel) ``sops_per_step``.
+            ``ann_accuracy`` and (for the right panel) ``sops_per_step``, and
+            ``unit_sops_per_step`` (drawn dashed where augmented events make it differ).
         path: the PNG file to write.
     """
     if not entries:
         raise ValueError("no results to plot")
     fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    dashed = False
     for e in entries:
-        ax_t.plot(e["timesteps"], e["accuracy"], label=e.get("label", e["method"]))
+        line, = ax_t.plot(e["timesteps"], e["accuracy"], label=e.get("label", e["method"]))
         if e.get("sops_per_step"):
             ax_s.plot([s / 1e6 for s in e["sops_per_step"]], e["accuracy"],
-                      label=e.get("label", e["method"]))
+                      label=e.get("label", e["method"]), color=line.get_color())
+        units = e.get("unit_sops_per_step")
+        if units and units != e.get("sops_per_step"):  # multi-valued spikes: unit SOPs too
+            dashed = True
+            ax_s.plot([s / 1e6 for s in units], e["accuracy"], "--", lw=1,
+                      color=line.get_color())
+    if dashed:
+        ax_s.plot([], [], "--", lw=1, color="gray", label="unit SOPs, |c| per event (dashed)")
     ann = entries[0].get("ann_accuracy")
     if ann is not None:
         for ax in (ax_t, ax_s):
@@ -94,32 +103,52 @@ def plot_accuracy_vs_time(entries: Sequence[dict[str, Any]], path: str | os.Path
 def plot_energy_vs_accuracy(entries: Sequence[dict[str, Any]], path: str | os.PathLike,
                             title: str = "") -> Path:
     """Accuracy against energy per sample (µJ, log scale) as t grows, one curve per entry,
-    each ANN as a star at its own energy and accuracy.
+    each ANN as a star at its own energy and accuracy. Energy charges |c| accumulates per
+    augmented event (solid); where one accumulate per event differs (multi-valued spikes) it
+    is drawn dashed in the same colour. An entry whose per-step |c| energy was not recorded
+    (re-derived from an older run) gets its value at T as a marker.
 
     Args:
         entries: results entries with ``label``, ``accuracy``, ``energy_per_step``,
-            ``energy_per_sample`` and ``ann_accuracy``.
+            ``energy_events_per_step``, ``energy_per_sample`` and ``ann_accuracy``.
         path: the PNG file to write.
     """
-    usable = [e for e in entries if e.get("energy_per_step")]
+    from spikeforge.metrics import rederive_energy
+
+    usable = [rederive_energy(e) for e in entries
+              if e.get("energy_per_step") or e.get("energy_events_per_step")]
     if not usable:
         raise ValueError("no results with energy per step to plot")
     fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=110)
     seen = set()
+    dashed = False
     for e in usable:
-        line, = ax.plot([j * 1e6 for j in e["energy_per_step"]], e["accuracy"], ".-", ms=3,
-                        label=e.get("label", e["method"]))
+        label = e.get("label", e["method"])
+        units, events = e.get("energy_per_step"), e.get("energy_events_per_step")
+        color = None
+        if units:
+            line, = ax.plot([j * 1e6 for j in units], e["accuracy"], ".-", ms=3, label=label)
+            color = line.get_color()
+        else:  # only the value at T is known
+            line, = ax.plot(e["energy_per_sample"]["snn"] * 1e6, e["accuracy"][-1], "o",
+                            label=label)
+            color = line.get_color()
+        if events and events != units:
+            dashed = True
+            ax.plot([j * 1e6 for j in events], e["accuracy"], "--", lw=1, color=color)
         ann = (e.get("ann_accuracy"), e["energy_per_sample"].get("ann"))
         if None not in ann and ann not in seen:
             seen.add(ann)
             ax.plot(ann[1] * 1e6, ann[0], "*", ms=12, color="k",
                     label="ANN" if len(seen) == 1 else None)
+    if dashed:
+        ax.plot([], [], "--", lw=1, color="gray", label="one AC per event (dashed)")
     best = max(max(e["accuracy"]) for e in usable)
     ax.set_ylim(max(0.0, best - 20), min(100.0, best + 2))
     ax.set_xscale("log")
     ax.grid(alpha=0.3, which="both")
-    ax.set(xlabel="energy per sample (µJ, 45 nm)", ylabel="test accuracy (%)",
-           title="accuracy vs. energy (t = 1 … T)")
+    ax.set(xlabel="energy per sample (µJ, 45 nm; |c| ACs per event)",
+           ylabel="test accuracy (%)", title="accuracy vs. energy (t = 1 … T)")
     ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path, title)
 

@@ -49,7 +49,12 @@ from spikeforge.config import (
 )
 from spikeforge.convert import convert
 from spikeforge.convert.recipes import METHODS
-from spikeforge.experiments.conversion import convert_and_evaluate, parse_method, prepare
+from spikeforge.experiments.conversion import (
+    command_line,
+    convert_and_evaluate,
+    parse_method,
+    prepare,
+)
 from spikeforge.experiments.report import table, write_report
 from spikeforge.runtime import git_commit, set_threads
 from spikeforge.train import TrainConfig, fit
@@ -98,8 +103,9 @@ class ExperimentConfig:
     seed: int = 0
     overrides: list[str] = field(default_factory=list)  # on the ANN config, every variant
     variants: dict[str, VariantConfig] = field(default_factory=lambda: {"ann": VariantConfig()})
+    # the papers' forms, and our multi-level AugMapping beside the paper's
     methods: list[str] = field(default_factory=lambda: ["threshold_balancing", "termapping",
-                                                        "augmapping"])
+                                                        "augmapping", "augmapping:levels=16"])
     conversion: dict[str, Any] = field(default_factory=dict)  # options shared by all methods
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     run: ExperimentRunConfig = field(default_factory=ExperimentRunConfig)
@@ -299,7 +305,7 @@ def run_experiment(exp: Experiment, force: bool = False) -> list[dict[str, Any]]
     set_threads(cfg.run.threads)
     progress = cfg.run.progress if cfg.run.progress is not None else sys.stderr.isatty()
     from_cli = bool(sys.argv) and Path(sys.argv[0]).name in ("spikeforge", "cli.py")
-    command = (" ".join(["spikeforge", *sys.argv[1:]]) if from_cli
+    command = (command_line() if from_cli
                else f"spikeforge run {exp.path or '(a config built in Python)'}")
     entries = []
     for variant in exp.variants:
