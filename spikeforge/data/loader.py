@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -25,29 +26,40 @@ class Augment:
     Attributes:
         crop_padding: pad each side by this many zero pixels, then crop back to the original
             size at a random offset (0 = off).
-        hflip: mirror each image left-right with probability 1/2.
+        hflip: mirror each image left-right with probability 1/2 (``True``), or
+            ``"alternate"``: derandomised flips (airbench, Jordan 2024) — each image is
+            mirrored in every other epoch, starting in epoch 0 or 1 at random, so that over
+            any two epochs the network sees it once each way. Alternating needs the images'
+            data-set indices and the epoch (:class:`BatchLoader` passes them).
         cutout: zero a square of this side centred at a random pixel, clipped at the border
             (0 = off).
     """
 
     crop_padding: int = 0
-    hflip: bool = False
+    hflip: bool | Literal["alternate"] = False
     cutout: int = 0
 
     def __post_init__(self) -> None:
         if self.crop_padding < 0 or self.cutout < 0:
             raise ValueError(f"crop_padding and cutout must be >= 0, got {self}")
+        if self.hflip not in (True, False, "alternate"):
+            raise ValueError(f"hflip must be true, false or 'alternate', got {self.hflip!r}")
 
     @property
     def enabled(self) -> bool:
         return bool(self.crop_padding or self.hflip or self.cutout)
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator,
+                 flip: torch.Tensor | None = None) -> torch.Tensor:
         """Augment a batch ``x`` (B, C, H, W) of any dtype; returns a new batch of the same
         shape and dtype on the same device. Random numbers are drawn from ``generator`` (on
-        its own device), so results do not depend on where ``x`` lives."""
+        its own device), so results do not depend on where ``x`` lives. ``flip`` (bool, (B,))
+        says which images to mirror; it is required with ``hflip="alternate"``."""
         if x.ndim != 4:
             raise ValueError(f"expected a batch (B, C, H, W), got shape {tuple(x.shape)}")
+        if self.hflip == "alternate" and flip is None:
+            raise ValueError("hflip='alternate' needs the flip mask of the batch "
+                             "(see BatchLoader)")
         b, c, h, w = x.shape
         on = {"generator": generator, "device": generator.device}
         if self.crop_padding or self.hflip:
@@ -58,7 +70,8 @@ class Augment:
                 rows = rows + torch.randint(0, 2 * p + 1, (b, 1), **on)
                 cols = cols + torch.randint(0, 2 * p + 1, (b, 1), **on)
             if self.hflip:
-                flip = torch.rand(b, 1, **on) < 0.5
+                flip = (torch.rand(b, 1, **on) < 0.5 if self.hflip is True
+                        else flip.view(b, 1).to(generator.device))
                 cols = torch.where(flip, cols.flip(1), cols)
             rows, cols = rows.to(x.device), cols.to(x.device)
             source = F.pad(x, (p, p, p, p)) if p else x
@@ -76,6 +89,12 @@ class Augment:
             mask = inside_y[:, None, :, None] & inside_x[:, None, None, :]
             x = x.masked_fill(mask.to(x.device), 0)
         return x
+
+
+def alternating_flips(coins: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Which images to mirror in ``epoch`` with derandomised flips: f(i, e) = b(i) XOR
+    (e mod 2), for ``coins`` b (one fair bool per image, drawn once, see :class:`BatchLoader`)."""
+    return coins ^ bool(epoch % 2)
 
 
 def _generator(*entropy: int) -> torch.Generator:
@@ -127,6 +146,10 @@ class BatchLoader:
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.epoch = 0
+        self._flip_coins = None  # b(i) of derandomised flips, fixed for the whole run
+        if self.augment is not None and self.augment.hflip == "alternate":
+            self._flip_coins = (torch.rand(len(dataset), generator=_generator(seed, 2**32 - 1))
+                                < 0.5).to(self.device)
         self._images = dataset.images.to(self.device)
         self._labels = dataset.labels.to(self.device)
         mean = torch.tensor(dataset.mean, dtype=torch.float32).view(1, -1, 1, 1)
@@ -169,7 +192,9 @@ class BatchLoader:
             index = order[start:start + self.batch_size]
             x, y = self._images[index], self._labels[index]
             if self.augment is not None:
-                x = self.augment(x, generator)
+                flip = (None if self._flip_coins is None
+                        else alternating_flips(self._flip_coins[index], self.epoch))
+                x = self.augment(x, generator, flip)
             x = x.float().mul_(self._scale).add_(self._shift)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -14,7 +14,7 @@ control flow, so ``torch.fx.symbolic_trace`` sees every operation the converter 
 from __future__ import annotations
 
 # importing the families registers their models
-from spikeforge.models import cnn, resnet, vgg  # noqa: F401
+from spikeforge.models import cifarnet, cnn, resnet, vgg  # noqa: F401
 from spikeforge.models.activations import ACTIVATIONS, make_activation, register_activation
 from spikeforge.models.registry import MODELS, available, create, register
 

@@ -16,7 +16,7 @@ class AugmentConfig:
     """Batch augmentation of training images (see :class:`spikeforge.data.Augment`)."""
 
     crop_padding: int = 0
-    hflip: bool = False
+    hflip: bool | Literal["alternate"] = False  # "alternate": derandomised flips (airbench)
     cutout: int = 0
 
 
@@ -29,6 +29,10 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train_subset: int | None = None
     test_subset: int | None = None
+    # false: pixels in [0, 1] instead of (pixel - mean) / std (Lee et al.'s MNIST input)
+    normalize: bool = True
+    # also report test accuracy averaged over each image and its mirror image
+    test_flip: bool = False
 
 
 @dataclass
@@ -37,6 +41,11 @@ class ModelConfig:
     activation: str = "relu"
     pool: Literal["avg", "max"] = "avg"
     options: dict[str, Any] = field(default_factory=dict)
+    # before training: set the first conv to the whitening filters of the training images'
+    # patches and freeze it (see spikeforge.train.recipe.whiten_first_conv)
+    whiten: bool = False
+    # before training: identity (Dirac) initialisation of the later convolutions
+    dirac: bool = False
 
 
 @dataclass
@@ -50,9 +59,15 @@ class OptimConfig:
     threshold_weight_decay: float | None = None
     epochs: int = 10
     warmup_epochs: float = 0.0
-    schedule: Literal["cosine", "constant"] = "cosine"
+    # after the linear warm-up: cosine or linear decay to 0, or constant
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
     label_smoothing: float = 0.0
     grad_clip: float | None = None
+    # lr is given for this batch size and scaled linearly to data.batch_size (Goyal et al.
+    # 2017); null: lr as given
+    reference_batch_size: int | None = None
+    # exponential moving average of the weights, evaluated and saved (null: off)
+    ema: float | None = None
 
 
 @dataclass
@@ -72,9 +87,11 @@ class SNNConfig:
     """Direct training (``kind: snn``): the network runs T steps per image, BPTT."""
 
     timesteps: int = 8
-    encoder: Literal["direct", "poisson"] = "direct"
+    encoder: Literal["direct", "poisson", "poisson_lee"] = "direct"
     neuron: NeuronConfig = field(default_factory=NeuronConfig)
     pool_threshold: float | None = None  # spiking average pooling (Lee et al. 2020: 0.75)
+    pool_grad: Literal["threshold", "unit"] = "threshold"  # Lee et al.'s pooling: unit
+    readout: Literal["mean", "leaky"] = "mean"  # Lee et al.: leaky, divided by V_th·T
     # hybrid: start from this trained ANN checkpoint, converted with init_method (options in
     # init_options, e.g. {initial: half, channelwise: true}), instead of from scratch
     init_from: str | None = None
@@ -87,6 +104,8 @@ class RunConfig:
     out_dir: str = "runs/train"
     device: str = "auto"
     threads: int | None = None
+    # mixed precision: bf16 autocast on a CUDA GPU (fp16 where it lacks bf16) and on a CPU
+    # with native bf16 (AVX512-BF16 / AMX); float32 elsewhere
     amp: bool = True
     channels_last: bool = True
     # true: a tqdm bar; false: a log line every 10% of an epoch; null: bar on a terminal only
@@ -125,6 +144,9 @@ class TrainConfig:
         for key, value in positive:
             if value <= 0:
                 raise ConfigError(f"config key {prefix + key!r} must be > 0, got {value!r}")
+        if self.optim.ema is not None and not 0.0 < self.optim.ema < 1.0:
+            raise ConfigError(f"config key {prefix + 'optim.ema'!r} must be in (0, 1) or null, "
+                              f"got {self.optim.ema!r}")
         if self.run.checkpoint_minutes < 0:
             raise ConfigError(f"config key {prefix + 'run.checkpoint_minutes'!r} must be >= 0 "
                               f"(0: only after each epoch), got {self.run.checkpoint_minutes!r}")

@@ -1,6 +1,8 @@
-"""The training loop: epochs of SGD/AdamW with a warm-up + cosine schedule, a checkpoint after
-every epoch and every ``run.checkpoint_minutes`` within one, exact resume, JSONL metrics, AMP
-on CUDA and DDP under ``torchrun``.
+"""The training loop: epochs of SGD/AdamW with a warm-up + cosine or linear schedule, a
+checkpoint after every epoch and every ``run.checkpoint_minutes`` within one, exact resume,
+JSONL metrics, mixed precision where the hardware has it, DDP under ``torchrun``, and the
+fast-training recipe's options (:mod:`spikeforge.train.recipe`): patch whitening, identity
+init, a moving average of the weights and test-time flip averaging.
 
 Reproducibility: batches and augmentation depend only on ``(seed, epoch)`` (see
 :class:`spikeforge.data.BatchLoader`), and every global RNG is saved in the checkpoint, so a
@@ -19,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from spikeforge.runtime import (
     atomic_open,
     git_commit,
     machine_info,
+    native_bf16,
     rng_state,
     seed_everything,
     select_device,
@@ -50,6 +53,13 @@ from spikeforge.train.checkpoint import (
     save_checkpoint,
 )
 from spikeforge.train.config import OptimConfig, TrainConfig
+from spikeforge.train.recipe import (
+    WeightAverage,
+    dirac_init,
+    first_conv,
+    flip_averaged,
+    whiten_first_conv,
+)
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -115,27 +125,44 @@ def _threshold_decay(cfg: OptimConfig) -> float:
     return cfg.weight_decay if cfg.threshold_weight_decay is None else cfg.threshold_weight_decay
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+def base_lr(cfg: OptimConfig, batch_size: int) -> float:
+    """The peak learning rate: ``optim.lr``, scaled by batch_size / ``reference_batch_size``
+    when that is set (the linear scaling rule, Goyal et al. 2017). ``batch_size`` is the
+    global batch (per-rank batch × ranks)."""
+    if cfg.reference_batch_size is None:
+        return cfg.lr
+    return cfg.lr * batch_size / cfg.reference_batch_size
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float | None = None
+                    ) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW over :func:`parameter_groups` at ``lr`` (default
+    ``cfg.lr``)."""
     groups = parameter_groups(model, cfg)
+    lr = cfg.lr if lr is None else lr
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum,
                                nesterov=cfg.nesterov and cfg.momentum > 0,
                                weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
     """Multiplier of the base learning rate at optimizer step ``step`` (0-based).
 
-    Linear warm-up from 1/warmup to 1 over ``warmup_steps``, then either constant or cosine
-    decay to 0 at ``total_steps``: f = ½(1 + cos(π (s − w)/(S − w))) (Loshchilov & Hutter 2017).
+    Linear warm-up from 1/warmup to 1 over ``warmup_steps``, then constant, cosine decay to 0
+    at ``total_steps``, f = ½(1 + cos(π p)) (Loshchilov & Hutter 2017), or linear decay to 0,
+    f = 1 − p (with the warm-up: the triangular schedule of fast CIFAR training), where
+    p = (s − w)/(S − w).
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
@@ -147,39 +174,47 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
 
 
 def _apply_optim_config(optimizer: torch.optim.Optimizer,
-                        scheduler: torch.optim.lr_scheduler.LambdaLR, cfg: OptimConfig) -> None:
+                        scheduler: torch.optim.lr_scheduler.LambdaLR, cfg: OptimConfig,
+                        lr: float) -> None:
     """After loading a checkpoint, make the config's hyper-parameters win over the saved ones
     (they are equal when resuming the same run; different when a user resumes with, say, a
     new ``optim.lr`` or more ``optim.epochs``). Moments and the step count are kept."""
-    scheduler.base_lrs = [cfg.lr for _ in optimizer.param_groups]
+    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
     factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
     for group in optimizer.param_groups:
         decay = _threshold_decay(cfg) if group.get("name") == "thresholds" else cfg.weight_decay
-        group.update(initial_lr=cfg.lr, lr=cfg.lr * factor, weight_decay=decay)
+        group.update(initial_lr=lr, lr=lr * factor, weight_decay=decay)
         if cfg.name == "sgd":
             group.update(momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
-def _amp(device: torch.device, enabled: bool) -> tuple[Any, torch.amp.GradScaler]:
-    """Autocast context and grad scaler: bf16 on CUDA where supported, else fp16 with loss
-    scaling; nothing on CPU (float32 training is exact and reproducible there)."""
-    if not (enabled and device.type == "cuda"):
-        return nullcontext(), torch.amp.GradScaler("cuda", enabled=False)
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return (torch.autocast("cuda", dtype=dtype),
-            torch.amp.GradScaler("cuda", enabled=dtype == torch.float16))
+def _amp(device: torch.device, enabled: bool) -> tuple[Any, torch.amp.GradScaler, str]:
+    """Autocast context, grad scaler and the precision's name: bf16 where the device does it
+    in hardware (CUDA, or a CPU with AVX512-BF16 / AMX), fp16 with loss scaling on a GPU
+    without bf16, else float32 (a CPU that would emulate bf16 runs it slower than float32)."""
+    off = torch.amp.GradScaler("cuda", enabled=False)
+    if not enabled or device.type not in ("cuda", "cpu"):
+        return nullcontext(), off, "float32"
+    if native_bf16(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16), off, "bfloat16"
+    if device.type == "cuda":
+        return (torch.autocast("cuda", dtype=torch.float16),
+                torch.amp.GradScaler("cuda", enabled=True), "float16")
+    return nullcontext(), off, "float32"
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-             autocast: Any = None) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (%) of ``model`` over ``loader``."""
+             autocast: Any = None, flip: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (%) of ``model`` over ``loader``; with ``flip``, of
+    its outputs averaged over each image and its mirror image
+    (:func:`~spikeforge.train.recipe.flip_averaged`)."""
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for x, y in loader:
         with autocast or nullcontext():
-            logits = model(x)
+            logits = flip_averaged(model, x) if flip else model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
         count += y.numel()
@@ -194,6 +229,9 @@ def _load_data(cfg: TrainConfig) -> tuple[ImageDataset, ImageDataset]:
         train = train.subset(d.train_subset, seed=cfg.seed)
     if d.test_subset:
         test = test.subset(d.test_subset, seed=cfg.seed)
+    if not d.normalize:  # pixels in [0, 1]
+        train, test = (replace(s, mean=(0.0,) * s.in_channels, std=(1.0,) * s.in_channels)
+                       for s in (train, test))
     return train, test
 
 
@@ -212,7 +250,7 @@ def build_model(cfg: TrainConfig, train_set: ImageDataset) -> nn.Module:
         return create_snn(cfg.model.name, snn.timesteps, snn.encoder, num_classes=classes,
                           in_channels=channels, pool=cfg.model.pool,
                           neuron=to_dict(snn.neuron), pool_threshold=snn.pool_threshold,
-                          **cfg.model.options)
+                          readout=snn.readout, pool_grad=snn.pool_grad, **cfg.model.options)
     from spikeforge.train.hybrid import snn_from_ann
 
     ann = load_model(snn.init_from)
@@ -224,14 +262,34 @@ def build_model(cfg: TrainConfig, train_set: ImageDataset) -> nn.Module:
                         neuron=to_dict(snn.neuron), **snn.init_options)
 
 
+def initialise(model: nn.Module, cfg: TrainConfig, train_set: ImageDataset) -> None:
+    """The recipe's data-dependent initialisation, before the first step: ``model.whiten``
+    sets the first conv to the whitening filters of 5000 seeded training images (normalised
+    as the loader does, not augmented) and freezes it; ``model.dirac`` makes the other convs
+    start as identities (:mod:`spikeforge.train.recipe`)."""
+    if cfg.model.whiten:
+        subset = train_set.subset(min(5000, len(train_set)), seed=cfg.seed)
+        images = torch.cat([x for x, _ in BatchLoader(subset, 1000)])
+        whiten_first_conv(model, images)
+    if cfg.model.dirac:
+        dirac_init(model, skip=first_conv(model) if cfg.model.whiten else None)
+
+
+def _freeze_whitening(model: nn.Module, cfg: TrainConfig) -> None:
+    """A resumed run's whitening conv is frozen again (``requires_grad`` is not saved)."""
+    if cfg.model.whiten:
+        first_conv(model).weight.requires_grad_(False)
+
+
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     """A checkpoint may only be resumed by the same experiment (epochs and run options may
     change); otherwise the weights would silently belong to another model or data set."""
-    now = to_dict(cfg)
+    now, default = to_dict(cfg), to_dict(TrainConfig())
     before = saved.get("config", {})
     sections = ("data", "model", "snn") if cfg.kind == "snn" else ("data", "model")
-    differ = [f"{section}.{k}" for section in sections
-              for k in now[section] if before.get(section, {}).get(k) != now[section][k]]
+    # a key added since the checkpoint was written counts as its default
+    differ = [f"{section}.{k}" for section in sections for k in now[section]
+              if before.get(section, {}).get(k, default[section][k]) != now[section][k]]
     if before.get("kind", "ann") != now["kind"]:
         differ.append("kind")
     if before.get("seed") != now["seed"]:
@@ -264,6 +322,9 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         seed_everything(cfg.seed)
         train_set, test_set = _load_data(cfg)
         model = build_model(cfg, train_set).to(device)
+        if not (resume and ckpt_path.is_file()):
+            initialise(model, cfg, train_set)
+        _freeze_whitening(model, cfg)
         memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
         model = model.to(memory_format=memory_format)
         aug = cfg.data.augment
@@ -274,9 +335,14 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             channels_last=cfg.run.channels_last)
         test_loader = BatchLoader(test_set, cfg.data.eval_batch_size, device=device,
                                   channels_last=cfg.run.channels_last)
-        optimizer = build_optimizer(model, cfg.optim)
+        lr = base_lr(cfg.optim, cfg.data.batch_size * ctx.world_size)
+        optimizer = build_optimizer(model, cfg.optim, lr)
         scheduler = build_scheduler(optimizer, cfg.optim, len(train_loader))
-        autocast, scaler = _amp(device, cfg.run.amp)
+        # LIF scans keep float32 membranes: a directly trained SNN autocasts on GPUs only
+        autocast, scaler, precision = _amp(
+            device, cfg.run.amp and (cfg.kind == "ann" or device.type == "cuda"))
+        average = WeightAverage(model, cfg.optim.ema) if cfg.optim.ema else None
+        evaluated = average.model if average else model  # the model reported and saved
         history: list[dict[str, Any]] = []
         start_epoch = 0
         extra: dict[str, Any] = {}  # the hybrid SNN's accuracy before fine-tuning
@@ -284,10 +350,13 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         if resume and ckpt_path.is_file():
             saved = load_checkpoint(ckpt_path, map_location=device)
             _check_resumable(saved, cfg, ckpt_path)
-            model.load_state_dict(saved["model"])
+            model.load_state_dict(saved.get("trained_model") or saved["model"])
+            if average is not None:
+                average.load_state_dict({"model": saved["model"],
+                                         "updates": saved.get("average_updates", 0)})
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
-            _apply_optim_config(optimizer, scheduler, cfg.optim)
+            _apply_optim_config(optimizer, scheduler, cfg.optim, lr)
             scaler.load_state_dict(saved["scaler"])
             set_rng_state(saved["rng"])
             history, start_epoch = list(saved["history"]), int(saved["epoch"])
@@ -306,8 +375,13 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         net = (nn.parallel.DistributedDataParallel(model) if ctx.enabled else model)
 
         def checkpoint(epochs_done: int, partial: EpochProgress | None = None) -> None:
+            # "model" is what the run reports and users load (the weight average, if on);
+            # "trained_model" the optimizer's own weights, to resume from
+            averaged = {} if average is None else {"trained_model": model.state_dict(),
+                                                   "average_updates": average.updates}
             save_checkpoint({
-                "model": model.state_dict(), "model_spec": model.spikeforge_spec,
+                "model": evaluated.state_dict(), **averaged,
+                "model_spec": model.spikeforge_spec,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "epoch": epochs_done, "history": history,
                 "partial": asdict(partial) if partial else None,
@@ -319,12 +393,17 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             train_loader.set_epoch(epoch)
             done = _train_epoch(net, train_loader, optimizer, scheduler, scaler, autocast, cfg,
                                 epoch, ctx, progress,
-                                (lambda p, e=epoch: checkpoint(e, p)) if ctx.is_main else None)
+                                (lambda p, e=epoch: checkpoint(e, p)) if ctx.is_main else None,
+                                average)
             progress = EpochProgress()
-            test_loss, test_acc = evaluate(model, test_loader, autocast)
+            test_loss, test_acc = evaluate(evaluated, test_loader, autocast)
+            views = {}
+            if cfg.data.test_flip:
+                views["test_loss_flip"], views["test_accuracy_flip"] = evaluate(
+                    evaluated, test_loader, autocast, flip=True)
             record = {
                 "epoch": epoch + 1, "train_loss": done.loss, "train_accuracy": done.accuracy,
-                "test_loss": test_loss, "test_accuracy": test_acc,
+                "test_loss": test_loss, "test_accuracy": test_acc, **views,
                 "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": done.seconds,
                 "images_per_s": len(train_loader) * cfg.data.batch_size * ctx.world_size
                 / done.seconds,
@@ -333,17 +412,19 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             if ctx.is_main:
                 checkpoint(epoch + 1)
                 _append_metrics(out_dir / METRICS, record)
-                write_json(out_dir / RESULTS,
-                           summarize(cfg, history, model, device, started, **extra))
+                write_json(out_dir / RESULTS, summarize(cfg, history, model, device, started,
+                                                        precision=precision, **extra))
+                flipped = (f" ({views['test_accuracy_flip']:.2f}% with flips)"
+                           if views else "")
                 print(f"epoch {epoch + 1}/{cfg.optim.epochs}  loss {done.loss:.4f}  "
-                      f"train {done.accuracy:.2f}%  test {test_acc:.2f}%  "
+                      f"train {done.accuracy:.2f}%  test {test_acc:.2f}%{flipped}  "
                       f"({done.seconds:.1f} s)",
                       file=sys.stderr, flush=True)
             distributed.barrier(ctx)
 
         checksums = distributed.parameter_checksums(model, ctx)
         summary = summarize(cfg, history, model, device, started, world_size=ctx.world_size,
-                            rank_parameter_checksums=checksums, **extra)
+                            rank_parameter_checksums=checksums, precision=precision, **extra)
         if ctx.is_main:
             write_json(out_dir / RESULTS, summary)
         final_acc = summary["test_accuracy"]
@@ -358,10 +439,12 @@ def summarize(cfg: TrainConfig, history: list[dict[str, Any]], model: nn.Module,
     every epoch with ``"finished": false`` (so a long run's partial results can be read at any
     time) and at the end with ``"finished": true``."""
     last = history[-1]
+    flip = ({"test_accuracy_flip": last["test_accuracy_flip"]}
+            if "test_accuracy_flip" in last else {})
     return {
         "kind": cfg.kind, "dataset": cfg.data.dataset, "model": cfg.model.name,
         "finished": last["epoch"] >= cfg.optim.epochs,
-        "test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"],
+        "test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"], **flip,
         "best_test_accuracy": max(h["test_accuracy"] for h in history),
         "epochs": len(history), "epochs_planned": cfg.optim.epochs, "history": history,
         "parameters": sum(p.numel() for p in model.parameters()), **extra,
@@ -384,10 +467,11 @@ def write_json(path: Path, record: dict[str, Any]) -> None:
 def _train_epoch(net: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer,
                  scheduler: Any, scaler: torch.amp.GradScaler, autocast: Any,
                  cfg: TrainConfig, epoch: int, ctx: distributed.DistContext,
-                 start: EpochProgress, save: Callable[[EpochProgress], None] | None
-                 ) -> EpochProgress:
+                 start: EpochProgress, save: Callable[[EpochProgress], None] | None,
+                 average: WeightAverage | None = None) -> EpochProgress:
     """Train one epoch from ``start`` (a checkpoint's progress within it, or zeros); every
-    ``cfg.run.checkpoint_minutes`` hand the progress to ``save``. Returns the whole epoch's."""
+    ``cfg.run.checkpoint_minutes`` hand the progress to ``save``; after every step update
+    ``average``. Returns the whole epoch's."""
     net.train()
     loss_sum = torch.tensor(start.loss_sum, dtype=torch.float64)
     correct = torch.tensor(start.correct, dtype=torch.int64)
@@ -425,12 +509,16 @@ def _train_epoch(net: nn.Module, loader: BatchLoader, optimizer: torch.optim.Opt
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if average is not None:
+            average.update(model_of(net))
         loss_sum += loss.detach().double().cpu() * y.numel()
         correct += (logits.detach().argmax(1) == y).sum().cpu()
         count += y.numel()
         if show and step % 20 == 0:
+            rate = (count - start.count) * ctx.world_size / (time.perf_counter() - tick)
             bar.set_postfix(loss=f"{loss_sum.item() / count:.4f}",
-                            acc=f"{100.0 * correct.item() / count:.2f}%")
+                            acc=f"{100.0 * correct.item() / count:.2f}%",
+                            img_s=f"{rate:.0f}")
         elif ctx.is_main and not show and (step + 1) % heartbeat == 0:  # logs without a bar
             print(f"  epoch {epoch + 1} step {step + 1}/{len(loader)}  "
                   f"loss {loss_sum.item() / count:.4f}  "
@@ -441,6 +529,11 @@ def _train_epoch(net: nn.Module, loader: BatchLoader, optimizer: torch.optim.Opt
             save(so_far(step + 1))
             saved_at, last_save = f"epoch {epoch + 1}, step {step + 1}", time.perf_counter()
     return so_far(len(loader))
+
+
+def model_of(net: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper (or ``net`` itself)."""
+    return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
 
 
 def _append_metrics(path: Path, record: dict[str, Any]) -> None:

@@ -1,0 +1,237 @@
+"""The fast-training recipe on real (bundled) data: patch whitening, identity init, the
+weight average, derandomised flips, the schedule, bf16 detection, and the convertible
+cifarnet that uses them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import spikeforge as sf
+from spikeforge.config import apply_overrides, from_dict
+from spikeforge.convert import prepare
+from spikeforge.data import Augment, BatchLoader, load_dataset
+from spikeforge.models import create
+from spikeforge.nn import CSQCFS, QCFS
+from spikeforge.runtime import native_bf16
+from spikeforge.train import TrainConfig, fit, load_checkpoint, load_model
+from spikeforge.train.loop import _amp, base_lr, lr_factor
+from spikeforge.train.recipe import (
+    WeightAverage,
+    dirac_init,
+    first_conv,
+    flip_averaged,
+    patch_whitening,
+    whiten_first_conv,
+)
+
+
+@pytest.fixture(scope="module")
+def digits() -> torch.Tensor:
+    """2000 bundled MNIST training images, normalised as the loader does."""
+    train = load_dataset("mnist_demo", "train").subset(2000, seed=0)
+    return torch.cat([x for x, _ in BatchLoader(train, 500)])
+
+
+def test_whitening_decorrelates_patches_to_unit_variance(digits):
+    weight = patch_whitening(digits, kernel=2, eps=0.0)
+    assert weight.shape == (8, 1, 2, 2)  # d = 1·2² filters and their negatives
+    torch.testing.assert_close(weight[4:], -weight[:4])
+    # the whitened coordinates of the centred patches have identity covariance
+    out = F.conv2d(digits.double(), weight[:4].double())
+    coords = out.permute(0, 2, 3, 1).reshape(-1, 4)
+    coords = coords - coords.mean(0)
+    covariance = coords.T @ coords / len(coords)
+    torch.testing.assert_close(covariance, torch.eye(4, dtype=torch.float64), atol=1e-6,
+                               rtol=0)
+    # ordered by decreasing eigenvalue: the first filter has the smallest norm
+    norms = weight[:4].flatten(1).norm(dim=1)
+    assert torch.all(norms[:-1] <= norms[1:])
+
+
+def test_whiten_first_conv_freezes_it_and_checks_its_shape(digits):
+    model = create("cifarnet", num_classes=10, in_channels=1, widths=(8, 16, 16))
+    whiten_first_conv(model, digits)
+    conv = first_conv(model)
+    assert conv is model.features[0] and not conv.weight.requires_grad
+    torch.testing.assert_close(conv.weight, patch_whitening(digits, 2))
+    assert conv.bias.requires_grad and torch.all(conv.bias == 0)
+    with pytest.raises(ValueError, match="2·C·k² = 8 output channels"):
+        whiten_first_conv(nn.Sequential(nn.Conv2d(1, 6, 2)), digits)
+
+
+def test_dirac_init_makes_convs_pass_their_input_through():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 2), nn.Conv2d(8, 8, 3, padding=1, bias=False),
+                          nn.Conv2d(8, 16, 3, padding=1, bias=False),
+                          nn.Conv2d(16, 4, 3, padding=1), nn.Conv2d(4, 4, 3, stride=2))
+    before = model[0].weight.clone()
+    assert dirac_init(model, skip=model[0]) == 2  # fewer outputs, even kernel, stride: kept
+    torch.testing.assert_close(model[0].weight, before)
+    x = torch.randn(2, 8, 6, 6)
+    torch.testing.assert_close(model[1](x), x)
+    out = model[2](x)
+    torch.testing.assert_close(out[:, :8], x)
+    assert out[:, 8:].abs().sum() > 0  # the other filters keep their random init
+
+
+def test_weight_average_follows_its_equation_and_resumes():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    average = WeightAverage(model, decay=0.9)
+    expected = model[0].weight.detach().clone()
+    for n in range(30):
+        with torch.no_grad():
+            model[0].weight.add_(torch.randn(2, 3))
+        model[1].num_batches_tracked += 1
+        average.update(model)
+        d = min(0.9, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d) * model[0].weight.detach()
+    torch.testing.assert_close(average.model[0].weight, expected)
+    assert int(average.model[1].num_batches_tracked) == 30  # integer buffers are copied
+    assert not any(p.requires_grad for p in average.model.parameters())
+    other = WeightAverage(model, decay=0.9)
+    other.load_state_dict(average.state_dict())
+    assert other.updates == 30
+    torch.testing.assert_close(other.model[0].weight, expected)
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(model, decay=1.0)
+
+
+def test_alternating_flips_mirror_each_image_every_other_epoch():
+    train = load_dataset("mnist_demo", "train").subset(300, seed=0)
+    plain = torch.cat([x for x, _ in BatchLoader(train, 100)])
+    mirrored = plain.flip(-1)
+    loader = BatchLoader(train, 100, augment=Augment(hflip="alternate"), seed=3)
+    flipped = []
+    for epoch in range(4):
+        loader.set_epoch(epoch)
+        x = torch.cat([x for x, _ in loader])
+        is_flipped = (x == mirrored).flatten(1).all(1)
+        assert torch.all(is_flipped | (x == plain).flatten(1).all(1))
+        flipped.append(is_flipped)
+    assert torch.equal(flipped[0], ~flipped[1]) and torch.equal(flipped[0], flipped[2])
+    assert torch.equal(flipped[1], flipped[3])
+    assert 100 < int(flipped[0].sum()) < 200  # a fair coin per image
+    with pytest.raises(ValueError, match="flip mask"):
+        Augment(hflip="alternate")(plain[:2], torch.Generator())
+
+
+def test_translations_stay_within_the_padding():
+    train = load_dataset("mnist_demo", "train").subset(64, seed=0)
+    raw = train.images.float()
+    x = Augment(crop_padding=2, hflip="alternate")(
+        raw, torch.Generator().manual_seed(0), torch.zeros(64, dtype=torch.bool))
+    padded = F.pad(raw, (2, 2, 2, 2))
+    for i in range(64):
+        offsets = [(dy, dx) for dy in range(5) for dx in range(5)
+                   if torch.equal(padded[i, :, dy:dy + 28, dx:dx + 28], x[i])]
+        assert offsets, f"image {i} is not a translation by at most 2 px"
+
+
+def test_linear_schedule_and_batch_scaled_lr():
+    assert lr_factor(0, 100, 20, "linear") == pytest.approx(0.05)
+    assert lr_factor(19, 100, 20, "linear") == pytest.approx(1.0)
+    assert lr_factor(60, 100, 20, "linear") == pytest.approx(0.5)
+    assert lr_factor(100, 100, 20, "linear") == pytest.approx(0.0)
+    cfg = TrainConfig().optim
+    cfg.lr, cfg.reference_batch_size = 0.4, 512
+    assert base_lr(cfg, 1024) == pytest.approx(0.8)
+    cfg.reference_batch_size = None
+    assert base_lr(cfg, 1024) == 0.4
+
+
+def test_bf16_only_where_the_cpu_does_it_natively(monkeypatch):
+    assert native_bf16("cpu") == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    cpu = torch.device("cpu")
+    monkeypatch.setattr("spikeforge.train.loop.native_bf16", lambda device: False)
+    autocast, _, precision = _amp(cpu, True)
+    assert precision == "float32"
+    with autocast:
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
+    monkeypatch.setattr("spikeforge.train.loop.native_bf16", lambda device: True)
+    autocast, scaler, precision = _amp(cpu, True)
+    assert precision == "bfloat16" and not scaler.is_enabled()
+    with autocast:
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+    assert _amp(cpu, False)[2] == "float32"
+
+
+RECIPE = {
+    "seed": 2,
+    "data": {"dataset": "mnist_demo", "batch_size": 50, "eval_batch_size": 500,
+             "train_subset": 1000, "test_subset": 500, "test_flip": True,
+             "augment": {"crop_padding": 2, "hflip": "alternate"}},
+    "model": {"name": "cifarnet", "whiten": True, "dirac": True,
+              "options": {"widths": [16, 32, 32]}},
+    "optim": {"lr": 0.2, "reference_batch_size": 100, "epochs": 2, "warmup_epochs": 0.5,
+              "schedule": "linear", "label_smoothing": 0.2, "ema": 0.9},
+    "run": {"threads": 1, "progress": False, "checkpoint_minutes": 0},
+}
+
+
+def test_recipe_trains_and_resumes_exactly(tmp_path, epochs):
+    cfg = from_dict(TrainConfig, apply_overrides(RECIPE, [f"run.out_dir={tmp_path / 'a'}"]))
+    result = fit(cfg)
+    assert result.test_accuracy > 30.0, result.history  # chance: 10%
+    summary = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert summary["precision"] in ("float32", "bfloat16")
+    assert "test_accuracy_flip" in summary and "test_loss_flip" in result.history[-1]
+    saved = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    # the whitening filters are those of the seeded 1000 training images, kept frozen
+    train = load_dataset("mnist_demo", "train").subset(1000, seed=2)
+    images = torch.cat([x for x, _ in BatchLoader(train.subset(1000, seed=2), 1000)])
+    torch.testing.assert_close(saved["model"]["features.0.weight"], patch_whitening(images, 2))
+    # "model" is the weight average (what was evaluated), "trained_model" the SGD weights
+    assert saved["average_updates"] == 40
+    assert not torch.equal(saved["model"]["features.2.weight"],
+                           saved["trained_model"]["features.2.weight"])
+    model = load_model(tmp_path / "a" / "checkpoint.pt")
+    test = BatchLoader(load_dataset("mnist_demo", "test").subset(500, seed=2), 500)
+    from spikeforge.train import evaluate
+
+    assert evaluate(model, test)[1] == pytest.approx(result.test_accuracy)
+    assert evaluate(model, test, flip=True)[1] == pytest.approx(summary["test_accuracy_flip"])
+    # killed in the second epoch, then resumed: the same weights and average
+    again = from_dict(TrainConfig, apply_overrides(RECIPE, [f"run.out_dir={tmp_path / 'b'}"]))
+    epochs.kill_at = epochs.calls + 2
+    with pytest.raises(KeyboardInterrupt):
+        fit(again)
+    fit(again, resume=True)
+    resumed = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    for key in ("model", "trained_model"):
+        for name, value in saved[key].items():
+            torch.testing.assert_close(resumed[key][name], value, atol=0, rtol=0, msg=name)
+
+
+def _quantized(pool: str) -> nn.Module:
+    """A small CS-QCFS cifarnet (L = 4) with random statistics and thresholds, float64."""
+    torch.manual_seed(1)
+    model = create("cifarnet", num_classes=10, in_channels=3, activation="csqcfs",
+                   activation_options={"levels": 4}, pool=pool, widths=(8, 16, 16))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+            if isinstance(m, CSQCFS | QCFS):
+                for p in m.parameters():
+                    p.uniform_(0.0, 2.0)
+    return model.double().eval()
+
+
+@pytest.mark.parametrize("pool", ["avg", "max"])
+def test_cifarnet_augmapping_on_learned_thresholds_is_its_ann_at_t1(pool):
+    model = _quantized(pool)
+    x = torch.randn(6, 3, 32, 32, dtype=torch.float64)
+    snn = sf.convert(model, None, "augmapping", thresholds="learned", timesteps=1)
+    with torch.no_grad():
+        expected = prepare(model)(x)
+        torch.testing.assert_close(snn(x, timesteps=1)[0], expected, atol=1e-10, rtol=1e-10)
+        # test-time flips: the SNN sees the same two views as its ANN
+        torch.testing.assert_close(flip_averaged(lambda v: snn(v, timesteps=1)[0], x),
+                                   flip_averaged(prepare(model), x), atol=1e-10, rtol=1e-10)
