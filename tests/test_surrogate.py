@@ -127,17 +127,19 @@ def test_lif_scan_forward_is_the_neuron_core(reset):
     assert torch.equal(s, expected)
 
 
-def test_lee_rule_by_hand():
+@pytest.mark.parametrize("detach_reset", [False, True])
+def test_lee_rule_by_hand(detach_reset):
     # one neuron, θ = 1, l = 0.5, reset to zero, z = 1.2, 0.3, 1.5:
     # m = 1.2 (fires), 0.3, 0.15 + 1.5 = 1.65 (fires): spikes 1, 0, 1
     # N = 2, f = 0.5^2 + 0.5^0 = 1.25, factor = 1 + ln(0.5)·1.25/2
     factor = 1 + math.log(0.5) * 1.25 / 2
     z = torch.tensor([[1.2], [0.3], [1.5]], dtype=torch.float64, requires_grad=True)
-    s = lif_scan(z, 1.0, leak=0.5, reset="zero", surrogate="lee", detach_reset=True)
+    s = lif_scan(z, 1.0, leak=0.5, reset="zero", surrogate="lee", detach_reset=detach_reset)
     assert s.flatten().tolist() == [1.0, 0.0, 1.0]
     s.sum().backward()
-    # δ3 = factor; δ2 = 0 + l·δ3·(1 − s2); δ1 = factor + l·δ2·(1 − s1) = factor
-    expected = [factor, 0.5 * factor, factor]
+    # the reset is always detached and the leak passes the gradient unchanged (Lee et al.'s
+    # code): δ3 = factor; δ2 = 0 + δ3·(1 − s2) = factor; δ1 = factor + δ2·(1 − s1) = factor
+    expected = [factor, factor, factor]
     assert z.grad.flatten().tolist() == pytest.approx(expected, rel=1e-12)
     assert lee_factor(s.detach(), 0.5).item() == pytest.approx(factor)
     assert lee_factor(s.detach(), 1.0).item() == 1.0  # no leak, no correction

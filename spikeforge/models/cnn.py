@@ -6,6 +6,8 @@ the classifier's input size (it is the identity at 28x28).
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import nn
 
 from spikeforge.models.layers import (
@@ -19,17 +21,26 @@ from spikeforge.models.layers import (
 )
 from spikeforge.models.registry import register
 
-__all__ = ["LeNet", "SmallCNN", "cnn_small", "lenet"]
+__all__ = ["LeNet", "SmallCNN", "cnn_small", "init_lee", "lenet"]
 
 
 class LeNet(ConvNet):
-    """The spiking LeNet of Lee et al. (2020) for MNIST.
+    """LeNet for 28x28 digits, by default Caffe's layout; Lee et al.'s (2020) as options.
 
-    ``conv5x5(20) - act - pool - conv5x5(50) - act - pool - fc500 - act - fc``, no padding
-    (28 -> 24 -> 12 -> 8 -> 4, so the classifier sees 50 x 4 x 4 = 800 features), no batch norm
-    by default (as in the paper). Reference: C. Lee, S. S. Sarwar, P. Panda, G. Srinivasan,
-    K. Roy, "Enabling Spike-Based Backpropagation for Training Deep Neural Network
-    Architectures", Front. Neurosci. 14:119, 2020 (after LeCun et al. 1998 / Caffe's LeNet).
+    Default: ``conv5x5(20) - act - pool - conv5x5(50) - act - pool - fc500 - act - fc`` with
+    biases, no padding (28 -> 24 -> 12 -> 8 -> 4, so the classifier sees 50 x 4 x 4 = 800
+    features), no batch norm, He-normal (fan-out) convolutions and PyTorch's default Linear
+    initialisation (LeCun et al. 1998, as in Caffe's LeNet example).
+
+    The network of Lee et al.'s code (``CNNModel`` in ``mnist_LeNet.py`` of
+    ``Enabling_Spikebased_Backpropagation``) is ``padding=2, hidden=200, bias=False,
+    init="lee"``: ``conv5x5(20, pad 2) - act - pool - conv5x5(50, pad 2) - act - pool -
+    fc200 - act - fc`` without biases (28 -> 28 -> 14 -> 14 -> 7, 50 x 7 x 7 = 2450 features),
+    every weight drawn from N(0, 2/fan_in) (:func:`init_lee`). Their spiking pooling neurons,
+    leaky readout and Poisson input belong to the SNN wrapper
+    (:func:`spikeforge.models.spiking.create_snn`), not to this network. Reference: C. Lee,
+    S. S. Sarwar, P. Panda, G. Srinivasan, K. Roy, "Enabling Spike-Based Backpropagation for
+    Training Deep Neural Network Architectures", Front. Neurosci. 14:119, 2020.
 
     Shape:
         - Input: ``(B, in_channels, H, W)`` with H, W >= 16 (28 as designed).
@@ -65,28 +76,65 @@ class SmallCNN(ConvNet):
     """
 
 
+def init_lee(model: nn.Module) -> None:
+    """Lee et al.'s (2020) initialisation: every Conv2d and Linear weight from
+    N(0, 2/fan_in), fan_in = in_channels·kh·kw (per group) or in_features; biases (if any)
+    zero, batch norm unit/zero."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
 @register("lenet")
 def lenet(*, num_classes: int, in_channels: int, act: ActFactory, pool: str,
-          dropout: float = 0.0, batch_norm: bool = False, width: float = 1.0) -> LeNet:
+          dropout: float = 0.0, batch_norm: bool = False, width: float = 1.0,
+          padding: int = 0, hidden: int = 500, bias: bool = True,
+          init: Literal["default", "lee"] = "default") -> LeNet:
     """Build :class:`LeNet`.
 
     Args:
         num_classes, in_channels, act, pool: see :func:`spikeforge.models.create`.
-        dropout: dropout probability before each Linear (Lee et al. used 0.2). Default: 0.
-        batch_norm: add BatchNorm2d after each conv. Default: False (as in the paper).
+        dropout: dropout probability before each Linear. Default: 0.
+        batch_norm: add BatchNorm2d after each conv. Default: False.
         width: multiplier of the conv channel counts (20, 50). Default: 1.
+        padding: of both 5x5 convolutions (Lee et al.'s code: 2). Default: 0.
+        hidden: width of the hidden fully connected layer (Lee et al.'s code: 200).
+            Default: 500.
+        bias: biases in the convolutions (without batch norm) and Linears (Lee et al.'s
+            code: none). Default: True.
+        init: ``"default"`` (He-normal fan-out convolutions, PyTorch's Linear) or ``"lee"``
+            (:func:`init_lee`).
     """
+    if padding < 0 or hidden < 1:
+        raise ValueError(f"need padding >= 0 and hidden >= 1, got {padding}, {hidden}")
+    if init not in ("default", "lee"):
+        raise ValueError(f"unknown init {init!r}; valid: default, lee")
     c1, c2 = scaled(20, width), scaled(50, width)
-    features = nn.Sequential(
-        *conv_bn_act(in_channels, c1, act, kernel_size=5, padding=0, batch_norm=batch_norm),
-        make_pool(pool),
-        *conv_bn_act(c1, c2, act, kernel_size=5, padding=0, batch_norm=batch_norm),
-        make_pool(pool),
-    )
-    head = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-                         *classifier(c2 * 16, (500,), num_classes, act, dropout))
+    side = ((28 + 2 * padding - 4) // 2 + 2 * padding - 4) // 2  # at 28x28 input
+    if side < 1:
+        raise ValueError(f"padding {padding} leaves no features at 28x28")
+
+    def conv(cin: int, cout: int) -> list[nn.Module]:
+        layers = conv_bn_act(cin, cout, act, kernel_size=5, padding=padding,
+                             batch_norm=batch_norm)
+        if not bias and not batch_norm:
+            layers[0] = nn.Conv2d(cin, cout, 5, padding=padding, bias=False)
+        return layers
+
+    features = nn.Sequential(*conv(in_channels, c1), make_pool(pool),
+                             *conv(c1, c2), make_pool(pool))
+    fc = classifier(c2 * side * side, (hidden,), num_classes, act, dropout)
+    if not bias:
+        fc = [nn.Linear(m.in_features, m.out_features, bias=False)
+              if isinstance(m, nn.Linear) else m for m in fc]
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(side), nn.Flatten(), *fc)
     model = LeNet(features, head)
-    init_weights(model)
+    (init_lee if init == "lee" else init_weights)(model)
     return model
 
 

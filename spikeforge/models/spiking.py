@@ -11,15 +11,17 @@ Every stateless layer (conv, linear, pooling, BN) runs once on all T·B rows; on
 neurons scan over time (:func:`spikeforge.neurons.bptt.lif_scan`). Spikes that a layer keeps
 for backward are stored as one byte each (:func:`~spikeforge.neurons.modules.
 compact_saved_spikes`). BatchNorm over the folded
-rows normalises over time and batch together (tdBN, Zheng et al. 2021). The readout is the
-last layer's mean input current over the window, i.e. a non-spiking integrator divided by T
-(V_th = 1; Lee et al. 2020). Dropout is replaced by :class:`~spikeforge.neurons.TimeDropout`
+rows normalises over time and batch together (tdBN, Zheng et al. 2021). The readout y(t) of
+the last layer is integrated without spikes (:func:`readout_scores`): ``"mean"`` (default)
+gives Σ_t y(t) / T; ``"leaky"`` is Lee et al.'s (2020) leaky integrator divided by V_th·T,
+Σ_t l^(T−t+1) y(t) / (V_th·T), whose backward, as in their code, passes the leak straight
+through (∂/∂y(t) = 1/(V_th·T)). Dropout is replaced by :class:`~spikeforge.neurons.TimeDropout`
 (one mask per sample for all T).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +30,32 @@ from spikeforge.encoding import ENCODERS, encode
 from spikeforge.models.registry import create
 from spikeforge.neurons.modules import LIF, TimeDropout, compact_saved_spikes
 
-__all__ = ["SpikingModel", "create_snn"]
+__all__ = ["READOUTS", "SpikingModel", "create_snn", "readout_scores"]
+
+#: the readouts of :func:`readout_scores`
+READOUTS = ("mean", "leaky")
+
+
+def readout_scores(y: Tensor, kind: str = "mean", leak: float = 1.0,
+                   threshold: float = 1.0) -> Tensor:
+    """Class scores (B, C) from the readout layer's per-step output ``y`` (T, B, C).
+
+    * ``"mean"``: Σ_t y(t) / T.
+    * ``"leaky"`` (Lee et al., Front. Neurosci. 2020): a non-spiking leaky integrator
+      V(t) = l·(V(t−1) + y(t)) (their code leaks after each step's input, the last one
+      included), read out as V(T)/(V_th·T) = Σ_t l^(T−t+1) y(t) / (V_th·T). The backward
+      passes the leak straight through, ∂/∂y(t) = 1/(V_th·T), as their code does.
+    """
+    if kind == "mean":
+        return y.mean(0)
+    if kind != "leaky":
+        raise ValueError(f"unknown readout {kind!r}; valid: {', '.join(READOUTS)}")
+    steps = y.shape[0]
+    decay = leak ** torch.arange(steps, 0, -1, dtype=y.dtype, device=y.device)
+    decay = decay.view(-1, *([1] * (y.ndim - 1)))
+    scale = 1 / (threshold * steps)
+    through = y.sum(0) * scale  # the gradient's path
+    return through + ((y * (decay - 1)).sum(0) * scale).detach()
 
 
 class SpikingModel(nn.Module):
@@ -40,15 +67,24 @@ class SpikingModel(nn.Module):
         timesteps: T.
         encoder: ``"direct"`` (the image is the input current at every step) or
             ``"poisson"`` (signed Bernoulli spikes with mean x, drawn from the global RNG so
-            that training is reproducible and resumable).
+            that training is reproducible and resumable), or ``"poisson_lee"`` (Lee et al.'s
+            unit spikes, probability min(|x|, 1)); see :mod:`spikeforge.encoding`.
+        readout: ``"mean"`` or ``"leaky"`` (see :func:`readout_scores`).
+        readout_leak, readout_threshold: l and V_th of the ``"leaky"`` readout.
     """
 
-    def __init__(self, net: nn.Module, timesteps: int, encoder: str = "direct") -> None:
+    def __init__(self, net: nn.Module, timesteps: int, encoder: str = "direct",
+                 readout: Literal["mean", "leaky"] = "mean", readout_leak: float = 1.0,
+                 readout_threshold: float = 1.0) -> None:
         super().__init__()
         if timesteps < 1:
             raise ValueError(f"timesteps must be >= 1, got {timesteps}")
         if encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {encoder!r}; valid: {', '.join(ENCODERS)}")
+        if readout not in READOUTS:
+            raise ValueError(f"unknown readout {readout!r}; valid: {', '.join(READOUTS)}")
+        self.readout, self.readout_leak = readout, float(readout_leak)
+        self.readout_threshold = float(readout_threshold)
         for module in list(net.modules()):
             for child_name, child in list(module.named_children()):
                 if isinstance(child, nn.Dropout):
@@ -69,15 +105,22 @@ class SpikingModel(nn.Module):
             seq = seq.contiguous(memory_format=torch.channels_last)  # keep the input's format
         with compact_saved_spikes():
             out = self.net(seq)
-        return out.unflatten(0, (self.timesteps, -1)).mean(0)
+        return readout_scores(out.unflatten(0, (self.timesteps, -1)), self.readout,
+                              self.readout_leak, self.readout_threshold)
 
     def extra_repr(self) -> str:
-        return f"timesteps={self.timesteps}, encoder={self.encoder}"
+        text = f"timesteps={self.timesteps}, encoder={self.encoder}"
+        if self.readout != "mean":
+            text += (f", readout={self.readout}(leak={self.readout_leak:g}, "
+                     f"threshold={self.readout_threshold:g})")
+        return text
 
 
 def create_snn(name: str, timesteps: int, encoder: str = "direct", num_classes: int = 10,
                in_channels: int = 3, pool: str = "avg",
                neuron: dict[str, Any] | None = None, pool_threshold: float | None = None,
+               readout: Literal["mean", "leaky"] = "mean",
+               pool_grad: Literal["threshold", "unit"] = "threshold",
                **options: Any) -> SpikingModel:
     """A zoo model (``name``) with LIF neurons, wrapped for direct training.
 
@@ -88,6 +131,10 @@ def create_snn(name: str, timesteps: int, encoder: str = "direct", num_classes: 
         pool_threshold: spiking average pooling (Lee et al. 2020 use 0.75): every
             AvgPool2d is followed by non-leaky neurons with this threshold, so that pooled
             spikes stay spikes; ``None`` passes the pooled rates on.
+        readout: ``"mean"`` or ``"leaky"`` (Lee et al.; with the neurons' leak and threshold,
+            see :func:`readout_scores`).
+        pool_grad: the pooling neurons' spike derivative: ``"threshold"`` (with 1/θ, as every
+            LIF) or ``"unit"`` (unscaled, as Lee et al.'s code).
         options: the model's own options (``dropout``, ...).
 
     The result carries ``spikeforge_spec`` (the zoo spec plus ``snn``), so checkpoints
@@ -103,8 +150,11 @@ def create_snn(name: str, timesteps: int, encoder: str = "direct", num_classes: 
             for child_name, child in list(module.named_children()):
                 if isinstance(child, nn.AvgPool2d):
                     setattr(module, child_name, nn.Sequential(
-                        child, LIF(pool_threshold, leak=1.0, reset="zero", **pool_neuron)))
-    model = SpikingModel(net, timesteps, encoder)
+                        child, LIF(pool_threshold, leak=1.0, reset="zero",
+                                   grad_scale=pool_grad, **pool_neuron)))
+    model = SpikingModel(net, timesteps, encoder, readout, neuron.get("leak", 1.0),
+                         neuron.get("threshold", 1.0))
     model.spikeforge_spec = {**net.spikeforge_spec, "snn": {
-        "timesteps": timesteps, "encoder": encoder, "pool_threshold": pool_threshold}}
+        "timesteps": timesteps, "encoder": encoder, "pool_threshold": pool_threshold,
+        "readout": readout, "pool_grad": pool_grad}}
     return model

@@ -7,17 +7,34 @@ the whole window, for input currents z (T, B, ...):
     s(t) = H(m(t) − θ)
     v(t) = m(t) − θ s(t)        (reset by subtraction)   or   m(t) (1 − s(t))   (to zero)
 
-Backward, with δ(t) = ∂L/∂m(t), ε(t) = ∂L/∂v(t) = l · δ(t+1) (ε(T) = 0) and the surrogate
+Backward, with δ(t) = ∂L/∂m(t), ε(t) = ∂L/∂v(t) = c · δ(t+1) (ε(T) = 0) and the surrogate
 σ(t) ≈ ∂s/∂m (:mod:`spikeforge.neurons.surrogate`):
 
     ∂L/∂s(t) = ∂L/∂out(t) + ε(t) · ∂v/∂s       (∂v/∂s = −θ, or −m(t); 0 with detach_reset)
     δ(t)     = ∂L/∂s(t) · σ(t) + ε(t) · ∂v/∂m  (∂v/∂m = 1, or 1 − s(t))
     ∂L/∂z(t) = δ(t)
 
+For the smooth surrogates c = l, the derivative of the forward leak, and σ(t) = g((m − θ)/θ)/θ.
+
+``surrogate="lee"`` is the backward of Lee et al. (Front. Neurosci. 2020) as their code
+computes it (``LIF_sNeuron``, ``LF_Unit`` and ``grad_cal`` in ``mnist_LeNet.py`` of
+``Enabling_Spikebased_Backpropagation``), whatever ``detach_reset`` says: the reset is detached
+(∂v/∂s = 0), the leak passes the gradient unchanged (c = 1: their ``l·V.detach() + V −
+V.detach()``), and the spike passes 1/θ at the steps where it fired, times the neuron's leak
+correction NG = 1 + ln(l)·f/N (N its spike count over the window, f = Σ_k l^(T − t_k) its
+leaky spike trace):
+
+    σ(t) = s(t) · NG / θ,     δ(t) = ∂L/∂out(t) · σ(t) + δ(t+1) · ∂v/∂m
+
+(Their neurons fire at m > θ, ours at m ≥ θ: the same except on exact ties. Their NG is
+1[f > 10⁻³] + ln(l)·f/N; the indicator differs from 1 only for a neuron whose
+every spike lies more than ln(10⁻³)/ln(l) steps before the end, 687 steps at l = 0.99.)
+``grad_scale="unit"`` drops the 1/θ from σ (their pooling neurons pass the gradient
+unscaled).
+
 Only m (in bfloat16 for float32 inputs, see ``SAVED_MEMBRANE``) and s (one byte) are kept for
 backward — autograd through a Python loop of step functions keeps several full-precision
-tensors per step. With ``surrogate="lee"`` σ(t) is
-s(t)·(1 + ln(l)·f/N)/θ (Lee et al., Front. Neurosci. 2020), computed from the whole window.
+tensors per step.
 """
 
 from __future__ import annotations
@@ -45,7 +62,8 @@ class _LIFScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z: Tensor, theta: Tensor, v0: Tensor, leak: float, reset: str,
-                surrogate: str, width: float | None, detach_reset: bool) -> Tensor:
+                surrogate: str, width: float | None, detach_reset: bool,
+                unit_grad: bool) -> Tensor:
         out = torch.empty_like(z)
         fired = torch.empty_like(z, dtype=torch.bool)  # same strides as z (channels-last)
         membrane = torch.empty_like(z, dtype=SAVED_MEMBRANE.get(z.dtype, z.dtype))
@@ -53,7 +71,7 @@ class _LIFScan(torch.autograd.Function):
         binary_scan_into(z, v, theta, leak, reset, out, fired, membrane)
         ctx.save_for_backward(membrane, fired, theta)
         ctx.leak, ctx.reset, ctx.surrogate, ctx.width = leak, reset, surrogate, width
-        ctx.detach_reset = detach_reset
+        ctx.detach_reset, ctx.unit_grad = detach_reset, unit_grad
         ctx.mark_non_differentiable(fired)
         return out, fired
 
@@ -62,41 +80,55 @@ class _LIFScan(torch.autograd.Function):
         membrane, fired, theta = ctx.saved_tensors
         backward = _lif_backward_fused if compile_enabled() else _lif_backward
         grad_z = backward(grad_out, membrane, fired, theta, ctx.leak, ctx.reset == "subtract",
-                          ctx.surrogate, ctx.width, ctx.detach_reset)
-        return grad_z, None, None, None, None, None, None, None
+                          ctx.surrogate, ctx.width, ctx.detach_reset, ctx.unit_grad)
+        return grad_z, None, None, None, None, None, None, None, None
 
 
-def _lee_scale(fired: Tensor, theta: Tensor, leak: float, surrogate: str,
+def _lee_scale(fired: Tensor, theta: Tensor, leak: float, surrogate: str, unit_grad: bool,
                dtype: torch.dtype) -> Tensor | None:
-    """(1 + ln(l)·f/N)/θ per neuron for the ``lee`` rule (one step's size), else None."""
+    """NG/θ (or NG with ``unit_grad``) per neuron for the ``lee`` rule (one step's size),
+    else None."""
     if surrogate != "lee":
         return None
-    return lee_factor(fired, leak, dtype).mul_(1 / theta)
+    factor = lee_factor(fired, leak, dtype)
+    return factor if unit_grad else factor.mul_(1 / theta)
 
 
 def _sigma(membrane: Tensor, fired: Tensor, theta: Tensor, surrogate: str,
-           width: float | None, lee_scale: Tensor | None, dtype: torch.dtype) -> Tensor:
+           width: float | None, lee_scale: Tensor | None, unit_grad: bool,
+           dtype: torch.dtype) -> Tensor:
     """σ(t) ≈ ∂s/∂m at one step, in ``dtype``: s(t)·lee_scale for ``lee``, else
-    g((m(t) − θ)/θ)/θ. Computed step by step inside the reverse loop, so that the
-    backward allocates nothing of the size of the window."""
+    g((m(t) − θ)/θ)/θ (without the last 1/θ with ``unit_grad``). Computed step by step
+    inside the reverse loop, so that the backward allocates nothing of the size of the
+    window."""
     if lee_scale is not None:
         return fired.to(dtype).mul_(lee_scale)
     inverse = 1 / theta
     x = membrane.to(dtype, copy=True).sub_(theta).mul_(inverse)  # (m − θ)/θ
-    return _DERIVATIVES[surrogate](x, width).mul_(inverse)
+    g = _DERIVATIVES[surrogate](x, width)
+    return g if unit_grad else g.mul_(inverse)
+
+
+def _backward_options(leak: float, surrogate: str, detach_reset: bool) -> tuple[float, bool]:
+    """(c, detach_reset) of the recurrence: c = l and the caller's choice, or for ``lee``
+    c = 1 (the leak straight through) and the reset detached, as Lee et al.'s code."""
+    if surrogate == "lee":
+        return 1.0, True
+    return leak, detach_reset
 
 
 def _lif_backward(grad_out: Tensor, membrane: Tensor, fired: Tensor, theta: Tensor,
                   leak: float, subtract: bool, surrogate: str, width: float | None,
-                  detach_reset: bool) -> Tensor:
+                  detach_reset: bool, unit_grad: bool = False) -> Tensor:
     """∂L/∂z (T, ...) from ∂L/∂s by the reverse recurrence of the module docstring, with
     in-place updates of one gradient buffer per step."""
-    lee_scale = _lee_scale(fired, theta, leak, surrogate, grad_out.dtype)
+    lee_scale = _lee_scale(fired, theta, leak, surrogate, unit_grad, grad_out.dtype)
+    carry, detach_reset = _backward_options(leak, surrogate, detach_reset)
     grad_z = torch.empty_like(grad_out)
     eps = torch.zeros_like(grad_out[0])  # ∂L/∂v(t)
     for t in range(grad_out.shape[0] - 1, -1, -1):
         delta = grad_z[t]
-        sigma = _sigma(membrane[t], fired[t], theta, surrogate, width, lee_scale,
+        sigma = _sigma(membrane[t], fired[t], theta, surrogate, width, lee_scale, unit_grad,
                        grad_out.dtype)
         if detach_reset:
             torch.mul(grad_out[t], sigma, out=delta)
@@ -107,19 +139,20 @@ def _lif_backward(grad_out: Tensor, membrane: Tensor, fired: Tensor, theta: Tens
         if not subtract:  # ∂v/∂m = 1 − s
             eps.addcmul_(fired[t].to(eps.dtype), eps, value=-1)
         delta.add_(eps)
-        torch.mul(delta, leak, out=eps)
+        torch.mul(delta, carry, out=eps)
     return grad_z
 
 
 @compilable
 def _lif_backward_fused(grad_out: Tensor, membrane: Tensor, fired: Tensor, theta: Tensor,
                         leak: float, subtract: bool, surrogate: str, width: float | None,
-                        detach_reset: bool) -> Tensor:
+                        detach_reset: bool, unit_grad: bool = False) -> Tensor:
     """:func:`_lif_backward` written out of place, the form ``torch.compile`` fuses into one
     loop over the neurons (writes into views of a buffer compile badly). Used with
     ``SPIKEFORGE_COMPILE=1``; equal to float rounding (tested). A LIF LeNet training step at
     T = 20 is 1.18x faster with it, VGG-7 at T = 8 1.05x (``benchmarks/compile_gain.py``)."""
-    lee_scale = _lee_scale(fired, theta, leak, surrogate, grad_out.dtype)
+    lee_scale = _lee_scale(fired, theta, leak, surrogate, unit_grad, grad_out.dtype)
+    carry, detach_reset = _backward_options(leak, surrogate, detach_reset)
     eps = torch.zeros_like(grad_out[0])
     deltas = []
     for t in range(grad_out.shape[0] - 1, -1, -1):
@@ -127,11 +160,11 @@ def _lif_backward_fused(grad_out: Tensor, membrane: Tensor, fired: Tensor, theta
         if not detach_reset:
             delta = delta - eps * (theta if subtract else membrane[t])
         delta = delta * _sigma(membrane[t], fired[t], theta, surrogate, width, lee_scale,
-                               grad_out.dtype)
+                               unit_grad, grad_out.dtype)
         if not subtract:
             eps = eps - fired[t] * eps
         delta = delta + eps
-        eps = delta * leak
+        eps = delta * carry
         deltas.append(delta)
     return torch.stack(deltas[::-1])
 
@@ -139,7 +172,8 @@ def _lif_backward_fused(grad_out: Tensor, membrane: Tensor, fired: Tensor, theta
 def lif_scan(z: Tensor, threshold: Tensor | float = 1.0, leak: float = 1.0,
              reset: Literal["zero", "subtract"] = "zero", surrogate: str = "atan",
              width: float | None = None, detach_reset: bool = False,
-             initial: Tensor | float = 0.0) -> Tensor:
+             initial: Tensor | float = 0.0,
+             grad_scale: Literal["threshold", "unit"] = "threshold") -> Tensor:
     """Spikes s (T, B, ...) of LIF neurons driven by ``z`` (T, B, ...), differentiable by the
     surrogate rule (see the module docstring).
 
@@ -148,10 +182,14 @@ def lif_scan(z: Tensor, threshold: Tensor | float = 1.0, leak: float = 1.0,
         threshold: θ > 0, a float or a tensor broadcastable to one step (per channel).
         leak: l in (0, 1]; 1 is the IF neuron.
         reset: ``"zero"`` (Lee et al. 2020) or ``"subtract"``.
-        surrogate: ``sigmoid``, ``atan``, ``triangle``, ``rectangle`` or ``lee``.
+        surrogate: ``sigmoid``, ``atan``, ``triangle``, ``rectangle`` or ``lee`` (Lee et
+            al.'s backward as their code computes it, see the module docstring).
         width: the surrogate's width w (default: its own, see ``SURROGATES``).
-        detach_reset: no gradient through the reset (a common simplification).
+        detach_reset: no gradient through the reset (a common simplification); ``lee``
+            always detaches it.
         initial: v(0), a float or a tensor broadcastable to one step.
+        grad_scale: ``"threshold"`` (default): σ carries the factor 1/θ; ``"unit"``: it does
+            not (Lee et al.'s pooling neurons).
     """
     if z.ndim < 2 or z.shape[0] == 0:
         raise ValueError(f"expected a (T, B, ...) sequence with T >= 1, got shape "
@@ -160,11 +198,14 @@ def lif_scan(z: Tensor, threshold: Tensor | float = 1.0, leak: float = 1.0,
         raise ValueError(f"leak must be in (0, 1], got {leak}")
     if reset not in ("zero", "subtract"):
         raise ValueError(f"unknown reset {reset!r}; valid: zero, subtract")
+    if grad_scale not in ("threshold", "unit"):
+        raise ValueError(f"unknown grad_scale {grad_scale!r}; valid: threshold, unit")
     w = check_surrogate(surrogate, width)
     theta = torch.as_tensor(threshold, dtype=z.dtype, device=z.device)
     if not bool(torch.isfinite(theta).all()) or bool((theta <= 0).any()):
         raise ValueError(f"threshold must be finite and > 0, got {threshold}")
     v0 = torch.as_tensor(initial, dtype=z.dtype, device=z.device)
-    spikes, fired = _LIFScan.apply(z, theta, v0, leak, reset, surrogate, w, detach_reset)
+    spikes, fired = _LIFScan.apply(z, theta, v0, leak, reset, surrogate, w, detach_reset,
+                                   grad_scale == "unit")
     spikes._spikeforge_bits = fired  # the same spikes as booleans (see mark_spikes)
     return spikes

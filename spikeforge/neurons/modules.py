@@ -103,13 +103,16 @@ class LIF(nn.Module):
         threshold: θ (Lee et al.: 1.0), a float or one value per channel (1-D tensor).
         leak: l in (0, 1] (Lee et al.: 0.99; 1.0 is IF).
         reset: ``"zero"`` (Lee et al.) or ``"subtract"``.
-        surrogate: ``sigmoid``, ``atan``, ``triangle``, ``rectangle`` or ``lee``.
+        surrogate: ``sigmoid``, ``atan``, ``triangle``, ``rectangle`` or ``lee`` (Lee et al.'s
+            backward as their code computes it: detached reset, leak straight through).
         width: the surrogate's width (default: its own).
-        detach_reset: no gradient through the reset.
+        detach_reset: no gradient through the reset (``lee`` always detaches it).
         initial: v(0) = 0 (``"zero"``) or θ/2 (``"half"``).
         emit: ``"count"`` passes the spikes s on (direct training), ``"value"`` passes θ·s
             (an SNN initialised from a converted ANN, whose next layer expects θ·s).
         channel_dim: the channel axis of one step's input, for a per-channel threshold.
+        grad_scale: ``"threshold"``: the spike's derivative carries 1/θ; ``"unit"``: it does
+            not (Lee et al.'s pooling neurons).
 
     Shape:
         ``(T, B, ...)`` → spikes of the same shape, or time-folded ``(T·B, ...)`` when
@@ -124,7 +127,8 @@ class LIF(nn.Module):
                  reset: Literal["zero", "subtract"] = "zero", surrogate: str = "atan",
                  width: float | None = None, detach_reset: bool = False,
                  initial: Initial = "zero", emit: Literal["count", "value"] = "count",
-                 channel_dim: int = 1) -> None:
+                 channel_dim: int = 1,
+                 grad_scale: Literal["threshold", "unit"] = "threshold") -> None:
         super().__init__()
         from spikeforge.neurons.surrogate import check_surrogate
 
@@ -137,12 +141,14 @@ class LIF(nn.Module):
             raise ValueError(f"leak must be in (0, 1], got {leak}")
         for key, value, valid in (("reset", reset, ("zero", "subtract")),
                                   ("initial", initial, ("zero", "half")),
-                                  ("emit", emit, ("count", "value"))):
+                                  ("emit", emit, ("count", "value")),
+                                  ("grad_scale", grad_scale, ("threshold", "unit"))):
             if value not in valid:
                 raise ValueError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
         self.register_buffer("threshold", theta)
         self.leak, self.reset, self.initial, self.emit = float(leak), reset, initial, emit
         self.surrogate, self.detach_reset, self.channel_dim = surrogate, detach_reset, channel_dim
+        self.grad_scale = grad_scale
         self.timesteps: int | None = None
 
     def lam(self) -> Tensor:
@@ -174,7 +180,7 @@ class LIF(nn.Module):
         theta = broadcast_threshold(self.threshold.to(seq.dtype), seq[0], self.channel_dim)
         v0 = theta / 2 if self.initial == "half" else 0.0
         s = lif_scan(seq, theta, self.leak, self.reset, self.surrogate, self.width,
-                     self.detach_reset, v0)
+                     self.detach_reset, v0, self.grad_scale)
         if self.emit == "value":
             out = s * theta
             return out if steps is None else out.flatten(0, 1)
@@ -190,7 +196,8 @@ class LIF(nn.Module):
                 f"surrogate={self.surrogate}" + (f"({self.width:g})" if self.width else "")
                 + (", detach_reset=True" if self.detach_reset else "")
                 + (f", initial={self.initial}" if self.initial != "zero" else "")
-                + (f", emit={self.emit}" if self.emit != "count" else ""))
+                + (f", emit={self.emit}" if self.emit != "count" else "")
+                + (f", grad_scale={self.grad_scale}" if self.grad_scale != "threshold" else ""))
 
 
 def broadcast_threshold(theta: Tensor, step: Tensor, channel_dim: int = 1) -> Tensor:

@@ -17,9 +17,10 @@ rectangle     clip(x / w + 1/2, 0, 1)                          [|x| < w/2] / w  
 (``sigmoid`` with w = 0.25 and ``atan`` with w = 0.5 are SpikingJelly's defaults α = 4 and
 α = 2.) The fifth rule, ``lee``, is not a function of m(t) alone: Lee et al. (Front. Neurosci.
 2020, "Enabling spike-based backpropagation") pass the gradient 1/θ at the steps where the
-neuron fired, scaled per neuron by the leak correction 1 + ln(l)·f/N, where N is its spike
-count over the window and f = Σ_k l^(T − t_k) its leaky spike trace; :func:`lif_scan`
-computes it over the whole window.
+neuron fired, scaled per neuron by the leak correction 1 + ln(l)·f/N (:func:`lee_factor`),
+where N is its spike count over the window and f = Σ_k l^(T − t_k) its leaky spike trace; as
+in their code, the reset is detached and the leak passes the gradient unchanged.
+:func:`spikeforge.neurons.bptt.lif_scan` computes it over the whole window.
 """
 
 from __future__ import annotations

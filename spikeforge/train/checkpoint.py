@@ -69,7 +69,9 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         spec.pop("activation", None)
         neuron = spec.pop("activation_options", None)
         model = create_snn(spec.pop("name"), snn["timesteps"], snn["encoder"], neuron=neuron,
-                           pool_threshold=snn.get("pool_threshold"), **spec)
+                           pool_threshold=snn.get("pool_threshold"),
+                           readout=snn.get("readout", "mean"),
+                           pool_grad=snn.get("pool_grad", "threshold"), **spec)
     else:
         model = create(spec.pop("name"), **spec)
     model.load_state_dict(state["model"])
