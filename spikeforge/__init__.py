@@ -15,4 +15,14 @@ from spikeforge.metrics import EvaluationResult, evaluate  # noqa: E402
 from spikeforge.simulate import SpikingNetwork  # noqa: E402
 
 __all__ = ["ConversionError", "EvaluationResult", "SpikingNetwork", "__version__", "convert",
-           "data", "evaluate", "models", "neurons"]
+           "data", "evaluate", "export", "models", "neurons"]
+
+
+def __getattr__(name: str) -> object:
+    """``sf.export`` (NIR) is imported on first use: it needs the optional ``nir`` package
+    only when a function of it is called, and costs nothing to programs that never export."""
+    if name == "export":
+        import importlib
+
+        return importlib.import_module("spikeforge.export")
+    raise AttributeError(f"module 'spikeforge' has no attribute {name!r}")

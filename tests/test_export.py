@@ -3,6 +3,8 @@ and a third-party reader (snnTorch's NIR import) simulating our exported LIF net
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -122,3 +124,9 @@ def test_cli_export_writes_a_file_that_reads_back(tmp_path, capsys):
                  "--out", str(out), "--method", "termapping"]) == 2
     assert "ternary spikes cannot be written in NIR" in capsys.readouterr().err
 
+
+
+def test_export_is_part_of_the_public_api_and_imported_on_first_use():
+    code = ("import sys, spikeforge as sf; assert 'spikeforge.export' not in sys.modules; "
+            "assert callable(sf.export.to_nir) and 'spikeforge.export' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
