@@ -322,8 +322,9 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         seed_everything(cfg.seed)
         train_set, test_set = _load_data(cfg)
         model = build_model(cfg, train_set).to(device)
-        if not (resume and ckpt_path.is_file()):
-            initialise(model, cfg, train_set)
+        if not (resume and ckpt_path.is_file()) and not (cfg.kind == "snn"
+                                                          and cfg.snn.init_from):
+            initialise(model, cfg, train_set)  # a hybrid SNN has its ANN's weights
         _freeze_whitening(model, cfg)
         memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
         model = model.to(memory_format=memory_format)
