@@ -1,6 +1,6 @@
-"""spikeforge against SpikingJelly and snnTorch, in one run (issue 7, benchmarks A, B and C).
+"""spikeforge against SpikingJelly and snnTorch, in one run (benchmarks A, B and C).
 
-    python benchmarks/compare.py --quick            # A and C at T = 16; B at T = 8; < 5 minutes
+    python benchmarks/compare.py --quick            # A and C at T = 16; B at T = 8; 3 rounds
     python benchmarks/compare.py --json benchmarks/results/compare.json
 
 Every peer is built the way its users build it, from the same weights:
@@ -16,22 +16,31 @@ A. Converted-SNN inference: IF neurons, reset by subtraction, v(0) = 0, direct i
    VGG (conv64-conv64-pool-conv128-conv128-pool-conv256-pool-fc), batch 64, T in {4, 16, 32},
    and the MNIST CNN (cnn_small) at T = 16. The peers' neurons emit 0/1, so the threshold of a
    layer is folded into the next layer's weights (as SpikingJelly's converter does).
+   spikeforge runs in float32 (``spikeforge``), bfloat16 (``spikeforge-bf16``), on the int8
+   model with integer kernels (``spikeforge-int8``: 8-bit weights, so its readout differs from
+   float32 by the weights' rounding) and with ``precision="auto"`` (``spikeforge-auto``: bf16
+   where the CPU has it natively, else float32; when that is a row already measured, the
+   auto row repeats it and says so in ``same_as``).
 B. One BPTT training step of the same VGG with LIF neurons (leak 0.9, reset to zero, atan
    surrogate, θ = 1; weights ×3 so that every layer fires), T in {4, 8}, batch 32: forward,
    cross-entropy on the mean readout, backward, SGD step.
 C. The dense ANN forward of the same network (channels-last, batch 64): the per-step floor;
    shown as images/s ÷ T beside the SNNs.
 
-Each measurement runs in a fresh process, with glibc keeping freed memory as the ``spikeforge``
-commands do (``--malloc default``: glibc's settings; either way the same for every
-implementation): the median of >= 5 timed repetitions after a
-warm-up, images per second, the ratio to the best peer, the process's peak RSS (torch and
-the model included, the same for all) and the RSS the measured calls added
-(``work_mib``: peak minus the RSS before them — a lower bound, 0 when an earlier stage such
-as calibration peaked higher), and the largest
-difference of the summed readout (A) or of the first step's loss and output (B) from
-spikeforge's. Peers: the ``bench`` extra, next to the existing torch (see
-``benchmarks/README.md``).
+A measurement that holds still on a shared machine: every implementation of a benchmark runs
+in its own process (set up once: imports, conversion, one output for the comparison), and
+the processes are timed in interleaved rounds — A B C … then B C … A … (the order rotates) —
+each round a warm-up call and the median of ``--repeats`` timed calls. A slow minute on the
+machine then hits every implementation of a round alike. Reported per implementation: the
+median images/s over the rounds, and the median, min and max over the rounds of the ratio to
+the best peer *of the same round*. Also its process's peak RSS (torch and the model
+included, the same for all) and the RSS the measured calls added (``work_mib``: peak minus
+the RSS before them — a lower bound, 0 when an earlier stage such as calibration peaked
+higher), and the largest difference of the summed readout (A) or of the first step's loss
+and output (B) from spikeforge's (float32). glibc keeps freed memory in every process, as
+the ``spikeforge`` commands do (``--malloc default``: glibc's settings). The JSON records
+the CPU's instruction set (``isa``). Peers: the ``bench`` extra, next to the existing torch
+(see ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ import resource
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -54,10 +64,18 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from spikeforge.runtime import compile_enabled, keep_freed_memory  # noqa: E402
+from spikeforge.runtime import (  # noqa: E402
+    compile_enabled,
+    keep_freed_memory,
+    machine_info,
+    native_bf16,
+)
 
 PEERS = ("spikingjelly-m", "spikingjelly-s", "snntorch")
-INFERENCE = ("spikeforge", "spikeforge-bf16", *PEERS, "ann")
+#: spikeforge's rows and the precision each converts with
+PRECISION_OF = {"spikeforge": "float32", "spikeforge-bf16": "bf16", "spikeforge-int8": "int8",
+                "spikeforge-auto": "auto"}
+INFERENCE = (*PRECISION_OF, *PEERS, "ann")
 TRAINING = ("spikeforge", "spikingjelly-m", "snntorch")
 LIF = {"leak": 0.9, "threshold": 1.0}
 #: B scales the seeded weights so that every layer fires (4-21% of neurons per step, as in
@@ -190,9 +208,11 @@ def inference(bench: str, impl: str, timesteps: int, batch: int) -> Case:
     ann, shape = network(bench)
     torch.manual_seed(1)
     x = torch.rand(batch, *shape)
-    options = {"precision": "bf16"} if impl == "spikeforge-bf16" else {}
-    snn = sf.convert(ann, [x], "threshold_balancing", timesteps=timesteps, percentile=100.0,
-                     progress=False, **options)
+    with warnings.catch_warnings():  # bf16 where it is emulated: measured all the same
+        warnings.simplefilter("ignore", UserWarning)
+        snn = sf.convert(ann, [x], "threshold_balancing", timesteps=timesteps,
+                         percentile=100.0, progress=False,
+                         precision=PRECISION_OF.get(impl, "float32"))
     if impl.startswith("spikeforge"):
         return Case(lambda: snn(x), lambda: snn(x).float().sum(0), snn)
     if impl == "ann":
@@ -257,73 +277,205 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def measure(kind: str, bench: str, impl: str, timesteps: int, batch: int, repeats: int,
-            threads: int, keep_memory: bool = True) -> dict:
-    """Time one implementation in this process; its output for the comparison. With
-    ``keep_memory`` glibc keeps freed memory (:func:`spikeforge.runtime.keep_freed_memory`,
-    what every ``spikeforge`` command does) for whichever implementation runs here."""
-    if keep_memory:
-        keep_freed_memory()
-    torch.set_num_threads(threads)
-    grad = torch.enable_grad() if kind == "training" else torch.inference_mode()
-    with grad:
-        run, output, _ = (training(impl, timesteps, batch) if kind == "training"
-                          else inference(bench, impl, timesteps, batch))
-        before = _rss_mib()
-        out = output()
-        times = []
-        for i in range(repeats + 1):
-            tick = time.perf_counter()
-            run()
-            if i:  # the first call is the warm-up
-                times.append(time.perf_counter() - tick)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    seconds = statistics.median(times)
-    return {"kind": kind, "benchmark": bench, "implementation": impl, "timesteps": timesteps,
-            "batch": batch, "threads": threads, "seconds": seconds,
-            "images_per_s": batch / seconds, "peak_rss_mib": peak,
-            "work_mib": max(0.0, peak - before),
-            "output": None if out is None else out.double().tolist()}
+def _precision_info(case: Case, impl: str) -> dict:
+    """What a spikeforge network ran in: the precision chosen and why, and (int8) which
+    layers ran on integer kernels."""
+    info = getattr(case.net, "info", None)
+    if not impl.startswith("spikeforge") or not isinstance(info, dict):
+        return {}
+    keys = ("precision", "precision_requested", "precision_reason", "int8_kernels")
+    return {k: info[k] for k in keys if k in info}
 
 
-def _child(queue: mp.Queue, *args) -> None:
+def _worker(conn, kind: str, bench: str, impl: str, timesteps: int, batch: int, threads: int,
+            keep_memory: bool) -> None:
+    """One implementation in its own process: set up once and send the output to compare;
+    then, for every ``repeats`` received, a warm-up call and ``repeats`` timed calls (their
+    seconds sent back); 0 ends it with the process's peak RSS. With ``keep_memory`` glibc
+    keeps freed memory (:func:`spikeforge.runtime.keep_freed_memory`)."""
     try:
-        queue.put(measure(*args))
+        if keep_memory:
+            keep_freed_memory()
+        torch.set_num_threads(threads)
+        mode = torch.enable_grad if kind == "training" else torch.inference_mode
+        with mode():
+            case = (training(impl, timesteps, batch) if kind == "training"
+                    else inference(bench, impl, timesteps, batch))
+            before = _rss_mib()
+            out = case.output()
+        conn.send({"output": None if out is None else out.double().tolist(),
+                   **_precision_info(case, impl)})
+        while repeats := conn.recv():
+            times = []
+            with mode():
+                for i in range(repeats + 1):
+                    tick = time.perf_counter()
+                    case.run()
+                    if i:  # the first call of a round is its warm-up
+                        times.append(time.perf_counter() - tick)
+            conn.send(times)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        conn.send({"peak_rss_mib": peak, "work_mib": max(0.0, peak - before)})
     except Exception as exc:  # a missing peer, for example
-        queue.put({"implementation": args[2], "error": f"{type(exc).__name__}: {exc}"})
+        conn.send({"error": f"{type(exc).__name__}: {exc}"})
 
 
-def isolated(*args) -> dict:
-    """``measure`` in a fresh process, so that its peak RSS is its own."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, *args))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+class Worker:
+    """A measuring process (:func:`_worker`) and its pipe."""
+
+    def __init__(self, *args) -> None:
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker, args=(child, *args))
+        self.proc.start()
+        self.setup: dict = {}
+        self.error: str | None = None
+
+    def ready(self) -> None:
+        """Wait for the set-up (all workers set up at once; nothing is timed meanwhile)."""
+        self.setup = self._receive()
+        self.error = self.setup.get("error")
+
+    def _receive(self):
+        try:
+            return self.conn.recv()
+        except EOFError:  # killed, e.g. out of memory
+            return {"error": f"the measuring process died (exit code {self.proc.exitcode})"}
+
+    def round(self, repeats: int) -> list[float] | None:
+        """The seconds of ``repeats`` timed calls after a warm-up; None on an error."""
+        self.conn.send(repeats)
+        reply = self._receive()
+        if isinstance(reply, dict):
+            self.error = reply["error"]
+            return None
+        return reply
+
+    def close(self) -> dict:
+        """The process's peak RSS and the RSS its measured calls added."""
+        final = {}
+        if self.error is None:
+            self.conn.send(0)
+            final = self._receive()
+        self.proc.join(timeout=60)
+        if self.proc.is_alive():
+            self.proc.kill()
+        return final
+
+
+def interleaved(kind: str, bench: str, impls: list[str], timesteps: int, batch: int,
+                rounds: int, repeats: int, threads: int, keep_memory: bool) -> list[dict]:
+    """Measure ``impls`` in interleaved rounds (see the module docstring): one row each,
+    with the seconds of every round and the output to compare."""
+    workers = {impl: Worker(kind, bench, impl, timesteps, batch, threads, keep_memory)
+               for impl in impls}
+    for worker in workers.values():
+        worker.ready()
+    seconds: dict[str, list[float]] = {impl: [] for impl in impls}
+    for r in range(rounds):
+        order = impls[r % len(impls):] + impls[:r % len(impls)]
+        for impl in order:
+            worker = workers[impl]
+            if worker.error is None:
+                times = worker.round(repeats)
+                if times is not None:
+                    seconds[impl].append(statistics.median(times))
+    rows = []
+    for impl, worker in workers.items():
+        final = worker.close()
+        base = {"kind": kind, "benchmark": bench, "implementation": impl,
+                "timesteps": timesteps, "batch": batch, "threads": threads}
+        if worker.error is not None:
+            rows.append({**base, "error": worker.error})
+            continue
+        rows.append({**base, **final, **worker.setup,
+                     "rounds_seconds": seconds[impl],
+                     "seconds": statistics.median(seconds[impl])})
+    return rows
 
 
 def compare_rows(rows: list[dict]) -> None:
-    """Add ``max_abs_diff`` (to spikeforge's output) and ``ratio_vs_best_peer``."""
+    """Add to every row ``images_per_s`` (the median over the rounds), ``max_abs_diff`` (to
+    spikeforge's output) and, where there are peers, the median / min / max over the rounds
+    of the ratio to the best peer of the same round (``ratio_vs_best_peer``,
+    ``ratio_min``, ``ratio_max``)."""
     ok = [r for r in rows if "error" not in r]
     reference = next((r["output"] for r in ok if r["implementation"] == "spikeforge"), None)
-    best = max((r["images_per_s"] for r in ok if r["implementation"] in PEERS), default=None)
+    peers = [r for r in ok if r["implementation"] in PEERS]
+    rounds = min((len(r["rounds_seconds"]) for r in ok), default=0)
+    best = [max(r["batch"] / r["rounds_seconds"][i] for r in peers) for i in range(rounds)
+            ] if peers else []
     for r in ok:
         out = r.pop("output")
+        r["images_per_s"] = r["batch"] / r["seconds"]
+        r["rounds_images_per_s"] = [r["batch"] / t for t in r["rounds_seconds"]]
         r["max_abs_diff"] = (None if out is None or reference is None
                              else float((torch.tensor(out) - torch.tensor(reference))
                                         .abs().max()))
         if best and r["implementation"] != "ann":
-            r["ratio_vs_best_peer"] = r["images_per_s"] / best
+            ratios = [r["rounds_images_per_s"][i] / best[i] for i in range(rounds)]
+            r.update(ratio_vs_best_peer=statistics.median(ratios), ratio_min=min(ratios),
+                     ratio_max=max(ratios), rounds_ratio=ratios)
+
+
+def auto_alias(impls: list[str]) -> str | None:
+    """The row ``spikeforge-auto`` would repeat here (``precision="auto"`` resolves to the
+    precision of a row in ``impls``), or None."""
+    from spikeforge.simulate import resolve_precision
+
+    chosen, _ = resolve_precision("auto", "cpu")
+    same = next((impl for impl, p in PRECISION_OF.items() if p == chosen), None)
+    return same if same in impls else None
+
+
+def with_alias(rows: list[dict], alias: str | None) -> list[dict]:
+    """``rows`` with the ``spikeforge-auto`` row copied from the row it resolves to."""
+    if alias is None:
+        return rows
+    source = next((r for r in rows if r["implementation"] == alias), None)
+    if source is None or "error" in source:
+        return rows
+    auto = {**source, "implementation": "spikeforge-auto", "same_as": alias,
+            "precision_requested": "auto"}
+    from spikeforge.simulate import resolve_precision
+
+    auto["precision_reason"] = resolve_precision("auto", "cpu")[1]
+    index = next(i for i, r in enumerate(rows) if r["implementation"] == alias)
+    return [*rows[:index + 1], auto, *rows[index + 1:]]
+
+
+#: the CPU flags that decide which kernels are fast
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni",
+             "amx_tile", "amx_int8", "amx_bf16")
+
+
+def isa() -> dict:
+    """The CPU's instruction set: PyTorch's capability level, whether bf16 is native, the
+    relevant ``/proc/cpuinfo`` flags and the model name."""
+    flags, model = set(), None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+                elif key.strip() == "model name" and model is None:
+                    model = value.strip()
+    except OSError:
+        pass
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": native_bf16("cpu"), "cpu_model": model,
+            "flags": [f for f in ISA_FLAGS if f in flags]}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="A and C at T = 16, B at T = 8, 5 repetitions (bf16 only where "
-                             "the CPU has bf16 instructions)")
-    parser.add_argument("--repeats", type=int, default=7)
+                        help="A and C at T = 16, B at T = 8, 3 rounds of 3 repetitions "
+                             "(bf16 only where the CPU has bf16 instructions)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5; --quick 3)")
+    parser.add_argument("--repeats", type=int,
+                        help="timed calls per round after its warm-up (default 5; --quick 3)")
     parser.add_argument("--batch", type=int, default=64, help="inference batch (A, C)")
     parser.add_argument("--train-batch", type=int, default=32, help="training batch (B)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -337,11 +489,14 @@ def main() -> int:
                              "the spikeforge commands run (no page faults per call on large "
                              "tensors); default: glibc's own settings")
     args = parser.parse_args()
+    started = time.perf_counter()
     steps = args.timesteps or ((16,) if args.quick else (4, 16, 32))
-    repeats = 5 if args.quick else max(5, args.repeats)
+    rounds = args.rounds or (3 if args.quick else 5)
+    repeats = args.repeats or (3 if args.quick else 5)
+    if rounds < 1 or repeats < 1:
+        parser.error("--rounds and --repeats must be at least 1")
     # emulated bf16 (a CPU without bf16 instructions) is slow: --quick leaves it out
-    slow = set() if not args.quick or torch.ops.mkldnn._is_mkldnn_bf16_supported() else {
-        "spikeforge-bf16"}
+    slow = set() if not args.quick or native_bf16("cpu") else {"spikeforge-bf16"}
     keep = lambda impls: [i for i in impls  # noqa: E731
                           if (not args.only or i in args.only) and i not in slow]
     records = []
@@ -353,37 +508,53 @@ def main() -> int:
             cases = [("inference", bench, t, args.batch, keep(INFERENCE))
                      for t in (steps if bench == "vgg_cifar" else (16,))]
         for kind, name, t, batch, impls in cases:
-            rows = [isolated(kind, name, impl, t, batch, repeats, args.threads,
-                             args.malloc == "keep") for impl in impls]
+            alias = auto_alias(impls) if "spikeforge-auto" in impls else None
+            measured = [i for i in impls if not (alias and i == "spikeforge-auto")]
+            rows = interleaved(kind, name, measured, t, batch, rounds, repeats, args.threads,
+                               args.malloc == "keep")
             compare_rows(rows)
+            rows = with_alias(rows, alias)
             records.extend(rows)
-            _print(kind, name, t, batch, args.threads, rows)
+            _print(kind, name, t, batch, args.threads, rounds, rows)
+    wall = time.perf_counter() - started
+    print(f"\n{wall:.0f} s; {rounds} interleaved rounds of {repeats} timed calls")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "malloc": args.malloc, "compile": compile_enabled(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "isa": isa(),
+            "machine_info": machine_info(), "rounds": rounds, "repeats": repeats,
+            "malloc": args.malloc, "compile": compile_enabled(), "wall_seconds": wall,
             "machine": platform.platform(), "records": records}, indent=2))
     return 0
 
 
-def _print(kind: str, bench: str, t: int, batch: int, threads: int, rows: list[dict]) -> None:
+def _print(kind: str, bench: str, t: int, batch: int, threads: int, rounds: int,
+           rows: list[dict]) -> None:
     what = "training step" if kind == "training" else "inference"
-    print(f"\n{bench} {what}, T={t}, batch {batch}, {threads} threads")
-    print(f"{'implementation':20s} {'images/s':>9s} {'vs best peer':>12s} {'peak RSS MiB':>12s} "
-          f"{'work MiB':>9s} {'max |diff|':>10s}")
+    print(f"\n{bench} {what}, T={t}, batch {batch}, {threads} threads, median of {rounds} "
+          "rounds")
+    print(f"{'implementation':26s} {'images/s':>9s} {'vs best peer [min-max]':>23s} "
+          f"{'peak RSS MiB':>12s} {'work MiB':>9s} {'max |diff|':>10s}")
     for r in rows:
         if "error" in r:
-            print(f"{r['implementation']:20s} {r['error']}")
+            print(f"{r['implementation']:26s} {r['error']}")
             continue
         diff = "" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.2e}"
-        ratio = r.get("ratio_vs_best_peer")
+        ratio = ("" if r.get("ratio_vs_best_peer") is None else
+                 f"{r['ratio_vs_best_peer']:.2f} [{r['ratio_min']:.2f}-{r['ratio_max']:.2f}]")
         floor = r["implementation"] == "ann"
         name = r["implementation"] + (" (÷T floor)" if floor else "")
+        name += f" (= {r['same_as']})" if "same_as" in r else ""
         rate = r["images_per_s"] / (t if floor else 1)
-        print(f"{name:20s} {rate:9.1f} {'' if ratio is None else f'{ratio:.2f}':>12s} "
-              f"{r['peak_rss_mib']:12.0f} {r['work_mib']:9.0f} {diff:>10s}")
+        print(f"{name:26s} {rate:9.1f} {ratio:>23s} {r['peak_rss_mib']:12.0f} "
+              f"{r['work_mib']:9.0f} {diff:>10s}")
+        if r.get("precision_reason") and r.get("precision_requested") == "auto":
+            print(f"{'':26s} {r['precision_reason']}")
+        kernels = r.get("int8_kernels")
+        if kernels:
+            integer = sum(v == "int8" for v in kernels.values())
+            print(f"{'':26s} {integer} of {len(kernels)} synaptic layers on int8 kernels")
 
 
 if __name__ == "__main__":

@@ -101,6 +101,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         flags.append("run.progress=false")
     exp = load_experiment(args.config, [*args.overrides, *flags], out_dir=args.out_dir,
                           only=args.only)
+    # precision: 'auto' (bf16 where the device has it natively, else float32) unless set
+    exp.config.conversion.setdefault("precision", "auto")
     entries = run_experiment(exp, force=args.force)
     print_summary(exp, entries)
     return 0
@@ -179,7 +181,7 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 
 #: the convert options that mirror :func:`spikeforge.convert` (argparse destinations); each
-#: defaults to None, meaning the method's default
+#: defaults to None, meaning the method's default — except precision, "auto" on the command line
 _METHOD_OPTIONS = ("percentile", "channelwise", "encoder", "reset", "initial", "max_pool",
                    "precision")
 
@@ -203,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     from spikeforge.convert.recipes import MAX_POOL_POLICIES, METHODS
     from spikeforge.encoding import ENCODERS
     from spikeforge.neurons.functional import INITIALS, RESETS
-    from spikeforge.simulate import PRECISIONS
+    from spikeforge.simulate import PRECISION_CHOICES
 
     parser.add_argument("--version", action="version", version=f"spikeforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -251,11 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-subset", type=int, help="evaluate on this many test images")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--memory-budget", type=float, help="MiB of activations per chunk")
-    p.add_argument("--precision", choices=tuple(PRECISIONS),
-                   help="bf16: synaptic layers in bfloat16, membranes in float32 (fast on "
-                        "GPUs and bf16 CPUs); int8: weights rounded to 8-bit integers per "
-                        "output channel (8-bit neuromorphic hardware); "
-                        + _default("precision"))
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                   help="auto (default): bf16 where the device computes it in hardware "
+                        "(GPUs, AVX512-BF16/AMX CPUs), else float32; bf16: synaptic layers "
+                        "in bfloat16, membranes in float32; int8: weights rounded to 8-bit "
+                        "integers per output channel (8-bit neuromorphic hardware), on "
+                        "integer kernels; float32: exact (the library's default)")
     p.add_argument("--seed", type=int, default=0, help="calibration subset / Poisson seed")
     p.add_argument("--out", help="results JSON (a PNG plot is written beside it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

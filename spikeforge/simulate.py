@@ -10,7 +10,9 @@ direct input (the same image at every step) the layers that see only the image r
 graph runs channels-last on CPUs and GPUs (oneDNN's and cuDNN's fast layout), in float32,
 with ``precision="bf16"`` with bfloat16 synaptic layers and float32 membranes, or with
 ``precision="int8"`` with the weights of 8-bit neuromorphic hardware
-(:func:`quantize_weights_`).
+(:func:`quantize_weights_`), whose spike-fed layers run on integer kernels
+(:mod:`spikeforge.int8`). ``precision="auto"`` picks bf16 where the device computes it in
+hardware and float32 elsewhere (:func:`resolve_precision`).
 
 Max pooling, by policy (``max_pool=`` in :func:`spikeforge.convert`):
 
@@ -25,29 +27,66 @@ Memory and speed: a call splits the batch into chunks so that the activations of
 steps at once, stay within ``memory_budget`` bytes (estimated from the layer sizes of one
 sample). On a CPU the chunks are also kept near the size of the caches (``working_set``): one
 huge time-folded call streams every intermediate through main memory, and cache-sized calls
-ran a CIFAR VGG 1.2–1.5× faster with the same result (``benchmarks/README.md``).
+ran a CIFAR VGG faster with the same result (``benchmarks/README.md``).
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
 
 from spikeforge.encoding import ENCODERS, encode
+from spikeforge.int8 import use_int8_kernels
 from spikeforge.neurons import SpikingNeuron
+from spikeforge.runtime import native_bf16
 
-#: precision name → dtype the synaptic layers compute in ("int8": float32 arithmetic on
-#: weights rounded to 8 bits, :func:`quantize_weights_`)
+#: precision name → dtype the synaptic layers compute in ("int8": the weights rounded to 8
+#: bits, :func:`quantize_weights_`, with float32 results; see :mod:`spikeforge.int8`)
 PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "bf16": torch.bfloat16,
                                       "int8": torch.float32}
+#: the precision names a network accepts: :data:`PRECISIONS` and ``"auto"``
+PRECISION_CHOICES = (*PRECISIONS, "auto")
 #: precision name → bits of the weights, where they are quantized
 WEIGHT_BITS: dict[str, int] = {"int8": 8}
 
-__all__ = ["PRECISIONS", "SpikingMaxPool", "SpikingNetwork", "activation_bytes",
-           "constant_input_graph", "quantize_weights_"]
+__all__ = ["PRECISIONS", "PRECISION_CHOICES", "SpikingMaxPool", "SpikingNetwork",
+           "activation_bytes", "constant_input_graph", "quantize_weights_", "resolve_precision"]
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> tuple[str, str]:
+    """The precision a network on ``device`` runs in, and why.
+
+    ``"auto"`` is ``"bf16"`` where ``device`` computes bfloat16 in hardware (a GPU that
+    supports it; a CPU with AVX512-BF16 or AMX, :func:`spikeforge.runtime.native_bf16`) and
+    ``"float32"`` elsewhere — where bf16 is emulated in float32 and slower than float32 itself.
+    Any other name is returned as asked; asking for ``"bf16"`` on a CPU that emulates it
+    warns (``UserWarning``).
+
+    Raises:
+        ValueError: an unknown precision.
+    """
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"unknown precision {precision!r}; valid: "
+                         f"{', '.join(PRECISION_CHOICES)}")
+    device = torch.device(device)
+    native = precision in ("auto", "bf16") and native_bf16(device)
+    if device.type == "cpu":
+        hardware = "AVX512-BF16/AMX" if native else "no AVX512-BF16/AMX: bf16 is emulated"
+    else:
+        hardware = "bf16 in hardware" if native else "no native bf16"
+    if precision == "auto":
+        chosen = "bf16" if native else "float32"
+        return chosen, f"auto on {device.type} ({hardware}): {chosen}"
+    if precision == "bf16" and not native:
+        warnings.warn(f"precision='bf16' on a {device.type} without native bfloat16 "
+                      f"({hardware}): it runs several times slower than float32; "
+                      "precision='auto' chooses float32 here", UserWarning, stacklevel=3)
+        return precision, f"requested ({device.type}: {hardware})"
+    return precision, "requested"
 
 
 def quantize_weights_(module: nn.Module, bits: int = 8) -> dict[str, float]:
@@ -192,7 +231,15 @@ class SpikingNetwork(nn.Module):
             bf16 matrix units (recent GPUs, AVX-512-BF16/AMX CPUs); slower elsewhere.
             ``"int8"``: a model of 8-bit neuromorphic hardware, weights rounded to 8-bit
             integers per output channel (:func:`quantize_weights_`), everything else as in
-            float32 (the layers' weights are changed in place: pass a graph you own).
+            float32 (the layers' weights are changed in place: pass a graph you own); on a
+            CPU the layers fed by spikes compute on 8-bit integers (:mod:`spikeforge.int8`,
+            the same numbers up to float rounding of the output scale).
+            ``"auto"``: ``"bf16"`` where the device computes it in hardware, else
+            ``"float32"`` (:func:`resolve_precision`). ``info`` records ``precision`` (as
+            run), ``precision_requested``, ``precision_reason`` and, for int8, each synaptic
+            layer's kernel or why it stays float32 (``int8_kernels``).
+        integer_kernels: with ``precision="int8"``, run the spike-fed layers on integer
+            kernels where they apply (False: the float32 computation of the same model).
         bytes_per_sample_step: activation bytes of one sample at one step (0: measured on
             the first call).
         info: what the converter did (method, options, thresholds), for reports.
@@ -201,15 +248,18 @@ class SpikingNetwork(nn.Module):
     def __init__(self, graph: fx.GraphModule, timesteps: int = 32, encoder: str = "direct",
                  seed: int = 0, memory_budget: int = 2 << 30, bytes_per_sample_step: int = 0,
                  info: dict[str, Any] | None = None, working_set: int = 96 << 20,
-                 precision: str = "float32") -> None:
+                 precision: str = "float32", integer_kernels: bool = True) -> None:
         super().__init__()
         if encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {encoder!r}; valid: {', '.join(ENCODERS)}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        requested = precision
+        device = next((p.device for p in graph.parameters()), torch.device("cpu"))
+        precision, reason = resolve_precision(precision, device)
         self.precision, self.dtype = precision, PRECISIONS[precision]
         rounding = (quantize_weights_(graph, WEIGHT_BITS[precision])
                     if precision in WEIGHT_BITS else {})
+        kernels = (use_int8_kernels(graph) if precision == "int8" and integer_kernels
+                   else None)
         if self.dtype != torch.float32:
             graph = graph.to(self.dtype)
             for module in graph.modules():
@@ -231,6 +281,10 @@ class SpikingNetwork(nn.Module):
         self.memory_budget, self.bytes_per_sample_step = memory_budget, bytes_per_sample_step
         self.working_set = working_set
         self.info = dict(info or {})
+        self.info.update(precision=precision, precision_requested=requested,
+                         precision_reason=reason)
+        if kernels is not None:
+            self.info["int8_kernels"] = kernels
         if rounding:  # the largest |ΔW| / max|W| of any layer
             self.info.update(weight_bits=WEIGHT_BITS[precision],
                              weight_rounding=max(rounding.values()))

@@ -421,7 +421,8 @@ def test_convert_cli_writes_results_json_and_table(tmp_path, capsys):
                     "firing_rates", "provenance"):
             assert key in e
         assert e["dataset"] == "mnist_demo" and len(e["accuracy"]) == 4
-    assert entries[1]["options"] == {"cap": 4}  # only what was asked for
+    # only what was asked for, and the command's own default precision
+    assert entries[1]["options"] == {"precision": "auto", "cap": 4}
     assert entries[1]["neuron"]["initial"] == "zero" and entries[1]["neuron"]["levels"] == 1
     assert entries[1]["name"] == "AugMapping (Yu et al.), cap 4"
     for e in entries:  # |c| accumulates per augmented event: never less than the unit spikes
@@ -560,11 +561,12 @@ def test_convert_cli_without_options_records_the_library_defaults(tmp_path, meth
                  "--no-progress", "--out", str(out)]) == 0
     (entry,) = json.loads(out.read_text())["results"]
     calibration = [x for x, _ in BatchLoader(load_dataset("mnist_demo", "train").subset(64), 64)]
-    snn = sf.convert(model, calibration, method, timesteps=2, progress=False)
+    snn = sf.convert(model, calibration, method, timesteps=2, progress=False,
+                     precision="auto")  # the command's own default (the library's: float32)
     library = {k: v for k, v in snn.info.items() if k not in ("thresholds", "convert_seconds")}
     written = {k: v for k, v in entry["neuron"].items() if k != "convert_seconds"}
     assert written == library
-    assert entry["options"] == {}  # nothing passed on the method's behalf
+    assert entry["options"] == {"precision": "auto"}  # nothing passed on the method's behalf
     assert written["initial"] == method_defaults(method)["initial"] or method == "snn"
 
 

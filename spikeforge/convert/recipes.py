@@ -163,9 +163,12 @@ def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
         memory_budget: activation bytes per chunk of a batch during simulation.
         activations: extra module types to treat as ReLU-like activations.
         precision: ``"float32"`` (exact), ``"bf16"`` (synaptic layers in bfloat16, membrane
-            potentials and the readout's sum in float32) or ``"int8"`` (weights rounded to
-            8-bit integers per output channel, a model of neuromorphic hardware); see
-            :class:`~spikeforge.simulate.SpikingNetwork`.
+            potentials and the readout's sum in float32), ``"int8"`` (weights rounded to
+            8-bit integers per output channel, a model of neuromorphic hardware, computed
+            on integer kernels where the CPU has them) or ``"auto"`` (bf16 where the device
+            computes it in hardware, else float32); see
+            :class:`~spikeforge.simulate.SpikingNetwork`. The choice and its reason are in
+            ``snn.info``.
         progress: show a progress bar while calibrating.
 
     Returns:
