@@ -250,3 +250,16 @@ def test_lee_rule_trains_from_lees_initialisation():
         losses.append(loss.item())
     assert fc_rates[0] > 0.01 and fc_rates[-1] > fc_rates[0]
     assert sum(losses[-3:]) / 3 < 0.8 * losses[0]
+
+
+def test_mse_loss_is_the_squared_error_to_one_hot_targets():
+    from spikeforge.train.config import OptimConfig
+    from spikeforge.train.loop import training_loss
+
+    logits = torch.tensor([[0.5, 0.25, 0.0], [0.0, 1.0, 2.0]])
+    labels = torch.tensor([0, 2])
+    # (0.25 + 0.0625 + 0) and (0 + 1 + 1), averaged over the two samples
+    mse = training_loss(logits, labels, OptimConfig(loss="mse"))
+    assert mse.item() == pytest.approx((0.3125 + 2.0) / 2)
+    ce = training_loss(logits, labels, OptimConfig())
+    assert ce.item() == pytest.approx(F.cross_entropy(logits, labels).item())

@@ -62,6 +62,9 @@ class OptimConfig:
     # after the linear warm-up: cosine or linear decay to 0, or constant
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     label_smoothing: float = 0.0
+    # training loss: cross-entropy, or mse = Σ_c (out_c − 1[c = label])² averaged over the batch
+    # (Lee et al. 2020, whose readout is trained towards one-hot targets)
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
     grad_clip: float | None = None
     # lr is given for this batch size and scaled linearly to data.batch_size (Goyal et al.
     # 2017); null: lr as given

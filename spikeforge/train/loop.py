@@ -204,6 +204,17 @@ def _amp(device: torch.device, enabled: bool) -> tuple[Any, torch.amp.GradScaler
     return nullcontext(), off, "float32"
 
 
+def training_loss(logits: torch.Tensor, y: torch.Tensor, cfg: OptimConfig) -> torch.Tensor:
+    """``optim.loss``: cross-entropy (with ``label_smoothing``), or ``mse``, the squared error
+    against one-hot targets summed over the classes and averaged over the batch (Lee et al.
+    2020; their code also sums over the batch, i.e. its SGD step is ``batch_size`` times
+    larger)."""
+    if cfg.loss == "mse":
+        target = F.one_hot(y, logits.shape[-1]).to(logits.dtype)
+        return (logits - target).square().sum(1).mean()
+    return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
              autocast: Any = None, flip: bool = False) -> tuple[float, float]:
@@ -496,7 +507,7 @@ def _train_epoch(net: nn.Module, loader: BatchLoader, optimizer: torch.optim.Opt
     for step, (x, y) in enumerate(bar, start=start.step):
         with autocast:
             logits = net(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing)
+            loss = training_loss(logits.float(), y, cfg.optim)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopped. "
