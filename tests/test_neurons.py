@@ -106,7 +106,13 @@ def test_module_per_channel_threshold_and_determinism():
     ({"rule": "quaternary"}, "unknown spike rule 'quaternary'"),
     ({"reset": "halve"}, "unknown reset 'halve'"),
     ({"rule": "augmented", "cap": 0}, "cap must be >= 1"),
-    ({"emit": "voltage"}, "emit must be"),
+    ({"emit": "voltage"}, "unknown emit 'voltage'"),
+    ({"leak": 1.5}, "leak must be in"),
+    ({"initial": "full"}, "unknown initial potential 'full'"),
+    ({"rule": "ternary", "surrogate": "atan"}, "surrogate gradients train binary spikes"),
+    ({"surrogate": "tanh"}, "unknown surrogate 'tanh'"),
+    ({"surrogate": "atan", "width": -1.0}, "width must be finite and > 0"),
+    ({"grad_scale": "half"}, "unknown grad_scale 'half'"),
 ])
 def test_bad_neuron_parameters_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -137,3 +143,59 @@ def test_in_place_scan_equals_the_step_function_loop(rule, symmetric, reset, lea
     assert fast.clamp(min=0).sum() > 20
     if rule == "ternary":
         assert (fast < 0).sum() > 5  # the negative side is exercised
+
+
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+@pytest.mark.parametrize("initial", ["zero", "half"])
+@pytest.mark.parametrize("emit", ["count", "value"])
+def test_one_module_gives_the_same_spikes_in_both_scans(reset, initial, emit):
+    """A trainable neuron runs the BPTT scan when a gradient is needed and the inference scan
+    otherwise: the same numbers, and the same as the neuron without a surrogate."""
+    from spikeforge.neurons import LIF
+
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(6 * 2, 3, 4, 4, generator=gen) * 0.8 + 0.5  # time-folded, T = 6
+    theta = torch.tensor([0.5, 1.0, 1.5])
+    trained = LIF(theta, leak=0.9, reset=reset, initial=initial, emit=emit)
+    plain = SpikingNeuron(theta, reset=reset, leak=0.9, initial=initial, emit=emit)
+    x = z.clone().requires_grad_(True)
+    bptt = trained(x, timesteps=6)
+    bptt.sum().backward()
+    assert x.grad.abs().sum() > 0  # the surrogate gradient reaches the input
+    with torch.no_grad():
+        inference = trained(z, timesteps=6)
+    assert torch.equal(bptt.detach(), inference) and torch.equal(inference, plain(z, 6))
+    if emit == "count":
+        assert getattr(bptt, "_spikeforge_spikes", False)  # kept as bytes for backward
+        assert set(inference.unique().tolist()) == {0.0, 1.0}
+
+
+def test_lif_is_the_one_module_set_for_training():
+    from spikeforge.neurons import LIF
+
+    lif = LIF(leak=0.99, surrogate="sigmoid")
+    assert isinstance(lif, SpikingNeuron) and lif.levels == 1
+    assert (lif.rule, lif.reset, lif.emit, lif.width) == ("binary", "zero", "count", 0.25)
+    assert SpikingNeuron().surrogate is None  # a converter's neuron: inference only
+    assert "surrogate=sigmoid(0.25)" in repr(lif)
+
+
+def test_neuron_settings_survive_a_checkpoint_and_old_formats_load():
+    from spikeforge.neurons import LIF
+
+    converted = SpikingNeuron(torch.tensor([0.5, 2.0]), reset="subtract", initial="half")
+    lif = LIF(surrogate="triangle")
+    lif.load_state_dict(converted.state_dict())  # what a hybrid SNN's neurons are
+    assert torch.equal(lif.threshold, converted.threshold)
+    assert (lif.reset, lif.initial, lif.emit, lif.leak) == ("subtract", "half", "value", 1.0)
+    assert lif.surrogate == "triangle"  # training settings are the module's own
+    old = {"threshold": torch.tensor(0.75),  # saved before the rule was kept
+           "_extra_state": {"leak": 0.9, "reset": "zero", "initial": "zero", "emit": "count"}}
+    lif.load_state_dict(old)
+    assert (lif.threshold.ndim, lif.leak, lif.reset, lif.emit) == (0, 0.9, "zero", "count")
+    plain = SpikingNeuron(2.0, initial="half")
+    plain.load_state_dict({"threshold": torch.tensor(3.0)})  # a converted net saved without
+    assert plain.threshold.item() == 3.0 and plain.initial == "half"
+    with pytest.raises(ValueError, match="unknown reset 'halve'"):
+        lif.load_state_dict({"threshold": torch.tensor(1.0),
+                             "_extra_state": {**old["_extra_state"], "reset": "halve"}})

@@ -13,7 +13,7 @@ import spikeforge.train.loop as loop
 from spikeforge.config import ConfigError, from_dict
 from spikeforge.data import BatchLoader, load_dataset
 from spikeforge.models.spiking import create_snn
-from spikeforge.neurons import LIF, TimeDropout
+from spikeforge.neurons import SpikingNeuron, TimeDropout
 from spikeforge.train import TrainConfig, TrainingDiverged, fit, load_model
 
 CONFIG = {
@@ -40,7 +40,7 @@ def config(tmp_path, name: str, **changes) -> TrainConfig:
 def test_spiking_zoo_model_shapes_and_layers():
     snn = create_snn("vgg7", timesteps=3, encoder="direct", in_channels=3, dropout=0.1,
                      neuron={"leak": 0.9, "surrogate": "lee"})
-    lifs = [m for m in snn.modules() if isinstance(m, LIF)]
+    lifs = [m for m in snn.modules() if isinstance(m, SpikingNeuron)]
     assert lifs and all(m.timesteps == 3 and m.surrogate == "lee" for m in lifs)
     assert any(isinstance(m, TimeDropout) for m in snn.modules())
     assert not any(isinstance(m, torch.nn.Dropout) for m in snn.modules())
@@ -215,7 +215,7 @@ def test_hybrid_snn_starts_as_the_converted_one_and_fine_tunes(tmp_path):
     print(f"hybrid T=1: converted {before:.2f}% -> fine-tuned {result.test_accuracy:.2f}%")
     assert result.test_accuracy > before  # one epoch of BPTT at T = 1 repairs the conversion
     reloaded = load_model(tmp_path / "hybrid" / "checkpoint.pt")
-    lifs = [m for m in reloaded.modules() if isinstance(m, LIF)]
+    lifs = [m for m in reloaded.modules() if isinstance(m, SpikingNeuron)]
     assert all(m.emit == "value" and m.reset == "subtract" for m in lifs)
     assert lifs[0].threshold.numel() > 1  # per-channel thresholds survive the checkpoint
 

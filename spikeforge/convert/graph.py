@@ -75,12 +75,13 @@ def _spikeforge_leaf_types() -> tuple[type[nn.Module], ...]:
 
 @functools.cache
 def _spikeforge_activation_types() -> tuple[type[nn.Module], ...]:
-    """spikeforge's activations: the ANN layers of ``spikeforge.nn`` and the trained LIF."""
+    """spikeforge's activations: the ANN layers of ``spikeforge.nn`` and the neurons of a
+    directly trained SNN."""
     import spikeforge.nn as sfnn
-    from spikeforge.neurons.modules import LIF
+    from spikeforge.neurons.modules import SpikingNeuron
 
     return (*(obj for obj in vars(sfnn).values()
-              if isinstance(obj, type) and issubclass(obj, nn.Module)), LIF)
+              if isinstance(obj, type) and issubclass(obj, nn.Module)), SpikingNeuron)
 
 
 class _Tracer(fx.Tracer):

@@ -52,7 +52,7 @@ from spikeforge.convert.graph import (
     prepare,
 )
 from spikeforge.models.spiking import SpikingModel
-from spikeforge.neurons import LIF, SpikingNeuron
+from spikeforge.neurons import SpikingNeuron
 from spikeforge.neurons.functional import INITIALS, RESETS
 from spikeforge.nn import CSQCFS, QCFS
 from spikeforge.simulate import SpikingMaxPool, SpikingNetwork, max_pool_module
@@ -76,16 +76,18 @@ METHODS: dict[str, dict[str, Any]] = {
     "qcfs": {"rule": "binary", "initial": "half", "thresholds": "learned", "activation": QCFS},
     "csqcfs": {"rule": "binary", "initial": "half", "thresholds": "learned",
                "activation": CSQCFS},
-    # a directly trained SNN (spikeforge.models.spiking): its LIF neurons as they are
-    "snn": {"rule": "binary", "initial": "zero", "thresholds": "learned", "activation": LIF},
+    # a directly trained SNN (spikeforge.models.spiking): its neurons as they were trained
+    "snn": {"rule": "binary", "initial": "zero", "thresholds": "learned",
+            "activation": SpikingNeuron},
 }
 
 
-def to_spiking(gm: fx.GraphModule, neurons: dict[str, dict[str, Any]],
+def to_spiking(gm: fx.GraphModule, neurons: dict[str, SpikingNeuron],
                modules: tuple[type[nn.Module], ...] = ()) -> fx.GraphModule:
     """Rewrite the prepared ANN graph ``gm`` into a time-folded SNN graph (a new module):
-    every activation node ``name`` becomes ``SpikingNeuron(**neurons[name])``; max pools
-    become :class:`SpikingMaxPool`; the graph takes ``(x_folded, timesteps)``."""
+    every activation node ``name`` becomes the neuron ``neurons[name]``, a submodule named
+    ``spike_<name>``; max pools become :class:`SpikingMaxPool`; the graph takes
+    ``(x_folded, timesteps)``."""
     snn = copy.deepcopy(gm)
     graph = snn.graph
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -97,7 +99,7 @@ def to_spiking(gm: fx.GraphModule, neurons: dict[str, dict[str, Any]],
     by_name = {n.name: n for n in graph.nodes}
     for node in activation_nodes(gm, modules):
         name = f"spike_{node.name}"
-        snn.add_submodule(name, SpikingNeuron(**neurons[node.name]))
+        snn.add_submodule(name, neurons[node.name])
         _replace(graph, by_name[node.name], name, steps)
     for node in [n for n in gm.graph.nodes if is_max_pool(n, gm)]:
         name = f"maxpool_{node.name}"
@@ -208,7 +210,7 @@ def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
         timesteps = timesteps or model.timesteps
         model, encoder = model.net, encoder if encoder != "direct" else model.encoder
     timesteps = timesteps or 32
-    spiking = any(isinstance(m, LIF) for m in model.modules())
+    spiking = any(isinstance(m, SpikingNeuron) for m in model.modules())
     if spiking and method != "snn":
         raise ConversionError(f"this is a directly trained SNN (LIF neurons): simulate it with "
                               f"method='snn', not {method!r}")
@@ -232,19 +234,19 @@ def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
         layer_cap = cap
         if cap is None and augmented and thresholds == "learned":
             layer_cap = layer_levels[name]  # c·θ never exceeds λ: the QCFS clip
-        neurons[name] = {"threshold": lam / units, "rule": defaults["rule"], "reset": reset,
-                         "initial": initial, "symmetric": symmetric, "cap": layer_cap}
-        if method == "snn":  # the trained neuron: its leak and reset, unit spikes out
-            lif = gm.get_submodule(next(n.target for n in gm.graph.nodes if n.name == name))
-            neurons[name].update(leak=lif.leak, reset=lif.reset, initial=lif.initial,
-                                 emit=lif.emit)
+        if method == "snn":  # the trained neuron itself: its θ, leak, reset, v(0), emission
+            neurons[name] = copy.deepcopy(
+                gm.get_submodule(next(n.target for n in gm.graph.nodes if n.name == name)))
+        else:
+            neurons[name] = SpikingNeuron(lam / units, defaults["rule"], reset, initial=initial,
+                                          symmetric=symmetric, cap=layer_cap)
     graph = to_spiking(gm, neurons, modules).eval()
     info = {"method": method, "thresholds_from": thresholds, "percentile": percentile,
             "channelwise": channelwise, "max_pool": max_pool, "encoder": encoder,
             "levels": levels or _uniform(layer_levels), "rule": defaults["rule"],
             "reset": reset, "initial": initial,
             "symmetric": symmetric, "cap": cap,
-            "thresholds": {k: n["threshold"].tolist() for k, n in neurons.items()},
+            "thresholds": {k: n.threshold.tolist() for k, n in neurons.items()},
             "convert_seconds": time.perf_counter() - started}
     info["name"] = method_name(info)
     return SpikingNetwork(graph, timesteps, encoder, seed, memory_budget, info=info,

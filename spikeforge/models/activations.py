@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from spikeforge.neurons.modules import LIF
+from spikeforge.neurons import LIF
 from spikeforge.nn import CSQCFS, QCFS, ClippedReLU
 
 __all__ = ["ACTIVATIONS", "ActivationBuilder", "ActivationSpec", "activation_name",

@@ -1,6 +1,7 @@
 """Directly trained spiking networks from the same registry and layers as the ANNs.
 
-:func:`create_snn` builds a zoo model with LIF activations and wraps it in a
+:func:`create_snn` builds a zoo model with LIF neurons (:func:`~spikeforge.neurons.LIF`, a
+:class:`~spikeforge.neurons.SpikingNeuron` set for training) and wraps it in a
 :class:`SpikingModel`, which maps images to class scores like an ANN — so the ANN training
 loop, checkpoints and evaluation serve it unchanged:
 
@@ -8,10 +9,10 @@ loop, checkpoints and evaluation serve it unchanged:
       → unfold → (T, B, C) → mean over t → (B, C)
 
 Every stateless layer (conv, linear, pooling, BN) runs once on all T·B rows; only the LIF
-neurons scan over time (:func:`spikeforge.neurons.bptt.lif_scan`). Spikes that a layer keeps
-for backward are stored as one byte each (:func:`~spikeforge.neurons.modules.
-compact_saved_spikes`). BatchNorm over the folded
-rows normalises over time and batch together (tdBN, Zheng et al. 2021). The readout y(t) of
+neurons scan over time (the BPTT scan, :func:`spikeforge.neurons.bptt.lif_scan`). Spikes
+that a layer keeps for backward are stored as one byte each
+(:func:`~spikeforge.neurons.modules.compact_saved_spikes`). BatchNorm over the folded rows
+normalises over time and batch together (tdBN, Zheng et al. 2021). The readout y(t) of
 the last layer is integrated without spikes (:func:`readout_scores`): ``"mean"`` (default)
 gives Σ_t y(t) / T; ``"leaky"`` is Lee et al.'s (2020) leaky integrator divided by V_th·T,
 Σ_t l^(T−t+1) y(t) / (V_th·T), whose backward, as in their code, passes the leak straight
@@ -28,7 +29,12 @@ from torch import Tensor, nn
 
 from spikeforge.encoding import ENCODERS, encode
 from spikeforge.models.registry import create
-from spikeforge.neurons.modules import LIF, TimeDropout, compact_saved_spikes
+from spikeforge.neurons.modules import (
+    LIF,
+    TRAINING_SETTINGS,
+    TimeDropout,
+    compact_saved_spikes,
+)
 
 __all__ = ["READOUTS", "SpikingModel", "create_snn", "readout_scores"]
 
@@ -127,7 +133,7 @@ def create_snn(name: str, timesteps: int, encoder: str = "direct", num_classes: 
     Args:
         timesteps, encoder: see :class:`SpikingModel`.
         neuron: LIF options (``threshold``, ``leak``, ``reset``, ``surrogate``, ``width``,
-            ``detach_reset``; see :class:`~spikeforge.neurons.LIF`).
+            ``detach_reset``; see :func:`~spikeforge.neurons.LIF`).
         pool_threshold: spiking average pooling (Lee et al. 2020 use 0.75): every
             AvgPool2d is followed by non-leaky neurons with this threshold, so that pooled
             spikes stay spikes; ``None`` passes the pooled rates on.
@@ -145,7 +151,7 @@ def create_snn(name: str, timesteps: int, encoder: str = "direct", num_classes: 
                  pool=pool, activation_options=neuron, **options)
     if pool_threshold is not None:
         pool_neuron = {k: v for k, v in neuron.items()
-                       if k in ("surrogate", "width", "detach_reset")}
+                       if k in TRAINING_SETTINGS and k != "grad_scale"}
         for module in list(net.modules()):
             for child_name, child in list(module.named_children()):
                 if isinstance(child, nn.AvgPool2d):

@@ -1,5 +1,7 @@
 """The neuron core shared by conversion and direct training: pure step functions
-(:mod:`~spikeforge.neurons.functional`) and thin modules (:mod:`~spikeforge.neurons.modules`)."""
+(:mod:`~spikeforge.neurons.functional`), the BPTT scan (:mod:`~spikeforge.neurons.bptt`) and
+one neuron module, :class:`SpikingNeuron` (:mod:`~spikeforge.neurons.modules`; :func:`LIF`
+gives it the settings of direct training)."""
 
 from spikeforge.neurons.functional import (
     NeuronParams,

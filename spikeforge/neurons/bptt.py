@@ -44,11 +44,19 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from spikeforge.neurons.functional import binary_scan_into
+from spikeforge.neurons.functional import (
+    NeuronParams,
+    binary_scan_into,
+    check_choice,
+    check_params,
+)
 from spikeforge.neurons.surrogate import _DERIVATIVES, check_surrogate, lee_factor
 from spikeforge.runtime import compilable, compile_enabled
 
-__all__ = ["SAVED_MEMBRANE", "lif_scan"]
+__all__ = ["GRAD_SCALES", "SAVED_MEMBRANE", "bptt_scan", "check_training", "lif_scan"]
+
+#: what the spike's derivative σ is scaled by: 1/θ, or nothing (Lee et al.'s pooling neurons)
+GRAD_SCALES: tuple[str, ...] = ("threshold", "unit")
 
 #: dtype in which the membrane potential is kept for backward, by input dtype: bfloat16 for
 #: float32 halves what the scan keeps (the surrogate only needs m to about 1% near θ);
@@ -149,8 +157,8 @@ def _lif_backward_fused(grad_out: Tensor, membrane: Tensor, fired: Tensor, theta
                         detach_reset: bool, unit_grad: bool = False) -> Tensor:
     """:func:`_lif_backward` written out of place, the form ``torch.compile`` fuses into one
     loop over the neurons (writes into views of a buffer compile badly). Used with
-    ``SPIKEFORGE_COMPILE=1``; equal to float rounding (tested). A LIF LeNet training step at
-    T = 20 is 1.18x faster with it, VGG-7 at T = 8 1.05x (``benchmarks/compile_gain.py``)."""
+    ``SPIKEFORGE_COMPILE=1``; equal to float rounding (tested). ``benchmarks/compile_gain.py``
+    measures what it gains."""
     lee_scale = _lee_scale(fired, theta, leak, surrogate, unit_grad, grad_out.dtype)
     carry, detach_reset = _backward_options(leak, surrogate, detach_reset)
     eps = torch.zeros_like(grad_out[0])
@@ -167,6 +175,23 @@ def _lif_backward_fused(grad_out: Tensor, membrane: Tensor, fired: Tensor, theta
         eps = delta * carry
         deltas.append(delta)
     return torch.stack(deltas[::-1])
+
+
+def check_training(params: NeuronParams, surrogate: str | None, width: float | None,
+                   grad_scale: str = "threshold") -> float | None:
+    """Validate a neuron and its training settings; raise ``ValueError`` naming the bad one.
+
+    Returns the surrogate's width (its default when ``width`` is None; None for ``lee`` and for
+    a neuron without a ``surrogate``, which is never trained by this scan).
+    """
+    check_params(params)
+    check_choice("grad_scale", grad_scale, GRAD_SCALES)
+    if surrogate is None:
+        return None
+    if params.rule != "binary":
+        raise ValueError(f"surrogate gradients train binary spikes, not {params.rule!r} ones; "
+                         "use surrogate=None")
+    return check_surrogate(surrogate, width)
 
 
 def lif_scan(z: Tensor, threshold: Tensor | float = 1.0, leak: float = 1.0,
@@ -194,18 +219,21 @@ def lif_scan(z: Tensor, threshold: Tensor | float = 1.0, leak: float = 1.0,
     if z.ndim < 2 or z.shape[0] == 0:
         raise ValueError(f"expected a (T, B, ...) sequence with T >= 1, got shape "
                          f"{tuple(z.shape)}")
-    if not 0 < leak <= 1:
-        raise ValueError(f"leak must be in (0, 1], got {leak}")
-    if reset not in ("zero", "subtract"):
-        raise ValueError(f"unknown reset {reset!r}; valid: zero, subtract")
-    if grad_scale not in ("threshold", "unit"):
-        raise ValueError(f"unknown grad_scale {grad_scale!r}; valid: threshold, unit")
-    w = check_surrogate(surrogate, width)
+    w = check_training(NeuronParams(threshold, "binary", reset, leak), surrogate, width,
+                       grad_scale)
     theta = torch.as_tensor(threshold, dtype=z.dtype, device=z.device)
-    if not bool(torch.isfinite(theta).all()) or bool((theta <= 0).any()):
-        raise ValueError(f"threshold must be finite and > 0, got {threshold}")
     v0 = torch.as_tensor(initial, dtype=z.dtype, device=z.device)
-    spikes, fired = _LIFScan.apply(z, theta, v0, leak, reset, surrogate, w, detach_reset,
+    return bptt_scan(z, theta, v0, leak, reset, surrogate, w, detach_reset, grad_scale)
+
+
+def bptt_scan(z: Tensor, theta: Tensor, v0: Tensor, leak: float, reset: str, surrogate: str,
+              width: float | None, detach_reset: bool, grad_scale: str = "threshold"
+              ) -> Tensor:
+    """:func:`lif_scan` for settings validated already (:func:`check_training`, as
+    :class:`~spikeforge.neurons.SpikingNeuron` does once at construction): ``theta`` and
+    ``v0`` are tensors in ``z``'s dtype, ``width`` the resolved one. The spikes carry their
+    booleans for :func:`~spikeforge.neurons.modules.mark_spikes`."""
+    spikes, fired = _LIFScan.apply(z, theta, v0, leak, reset, surrogate, width, detach_reset,
                                    grad_scale == "unit")
     spikes._spikeforge_bits = fired  # the same spikes as booleans (see mark_spikes)
     return spikes

@@ -1,4 +1,4 @@
-"""The neuron core: pure step functions with typed state (DESIGN.md §1).
+"""The neuron core: pure step functions with typed state (docs/design.md §1).
 
 One neuron is a threshold θ (a scalar, or a tensor broadcastable to the input, e.g. one value
 per channel), a spike rule, a reset, a leak and an initial potential. One step, for input
@@ -46,7 +46,7 @@ class NeuronParams(NamedTuple):
         threshold: θ > 0, a float or a tensor broadcastable to the input of one step.
         rule: ``"binary"``, ``"ternary"`` or ``"augmented"``.
         reset: ``"subtract"`` (default; conserves charge) or ``"zero"``.
-        leak: l in m = l·v + z; 1.0 is the non-leaky IF neuron.
+        leak: l in m = l·v + z, in (0, 1]; 1.0 is the non-leaky IF neuron.
         symmetric: negative spikes (ternary / augmented) without the net-positive gate.
         cap: largest |s| per step of an augmented neuron (``None``: uncapped).
     """
@@ -71,15 +71,21 @@ class NeuronState(NamedTuple):
     count: Tensor
 
 
+def check_choice(key: str, value: object, valid: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` naming ``key``, the bad ``value`` and the ``valid`` choices."""
+    if value not in valid:
+        raise ValueError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
+
+
 def check_params(params: NeuronParams) -> None:
     """Raise ``ValueError`` naming the bad field of ``params``."""
-    if params.rule not in SPIKE_RULES:
-        raise ValueError(f"unknown spike rule {params.rule!r}; valid: {', '.join(SPIKE_RULES)}")
-    if params.reset not in RESETS:
-        raise ValueError(f"unknown reset {params.reset!r}; valid: {', '.join(RESETS)}")
+    check_choice("spike rule", params.rule, SPIKE_RULES)
+    check_choice("reset", params.reset, RESETS)
     theta = torch.as_tensor(params.threshold)
     if not bool(torch.isfinite(theta).all()) or bool((theta <= 0).any()):
         raise ValueError(f"neuron threshold must be finite and > 0, got {params.threshold}")
+    if not 0 < params.leak <= 1:
+        raise ValueError(f"leak must be in (0, 1], got {params.leak}")
     if params.cap is not None and params.cap < 1:
         raise ValueError(f"augmented spike cap must be >= 1 or None, got {params.cap}")
 
@@ -93,8 +99,7 @@ def init_state(like: Tensor, params: NeuronParams, initial: Initial = "zero") ->
         initial: v(0) = 0 (``"zero"``) or v(0) = θ/2 (``"half"``, which centres the
             quantisation error of rate coding; Bu et al., ICLR 2022).
     """
-    if initial not in INITIALS:
-        raise ValueError(f"unknown initial potential {initial!r}; valid: {', '.join(INITIALS)}")
+    check_choice("initial potential", initial, INITIALS)
     v = torch.zeros_like(like)
     if initial == "half":
         v = v + torch.as_tensor(params.threshold, dtype=like.dtype, device=like.device) / 2

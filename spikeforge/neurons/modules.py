@@ -1,6 +1,11 @@
 """Thin ``nn.Module`` shells over :mod:`spikeforge.neurons.functional` for ``(T, B, ...)``
 sequences. A module holds only the neuron's parameters; the state lives in the call, so two
-calls with the same input give the same output."""
+calls with the same input give the same output.
+
+One module, :class:`SpikingNeuron`, is the neuron of every network spikeforge builds: the
+converter's IF neurons, the LIF neurons of direct training (:func:`LIF` gives it their
+settings) and a hybrid SNN's neurons, which are the converter's given a surrogate gradient.
+"""
 
 from __future__ import annotations
 
@@ -9,77 +14,176 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from spikeforge.neurons.bptt import bptt_scan, check_training
 from spikeforge.neurons.functional import (
+    INITIALS,
     Initial,
     NeuronParams,
     Reset,
     SpikeRule,
-    check_params,
+    check_choice,
     init_state,
     neuron_scan,
 )
 
+#: what a neuron passes on: θ·s(t) (``"value"``) or the unit-spike count s(t) (``"count"``)
+EMITS: tuple[str, ...] = ("value", "count")
+#: the settings only training reads (a converted neuron has none; a hybrid SNN's neurons are
+#: the converter's with these added)
+TRAINING_SETTINGS: tuple[str, ...] = ("surrogate", "width", "detach_reset", "grad_scale")
+#: the settings a checkpoint keeps beside the threshold (``_extra_state``), so that neurons
+#: set after construction (a hybrid SNN's, :func:`spikeforge.train.hybrid.snn_from_ann`)
+#: come back as saved
+SAVED_SETTINGS: tuple[str, ...] = ("leak", "reset", "initial", "emit", "rule", "symmetric",
+                                   "cap")
+
 
 class SpikingNeuron(nn.Module):
-    """A layer of IF/LIF neurons with a binary, ternary or augmented spike rule.
+    """A layer of IF/LIF neurons: a :class:`~spikeforge.neurons.functional.NeuronParams`
+    (threshold, spike rule, reset, leak), v(0), what it emits and, for training, a surrogate
+    gradient.
+
+    Forward, every neuron runs the equations of :mod:`spikeforge.neurons.functional`
+    (docs/design.md §1), in one of two scans with the same spikes (tested):
+
+    * the BPTT scan (:func:`spikeforge.neurons.bptt.lif_scan`) when the neuron has a
+      ``surrogate`` and a gradient is needed: spikes forward, the surrogate derivative
+      backward (Lee et al. 2020 and the standard surrogates, :mod:`~spikeforge.neurons.
+      surrogate`);
+    * otherwise the inference scan (:func:`~spikeforge.neurons.functional.neuron_scan`):
+      in place, nothing kept for backward (without a surrogate, autograd runs through the
+      step function, whose spike has derivative zero).
+
+    Membranes integrate in the input's dtype, at least float32 (bfloat16 currents: the bf16
+    simulation, autocast).
 
     Args:
         threshold: θ, a float or a 1-D tensor with one value per channel (see
             ``channel_dim``).
         rule: ``"binary"``, ``"ternary"`` or ``"augmented"``.
-        reset: ``"subtract"`` (default) or ``"zero"``.
-        leak: membrane leak l (1.0: IF).
+        reset: ``"subtract"`` (default) or ``"zero"`` (Lee et al.).
+        leak: membrane leak l in (0, 1] (1.0: IF; Lee et al.: 0.99).
         initial: v(0) = 0 (``"zero"``) or θ/2 (``"half"``).
         symmetric: ungated negative spikes (ternary / augmented).
         cap: largest |s| per step for augmented spikes (None: uncapped).
         channel_dim: the channel axis of one step's input (1 for ``(B, C, ...)``); used only
             with a per-channel threshold.
-        emit: ``"value"`` returns θ·s(t) (what the next layer receives), ``"count"`` returns
-            the signed unit-spike count s(t).
+        emit: ``"value"`` returns θ·s(t) (what the next layer of a converted network
+            receives), ``"count"`` returns the signed unit-spike count s(t) (direct training;
+            binary counts are marked for :func:`compact_saved_spikes`).
+        surrogate: None (an inference neuron), or the spike's surrogate derivative for
+            training: ``sigmoid``, ``atan``, ``triangle``, ``rectangle`` or ``lee`` (Lee et
+            al.'s backward as their code computes it: detached reset, leak straight
+            through). Binary spikes only.
+        width: the surrogate's width (default: its own).
+        detach_reset: no gradient through the reset (``lee`` always detaches it).
+        grad_scale: ``"threshold"``: the spike's derivative carries 1/θ; ``"unit"``: it does
+            not (Lee et al.'s pooling neurons).
+
+    Every setting is validated here, once (:func:`~spikeforge.neurons.bptt.check_training`).
 
     Shape:
         - Input: ``(T, B, ...)`` input currents, or the time-folded ``(T·B, ...)`` when
-          ``timesteps=T`` is given (how :mod:`spikeforge.simulate` runs a whole network).
+          ``timesteps=T`` is given, or set on the module (:mod:`spikeforge.simulate` passes
+          it; :class:`~spikeforge.models.spiking.SpikingModel` sets it).
         - Output: same shape as the input.
 
     Example:
         >>> neuron = SpikingNeuron(threshold=1.0, initial="half")
         >>> neuron(torch.full((4, 1), 0.5)).flatten().tolist()
         [1.0, 0.0, 1.0, 0.0]
+        >>> LIF(leak=0.99, surrogate="lee").emit  # the same module, set for direct training
+        'count'
     """
+
+    #: one unit spike per threshold crossing (read by the converter like a QCFS level count)
+    levels = 1
 
     def __init__(self, threshold: float | Tensor = 1.0, rule: SpikeRule = "binary",
                  reset: Reset = "subtract", leak: float = 1.0, initial: Initial = "zero",
                  symmetric: bool = False, cap: int | None = None, channel_dim: int = 1,
-                 emit: Literal["value", "count"] = "value") -> None:
+                 emit: Literal["value", "count"] = "value", *, surrogate: str | None = None,
+                 width: float | None = None, detach_reset: bool = False,
+                 grad_scale: Literal["threshold", "unit"] = "threshold") -> None:
         super().__init__()
-        if emit not in ("value", "count"):
-            raise ValueError(f"emit must be 'value' or 'count', got {emit!r}")
         theta = torch.as_tensor(threshold).detach().clone()
         self.register_buffer("threshold", theta if theta.is_floating_point() else theta.float())
+        self.rule, self.reset, self.leak, self.initial = rule, reset, float(leak), initial
+        self.symmetric, self.cap, self.channel_dim, self.emit = symmetric, cap, channel_dim, emit
+        self.surrogate, self.width, self.detach_reset = surrogate, width, detach_reset
+        self.grad_scale = grad_scale
+        self.timesteps: int | None = None
+        self._validate()
+
+    def _validate(self) -> None:
+        """Raise ``ValueError`` naming a bad setting (at construction, and when a checkpoint
+        sets them); resolve the surrogate's default width."""
         if self.threshold.ndim > 1:
             raise ValueError("threshold must be a scalar or one value per channel (1-D), got "
                              f"shape {tuple(self.threshold.shape)}")
-        self.rule, self.reset, self.leak, self.initial = rule, reset, leak, initial
-        self.symmetric, self.cap, self.channel_dim, self.emit = symmetric, cap, channel_dim, emit
-        check_params(self.params(self.threshold))
+        check_choice("initial potential", self.initial, INITIALS)
+        check_choice("emit", self.emit, EMITS)
+        self.width = check_training(self.params(self.threshold), self.surrogate, self.width,
+                                    self.grad_scale)
 
     def params(self, theta: Tensor) -> NeuronParams:
+        """The neuron's :class:`~spikeforge.neurons.functional.NeuronParams` with threshold
+        ``theta`` (θ cast and shaped for one step's input)."""
         return NeuronParams(theta, self.rule, self.reset, self.leak, self.symmetric, self.cap)
 
+    def lam(self) -> Tensor:
+        """The threshold, as ``sf.convert(method="snn")`` reads a trained neuron's λ."""
+        return self.threshold.detach().clone()
+
     def forward(self, x: Tensor, timesteps: int | None = None) -> Tensor:
-        folded = timesteps is not None
-        if folded:
-            x = unfold_time(x, timesteps)
-        # membranes integrate in at least float32 (bfloat16 currents: the bf16 mode)
-        acc = torch.promote_types(x.dtype, torch.float32)
-        theta = broadcast_threshold(self.threshold.to(acc), x[0], self.channel_dim)
+        steps = timesteps or self.timesteps
+        seq = x if steps is None else unfold_time(x, steps)
+        acc = torch.promote_types(seq.dtype, torch.float32)
+        theta = broadcast_threshold(self.threshold.to(acc), seq[0], self.channel_dim)
         params = self.params(theta)
-        state = init_state(torch.empty_like(x[0], dtype=acc), params, self.initial)
-        s, _ = neuron_scan(x, params, state=state)
+        state = init_state(torch.empty_like(seq[0], dtype=acc), params, self.initial)
+        if self.surrogate is not None and torch.is_grad_enabled() and seq.requires_grad:
+            s = bptt_scan(seq.to(acc), theta, state.v, self.leak, self.reset, self.surrogate,
+                          self.width, self.detach_reset, self.grad_scale)
+            bits = s._spikeforge_bits
+            if s.dtype != seq.dtype:  # exact in any dtype; autocast keeps them as bytes
+                s = s.to(seq.dtype)
+        else:
+            s, _ = neuron_scan(seq, params, state=state)
+            bits = None
         if self.emit == "value":
             s = s.mul_(theta) if not s.requires_grad else s * theta
-        return s.flatten(0, 1) if folded else s
+        if steps is not None:
+            s = s.flatten(0, 1)
+            bits = None if bits is None else bits.flatten(0, 1)
+        if self.emit == "count" and self.rule == "binary":
+            s = mark_spikes(s, bits)
+        return s
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The settings of :data:`SAVED_SETTINGS`, saved with the threshold."""
+        return {key: getattr(self, key) for key in SAVED_SETTINGS}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore saved settings (a checkpoint may hold only some of them: those it lacks
+        keep their values)."""
+        for key in SAVED_SETTINGS:
+            if key in state:
+                setattr(self, key, state[key])
+        self.leak = float(self.leak)
+        self._validate()
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str,
+                              *args: Any, **kwargs: Any) -> None:
+        # a per-channel threshold loads into a module built with a scalar one (and back);
+        # a state without settings (saved before they were kept) keeps the module's own
+        theta = state_dict.get(prefix + "threshold")
+        if isinstance(theta, Tensor):
+            if theta.shape != self.threshold.shape:
+                self.threshold = torch.empty_like(theta, dtype=self.threshold.dtype,
+                                                  device=self.threshold.device)
+            state_dict.setdefault(prefix + "_extra_state", self.get_extra_state())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         theta = (f"{self.threshold.item():g}" if self.threshold.ndim == 0
@@ -87,117 +191,38 @@ class SpikingNeuron(nn.Module):
         parts = [f"threshold={theta}", f"rule={self.rule}", f"reset={self.reset}",
                  f"initial={self.initial}"]
         if self.leak != 1.0:
-            parts.append(f"leak={self.leak}")
+            parts.append(f"leak={self.leak:g}")
         if self.symmetric:
             parts.append("symmetric=True")
         if self.cap is not None:
             parts.append(f"cap={self.cap}")
+        if self.emit != "value":
+            parts.append(f"emit={self.emit}")
+        if self.surrogate is not None:
+            parts.append(f"surrogate={self.surrogate}" + (f"({self.width:g})" if self.width
+                                                          else ""))
+            if self.detach_reset:
+                parts.append("detach_reset=True")
+            if self.grad_scale != "threshold":
+                parts.append(f"grad_scale={self.grad_scale}")
         return ", ".join(parts)
 
 
-class LIF(nn.Module):
-    """A trainable layer of binary LIF neurons: spikes forward, a surrogate gradient backward
-    (:func:`spikeforge.neurons.bptt.lif_scan`; Lee et al. 2020 and the standard surrogates).
+def LIF(threshold: float | Tensor = 1.0, leak: float = 1.0, reset: Reset = "zero",
+        surrogate: str = "atan", width: float | None = None, detach_reset: bool = False,
+        **options: Any) -> SpikingNeuron:
+    """A :class:`SpikingNeuron` set for direct training: binary LIF neurons that reset to
+    zero (Lee et al., Front. Neurosci. 2020), pass their unit spikes on (``emit="count"``) and
+    learn through a surrogate gradient (``atan`` unless told).
 
     Args:
-        threshold: θ (Lee et al.: 1.0), a float or one value per channel (1-D tensor).
-        leak: l in (0, 1] (Lee et al.: 0.99; 1.0 is IF).
-        reset: ``"zero"`` (Lee et al.) or ``"subtract"``.
-        surrogate: ``sigmoid``, ``atan``, ``triangle``, ``rectangle`` or ``lee`` (Lee et al.'s
-            backward as their code computes it: detached reset, leak straight through).
-        width: the surrogate's width (default: its own).
-        detach_reset: no gradient through the reset (``lee`` always detaches it).
-        initial: v(0) = 0 (``"zero"``) or θ/2 (``"half"``).
-        emit: ``"count"`` passes the spikes s on (direct training), ``"value"`` passes θ·s
-            (an SNN initialised from a converted ANN, whose next layer expects θ·s).
-        channel_dim: the channel axis of one step's input, for a per-channel threshold.
-        grad_scale: ``"threshold"``: the spike's derivative carries 1/θ; ``"unit"``: it does
-            not (Lee et al.'s pooling neurons).
-
-    Shape:
-        ``(T, B, ...)`` → spikes of the same shape, or time-folded ``(T·B, ...)`` when
-        ``timesteps`` is given (or set on the module, as :class:`~spikeforge.models.spiking.
-        SpikingModel` does).
+        threshold, leak, reset, surrogate, width, detach_reset: see :class:`SpikingNeuron`.
+        options: any other :class:`SpikingNeuron` setting (``initial``, ``emit``,
+            ``channel_dim``, ``grad_scale``).
     """
-
-    #: one unit spike per threshold crossing (read by the converter like a QCFS level count)
-    levels = 1
-
-    def __init__(self, threshold: float | Tensor = 1.0, leak: float = 1.0,
-                 reset: Literal["zero", "subtract"] = "zero", surrogate: str = "atan",
-                 width: float | None = None, detach_reset: bool = False,
-                 initial: Initial = "zero", emit: Literal["count", "value"] = "count",
-                 channel_dim: int = 1,
-                 grad_scale: Literal["threshold", "unit"] = "threshold") -> None:
-        super().__init__()
-        from spikeforge.neurons.surrogate import check_surrogate
-
-        self.width = check_surrogate(surrogate, width)
-        theta = torch.as_tensor(threshold, dtype=torch.float32).detach().clone()
-        if theta.ndim > 1 or not bool(torch.isfinite(theta).all()) or bool((theta <= 0).any()):
-            raise ValueError(f"threshold must be finite and > 0, a scalar or one value per "
-                             f"channel, got {threshold}")
-        if not 0 < leak <= 1:
-            raise ValueError(f"leak must be in (0, 1], got {leak}")
-        for key, value, valid in (("reset", reset, ("zero", "subtract")),
-                                  ("initial", initial, ("zero", "half")),
-                                  ("emit", emit, ("count", "value")),
-                                  ("grad_scale", grad_scale, ("threshold", "unit"))):
-            if value not in valid:
-                raise ValueError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
-        self.register_buffer("threshold", theta)
-        self.leak, self.reset, self.initial, self.emit = float(leak), reset, initial, emit
-        self.surrogate, self.detach_reset, self.channel_dim = surrogate, detach_reset, channel_dim
-        self.grad_scale = grad_scale
-        self.timesteps: int | None = None
-
-    def lam(self) -> Tensor:
-        """The threshold (what ``sf.convert(method="snn")`` gives the neuron)."""
-        return self.threshold.detach().clone()
-
-    def get_extra_state(self) -> dict[str, Any]:
-        """Saved with the weights, so a checkpoint restores neurons set after construction
-        (:func:`spikeforge.train.hybrid.snn_from_ann`)."""
-        return {"leak": self.leak, "reset": self.reset, "initial": self.initial,
-                "emit": self.emit}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.leak, self.reset = float(state["leak"]), state["reset"]
-        self.initial, self.emit = state["initial"], state["emit"]
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str,
-                              *args: Any, **kwargs: Any) -> None:
-        theta = state_dict.get(prefix + "threshold")
-        if isinstance(theta, Tensor) and theta.shape != self.threshold.shape:
-            self.threshold = torch.empty_like(theta, device=self.threshold.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def forward(self, x: Tensor, timesteps: int | None = None) -> Tensor:
-        from spikeforge.neurons.bptt import lif_scan
-
-        steps = timesteps or self.timesteps
-        seq = x if steps is None else unfold_time(x, steps)
-        theta = broadcast_threshold(self.threshold.to(seq.dtype), seq[0], self.channel_dim)
-        v0 = theta / 2 if self.initial == "half" else 0.0
-        s = lif_scan(seq, theta, self.leak, self.reset, self.surrogate, self.width,
-                     self.detach_reset, v0, self.grad_scale)
-        if self.emit == "value":
-            out = s * theta
-            return out if steps is None else out.flatten(0, 1)
-        bits = s._spikeforge_bits
-        if steps is not None:
-            s, bits = s.flatten(0, 1), bits.flatten(0, 1)
-        return mark_spikes(s, bits)
-
-    def extra_repr(self) -> str:
-        theta = (f"{self.threshold.item():g}" if self.threshold.ndim == 0
-                 else f"per-channel[{self.threshold.numel()}]")
-        return (f"threshold={theta}, leak={self.leak:g}, reset={self.reset}, "
-                f"surrogate={self.surrogate}" + (f"({self.width:g})" if self.width else "")
-                + (", detach_reset=True" if self.detach_reset else "")
-                + (f", initial={self.initial}" if self.initial != "zero" else "")
-                + (f", emit={self.emit}" if self.emit != "count" else "")
-                + (f", grad_scale={self.grad_scale}" if self.grad_scale != "threshold" else ""))
+    options.setdefault("emit", "count")
+    return SpikingNeuron(threshold, reset=reset, leak=leak, surrogate=surrogate, width=width,
+                         detach_reset=detach_reset, **options)
 
 
 def broadcast_threshold(theta: Tensor, step: Tensor, channel_dim: int = 1) -> Tensor:

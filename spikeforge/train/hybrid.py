@@ -3,10 +3,11 @@
 Conversion gives a good SNN at long T; at T ≤ 4 it loses accuracy to quantization and
 unevenness. Rathi et al. (ICLR 2020) start spike-based training from the converted network
 instead of from scratch. :func:`snn_from_ann` builds that starting point: the zoo model with
-LIF neurons, the ANN's weights (BatchNorm kept as layers, so it can keep learning), and each
-neuron set to its converted counterpart — threshold θ (per layer or per channel), reset,
-v(0), leak 1, emitting θ·s — so that before any training the SNN computes exactly what
-``sf.convert`` gives (tested), and BPTT then adapts weights to the few steps available.
+LIF neurons, the ANN's weights (BatchNorm kept as layers, so it can keep learning), and in
+place of each activation the converter's own neuron — threshold θ (per layer or per channel),
+reset, v(0), leak 1, emitting θ·s — given a surrogate gradient, so that before any training
+the SNN computes exactly what ``sf.convert`` gives (tested), and BPTT then adapts weights to
+the few steps available.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 from torch import nn
 
 from spikeforge.convert import ConversionError, convert
 from spikeforge.convert.graph import activation_nodes, prepare
 from spikeforge.models.spiking import SpikingModel, create_snn
-from spikeforge.neurons import LIF
+from spikeforge.neurons import SpikingNeuron
+from spikeforge.neurons.modules import TRAINING_SETTINGS
 
 __all__ = ["snn_from_ann"]
 
@@ -55,24 +56,24 @@ def snn_from_ann(ann: nn.Module, calibration: Iterable[Any] | None,
                               "LIF network is initialised from a binary-spike method "
                               "(threshold_balancing, qcfs, csqcfs)")
     targets = {n.name: n.target for n in activation_nodes(prepare(ann))}
-    surrogate = {k: v for k, v in (neuron or {}).items()
-                 if k in ("surrogate", "width", "detach_reset")}
+    training = {k: v for k, v in (neuron or {}).items() if k in TRAINING_SETTINGS}
     options = {k: v for k, v in spec.items()
                if k not in ("name", "activation", "activation_options")}
-    snn = create_snn(spec["name"], timesteps, encoder, neuron=surrogate, **options)
+    snn = create_snn(spec["name"], timesteps, encoder, neuron=training, **options)
     missing, _ = snn.net.load_state_dict(ann.state_dict(), strict=False)
-    lif_buffers = {f"{name}.{key}" for name, m in snn.net.named_modules()
-                   if isinstance(m, LIF) for key in ("threshold", "_extra_state")}
-    if set(missing) - lif_buffers:
-        raise ConversionError(f"the SNN's parameters {sorted(set(missing) - lif_buffers)} "
+    neuron_state = {f"{name}.{key}" for name, m in snn.net.named_modules()
+                    if isinstance(m, SpikingNeuron) for key in ("threshold", "_extra_state")}
+    if set(missing) - neuron_state:
+        raise ConversionError(f"the SNN's parameters {sorted(set(missing) - neuron_state)} "
                               "have no counterpart in the ANN")
-    info = converted.info
-    for node, theta in info["thresholds"].items():
+    converted_neurons = converted.neurons()
+    for node in converted.info["thresholds"]:
         target = targets.get(node)
-        lif = snn.net.get_submodule(target) if isinstance(target, str) else None
-        if not isinstance(lif, LIF):
+        own = snn.net.get_submodule(target) if isinstance(target, str) else None
+        if not isinstance(own, SpikingNeuron):
             raise ConversionError(f"activation {node!r} of the ANN is not a module of the zoo "
                                   "model; cannot place its neuron")
-        lif.threshold = torch.as_tensor(theta, dtype=torch.float32).to(lif.threshold.device)
-        lif.leak, lif.reset, lif.initial, lif.emit = 1.0, info["reset"], info["initial"], "value"
+        # the converter's neuron (named after its activation node, see to_spiking) as a
+        # checkpoint restores it: θ and its settings; the training settings stay
+        own.load_state_dict(converted_neurons[f"spike_{node}"].state_dict())
     return snn.to(next(ann.parameters()).device)
