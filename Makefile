@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/spikeforge demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 lint: $(STAMP)
 	$(BIN)/ruff check spikeforge tests benchmarks scripts
