@@ -1,5 +1,5 @@
 """Runtime helpers shared by training, simulation and the CLI: device choice, seeding,
-thread count, atomic file writes and provenance."""
+thread count, atomic file writes (binary, torch, JSON and JSON Lines) and provenance."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import json
 import os
 import platform
 import random
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -158,6 +159,29 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` that never leaves a truncated checkpoint behind (see :func:`atomic_open`)."""
     with atomic_open(path) as handle:
         torch.save(obj, handle)
+
+
+def write_json(path: str | os.PathLike, record: Any) -> None:
+    """Write ``record`` as indented JSON, atomically (see :func:`atomic_open`)."""
+    with atomic_open(path) as handle:
+        handle.write(json.dumps(record, indent=2).encode())
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> None:
+    """Write ``records`` as JSON Lines (one compact JSON value per line), atomically: the
+    file then holds exactly these lines, whatever :func:`append_jsonl` had added before."""
+    with atomic_open(path) as handle:
+        handle.write("".join(json.dumps(r) + "\n" for r in records).encode())
+
+
+def append_jsonl(path: str | os.PathLike, record: Any) -> None:
+    """Append ``record`` as one JSON line, creating the folder and file if needed. Not
+    atomic: a kill may leave the last line partial, so a resumed writer rewrites the file
+    from its own state with :func:`write_jsonl`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
 
 
 def _git(args: list[str], cwd: Path) -> str | None:

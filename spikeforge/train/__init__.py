@@ -1,5 +1,5 @@
-"""Training: the configuration, the loop (ANN now; spiking networks plug into the same loop),
-checkpoints and distributed data parallel."""
+"""Training: the configuration, building the data sets and the network (ANN or SNN), the
+loop, checkpoints and distributed data parallel."""
 
 from spikeforge.train.checkpoint import (
     CheckpointError,

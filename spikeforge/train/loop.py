@@ -15,13 +15,12 @@ batches done and the running sums; the resumed run replays the epoch's loader up
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import sys
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +31,9 @@ from tqdm import tqdm
 
 import spikeforge
 from spikeforge.config import to_dict
-from spikeforge.data import Augment, BatchLoader, ImageDataset, load_dataset
-from spikeforge.models import create
+from spikeforge.data import Augment, BatchLoader
 from spikeforge.runtime import (
-    atomic_open,
+    append_jsonl,
     git_commit,
     machine_info,
     native_bf16,
@@ -44,22 +42,14 @@ from spikeforge.runtime import (
     select_device,
     set_rng_state,
     set_threads,
+    write_json,
+    write_jsonl,
 )
 from spikeforge.train import distributed
-from spikeforge.train.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    load_model,
-    save_checkpoint,
-)
+from spikeforge.train.build import build_model, freeze_whitening, initialise, load_data
+from spikeforge.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from spikeforge.train.config import OptimConfig, TrainConfig
-from spikeforge.train.recipe import (
-    WeightAverage,
-    dirac_init,
-    first_conv,
-    flip_averaged,
-    whiten_first_conv,
-)
+from spikeforge.train.recipe import WeightAverage, flip_averaged
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -232,66 +222,6 @@ def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
     return loss_sum / max(count, 1), 100.0 * correct / max(count, 1)
 
 
-def _load_data(cfg: TrainConfig) -> tuple[ImageDataset, ImageDataset]:
-    d = cfg.data
-    train = load_dataset(d.dataset, "train", root=d.root)
-    test = load_dataset(d.dataset, "test", root=d.root)
-    if d.train_subset:
-        train = train.subset(d.train_subset, seed=cfg.seed)
-    if d.test_subset:
-        test = test.subset(d.test_subset, seed=cfg.seed)
-    if not d.normalize:  # pixels in [0, 1]
-        train, test = (replace(s, mean=(0.0,) * s.in_channels, std=(1.0,) * s.in_channels)
-                       for s in (train, test))
-    return train, test
-
-
-def build_model(cfg: TrainConfig, train_set: ImageDataset) -> nn.Module:
-    """The network of ``cfg``: a zoo ANN, or (``kind: snn``) the zoo model with LIF neurons
-    in a :class:`~spikeforge.models.spiking.SpikingModel` — from scratch, or (``snn.init_from``)
-    initialised from a converted ANN, calibrated on a seeded subset of ``train_set``."""
-    classes, channels = train_set.num_classes, train_set.in_channels
-    if cfg.kind == "ann":
-        return create(cfg.model.name, num_classes=classes, in_channels=channels,
-                      activation=cfg.model.activation, pool=cfg.model.pool, **cfg.model.options)
-    snn = cfg.snn
-    if snn.init_from is None:
-        from spikeforge.models.spiking import create_snn
-
-        return create_snn(cfg.model.name, snn.timesteps, snn.encoder, num_classes=classes,
-                          in_channels=channels, pool=cfg.model.pool,
-                          neuron=to_dict(snn.neuron), pool_threshold=snn.pool_threshold,
-                          readout=snn.readout, pool_grad=snn.pool_grad, **cfg.model.options)
-    from spikeforge.train.hybrid import snn_from_ann
-
-    ann = load_model(snn.init_from)
-    calibration = None
-    if snn.init_method == "threshold_balancing":
-        subset = train_set.subset(min(2048, len(train_set)), seed=cfg.seed)
-        calibration = [x for x, _ in BatchLoader(subset, 256)]
-    return snn_from_ann(ann, calibration, snn.init_method, snn.timesteps, snn.encoder,
-                        neuron=to_dict(snn.neuron), **snn.init_options)
-
-
-def initialise(model: nn.Module, cfg: TrainConfig, train_set: ImageDataset) -> None:
-    """The recipe's data-dependent initialisation, before the first step: ``model.whiten``
-    sets the first conv to the whitening filters of 5000 seeded training images (normalised
-    as the loader does, not augmented) and freezes it; ``model.dirac`` makes the other convs
-    start as identities (:mod:`spikeforge.train.recipe`)."""
-    if cfg.model.whiten:
-        subset = train_set.subset(min(5000, len(train_set)), seed=cfg.seed)
-        images = torch.cat([x for x, _ in BatchLoader(subset, 1000)])
-        whiten_first_conv(model, images)
-    if cfg.model.dirac:
-        dirac_init(model, skip=first_conv(model) if cfg.model.whiten else None)
-
-
-def _freeze_whitening(model: nn.Module, cfg: TrainConfig) -> None:
-    """A resumed run's whitening conv is frozen again (``requires_grad`` is not saved)."""
-    if cfg.model.whiten:
-        first_conv(model).weight.requires_grad_(False)
-
-
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     """A checkpoint may only be resumed by the same experiment (epochs and run options may
     change); otherwise the weights would silently belong to another model or data set."""
@@ -331,12 +261,12 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     ckpt_path = out_dir / CHECKPOINT
     try:
         seed_everything(cfg.seed)
-        train_set, test_set = _load_data(cfg)
+        train_set, test_set = load_data(cfg)
         model = build_model(cfg, train_set).to(device)
         if not (resume and ckpt_path.is_file()) and not (cfg.kind == "snn"
                                                           and cfg.snn.init_from):
             initialise(model, cfg, train_set)  # a hybrid SNN has its ANN's weights
-        _freeze_whitening(model, cfg)
+        freeze_whitening(model, cfg)
         memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
         model = model.to(memory_format=memory_format)
         aug = cfg.data.augment
@@ -376,7 +306,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             progress = EpochProgress(**(saved.get("partial") or {}))
             if ctx.is_main:
                 print(f"resuming {ckpt_path} at {progress.where(start_epoch)}", file=sys.stderr)
-                _write_metrics(out_dir / METRICS, history)
+                write_jsonl(out_dir / METRICS, history)
         elif ctx.is_main and (out_dir / METRICS).exists():
             (out_dir / METRICS).unlink()
         if cfg.kind == "snn" and cfg.snn.init_from and not extra:
@@ -423,7 +353,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             history.append(record)
             if ctx.is_main:
                 checkpoint(epoch + 1)
-                _append_metrics(out_dir / METRICS, record)
+                append_jsonl(out_dir / METRICS, record)
                 write_json(out_dir / RESULTS, summarize(cfg, history, model, device, started,
                                                         precision=precision, **extra))
                 flipped = (f" ({views['test_accuracy_flip']:.2f}% with flips)"
@@ -468,12 +398,6 @@ def summarize(cfg: TrainConfig, history: list[dict[str, Any]], model: nn.Module,
             "machine": machine_info(device),
         },
     }
-
-
-def write_json(path: Path, record: dict[str, Any]) -> None:
-    """Write ``record`` as indented JSON, atomically."""
-    with atomic_open(path) as handle:
-        handle.write(json.dumps(record, indent=2).encode())
 
 
 def _train_epoch(net: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer,
@@ -546,16 +470,3 @@ def _train_epoch(net: nn.Module, loader: BatchLoader, optimizer: torch.optim.Opt
 def model_of(net: nn.Module) -> nn.Module:
     """The model inside a DDP wrapper (or ``net`` itself)."""
     return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
-
-
-def _append_metrics(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
-
-
-def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
-    """Rewrite the JSONL log from the checkpoint's history (drops lines of an epoch that was
-    logged but not checkpointed before a kill)."""
-    with atomic_open(path) as handle:
-        handle.write("".join(json.dumps(h) + "\n" for h in history).encode())
