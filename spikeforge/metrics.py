@@ -1,6 +1,6 @@
 """Accuracy over time, firing rates, synaptic operations and energy of a spiking network.
 
-Conventions (DESIGN.md §1; stated in every results file under ``"conventions"``):
+Conventions (docs/design.md §1; stated in every results file under ``"conventions"``):
 
 * **Fan-out** of a spike source (a neuron, a spiking max-pool, or the input for Poisson
   encoding) is, per element, the number of synapses it drives: the connections of the

@@ -1,5 +1,5 @@
 """Conversion recipes: trace → fold BN → insert observers → calibrate → replace activations
-by neurons → finalise. A method is only a choice of neuron (DESIGN.md §1):
+by neurons → finalise. A method is only a choice of neuron (docs/design.md §1):
 
 ============================  ===========================================================
 method                        neuron
@@ -142,7 +142,7 @@ def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
         thresholds: ``"calibrate"`` (λ from the activations on ``calibration``) or
             ``"learned"`` (λ of the QCFS / CS-QCFS activations); default: ``"learned"`` for
             ``qcfs``/``csqcfs``, else ``"calibrate"``. ``augmapping`` with ``"learned"``
-            (ours, DESIGN.md §1) gives each neuron θ = λ/L, v(0) = θ/2 and cap L, L its
+            (ours, docs/design.md §1) gives each neuron θ = λ/L, v(0) = θ/2 and cap L, L its
             layer's QCFS levels: at T = 1 it equals the L-level ANN.
         percentile: p of the calibrated λ (100 = max).
         channelwise: one calibrated threshold per output channel.

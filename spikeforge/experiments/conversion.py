@@ -1,5 +1,5 @@
 """Convert a trained checkpoint with several methods, evaluate each on the test set, and
-write the results JSON of DESIGN.md §2 (one entry per method), a table of accuracy against t
+write the results JSON of docs/design.md §2 (one entry per method), a table of accuracy against t
 and a plot.
 
 A method is given as ``name`` or ``name:key=value,key=value`` (options of
@@ -126,7 +126,7 @@ def prepare(checkpoint: str | os.PathLike, *, data_root: str | None = None,
 def convert_and_evaluate(setup: Setup, spec: str, timesteps: int | None,
                          progress: bool = True, **options: Any) -> dict[str, Any]:
     """Convert ``setup.model`` with the method ``spec`` and evaluate it at t = 1..T: one
-    results entry (DESIGN.md §2) with its provenance.
+    results entry (docs/design.md §2) with its provenance.
 
     Args:
         spec: ``name`` or ``name:key=value,...`` (see the module docstring).

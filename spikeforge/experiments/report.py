@@ -1,7 +1,7 @@
 """Comparison reports: one table and the plots from any number of results entries.
 
 ``spikeforge run`` ends with :func:`write_report`; ``spikeforge report RESULTS...`` calls it
-on entries merged from several ``results.json`` files. An entry is DESIGN.md §2's results
+on entries merged from several ``results.json`` files. An entry is docs/design.md §2's results
 record (``label``, ``accuracy`` per t, ``ann_accuracy``, ``sops_per_step``,
 ``energy_per_step``, ``firing_rates``, ...).
 

@@ -5,7 +5,7 @@ converts each with a list of methods, evaluates every SNN at t = 1..T on the tes
 writes into its output folder::
 
     <out>/<variant>/ann/            the training run (checkpoint.pt, metrics.jsonl, results.json)
-    <out>/<variant>/<method>.json   one results entry per method (DESIGN.md §2, with provenance)
+    <out>/<variant>/<method>.json   a results entry per method (docs/design.md §2, provenance)
     <out>/results.json              every entry, with the experiment config
     <out>/report.md                 the comparison table; accuracy_vs_time.png,
                                     energy_vs_accuracy.png, firing_rates.png beside it
