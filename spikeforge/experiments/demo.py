@@ -5,8 +5,7 @@ small CNN twice — with ReLU, and with CS-QCFS activations (L = 4) — converts
 threshold balancing, TerMapping, the paper's AugMapping (θ = λ) and our 16-level AugMapping
 (θ = λ/16), and the second with its learned thresholds (CS-QCFS, and AugMapping on them),
 prints the training tables and the comparison table, and writes the report and the plots.
-Works offline in under three minutes even on one CPU core (159 s measured, README); a second
-run reuses what is finished.
+Works offline, within minutes on one CPU core; a second run reuses what is finished.
 """
 
 from __future__ import annotations
