@@ -140,7 +140,7 @@ def method_name(entry: dict) -> str:
             name = f"AugMapping, {levels} levels, learned λ"
             default_initial = "half"
         elif levels == 1:
-            name, default_initial = "AugMapping (Yu et al.)", "zero"
+            name, default_initial = "AugMapping (Yu et al.)", "half"
         else:
             name, default_initial = f"AugMapping, {levels} levels", "half"
         if neuron.get("cap") is not None:

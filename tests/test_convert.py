@@ -423,7 +423,7 @@ def test_convert_cli_writes_results_json_and_table(tmp_path, capsys):
         assert e["dataset"] == "mnist_demo" and len(e["accuracy"]) == 4
     # only what was asked for, and the command's own default precision
     assert entries[1]["options"] == {"precision": "auto", "cap": 4}
-    assert entries[1]["neuron"]["initial"] == "zero" and entries[1]["neuron"]["levels"] == 1
+    assert entries[1]["neuron"]["initial"] == "half" and entries[1]["neuron"]["levels"] == 1
     assert entries[1]["name"] == "AugMapping (Yu et al.), cap 4"
     for e in entries:  # |c| accumulates per augmented event: never less than the unit spikes
         assert e["energy_per_sample"]["snn"] >= 0.9e-12 * e["unit_sops_per_sample"]
@@ -571,13 +571,13 @@ def test_convert_cli_without_options_records_the_library_defaults(tmp_path, meth
 
 
 def test_augmapping_defaults_are_the_papers_form_and_ours_by_name(trained, mnist):
-    """`augmapping` is the paper's form (θ = λ, v(0) = 0); `levels=16` our extension
-    (θ = λ/16, v(0) = θ/2): the two differ in thresholds by exactly 16 and in v(0)."""
+    """`augmapping` is the paper's form (θ = λ); `levels=16` our extension (θ = λ/16): the
+    two differ in thresholds by exactly 16; both start at v(0) = θ/2."""
     calibration = mnist[2]
     paper = sf.convert(trained, calibration, "augmapping", timesteps=2, progress=False)
     ours = sf.convert(trained, calibration, "augmapping", levels=16, timesteps=2,
                       progress=False)
-    assert (paper.info["levels"], paper.info["initial"]) == (1, "zero")
+    assert (paper.info["levels"], paper.info["initial"]) == (1, "half")
     assert (ours.info["levels"], ours.info["initial"]) == (16, "half")
     assert paper.info["name"] == "AugMapping (Yu et al.)"
     assert ours.info["name"] == "AugMapping, 16 levels"

@@ -57,8 +57,10 @@ def test_headline_puts_our_best_beside_the_papers_best():
 
 
 @pytest.mark.parametrize(("neuron", "method", "name"), [
-    ({"levels": 1, "initial": "zero", "thresholds_from": "calibrate"}, "augmapping",
+    ({"levels": 1, "initial": "half", "thresholds_from": "calibrate"}, "augmapping",
      "AugMapping (Yu et al.)"),
+    ({"levels": 1, "initial": "zero", "thresholds_from": "calibrate"}, "augmapping",
+     "AugMapping (Yu et al.), v(0) = 0"),
     ({"levels": 16, "initial": "half", "thresholds_from": "calibrate"}, "augmapping",
      "AugMapping, 16 levels"),
     ({"levels": None, "initial": "zero", "thresholds_from": "calibrate"}, "augmapping",

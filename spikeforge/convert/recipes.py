@@ -66,13 +66,14 @@ THRESHOLD_SOURCES: tuple[str, ...] = ("calibrate", "learned")
 MAX_POOL_POLICIES: tuple[str, ...] = ("cumulative", "error")
 
 #: method → its spike rule, default v(0), where its thresholds come from and (for the
-#: learned ones) the activation type it expects. AugMapping's v(0) = 0 is the paper's form
-#: (TerMapping's neuron, Yu et al. 2022); :func:`method_defaults` gives our multi-level
-#: extension and learned thresholds v(0) = θ/2.
+#: learned ones) the activation type it expects. AugMapping's augmented neurons start at
+#: v(0) = θ/2 in every form (the paper's θ = λ and our multi-level θ = λ/L), so that the
+#: first step rounds ⌊m/θ + 1/2⌋ instead of truncating: at T = 1 truncation loses about half
+#: a spike per neuron and, on a network calibrated to θ = λ, leaves most neurons silent.
 METHODS: dict[str, dict[str, Any]] = {
     "threshold_balancing": {"rule": "binary", "initial": "zero", "thresholds": "calibrate"},
     "termapping": {"rule": "ternary", "initial": "zero", "thresholds": "calibrate"},
-    "augmapping": {"rule": "augmented", "initial": "zero", "thresholds": "calibrate"},
+    "augmapping": {"rule": "augmented", "initial": "half", "thresholds": "calibrate"},
     "qcfs": {"rule": "binary", "initial": "half", "thresholds": "learned", "activation": QCFS},
     "csqcfs": {"rule": "binary", "initial": "half", "thresholds": "learned",
                "activation": CSQCFS},
@@ -258,19 +259,18 @@ def method_defaults(method: str, thresholds: str | None = None,
     """The options ``method`` gets when they are not given (the one place they are decided).
 
     ``thresholds``: the method's own source (``"learned"`` for ``qcfs`` / ``csqcfs``, else
-    ``"calibrate"``). ``initial``: the method's v(0) — 0 for threshold balancing,
-    TerMapping and the paper's AugMapping (θ = λ, ``levels`` 1); θ/2 for QCFS / CS-QCFS, for
-    our multi-level AugMapping (``levels`` > 1: the first step rounds to the nearest level)
-    and for any network converted with learned thresholds (QCFS levels are centred), except a
-    directly trained SNN's own neurons. ``levels``: the unit spikes per λ of augmented
-    neurons — 1 (the paper's θ = λ) when calibrated; with learned thresholds each layer's QCFS
-    L (``None`` here: read from the network).
+    ``"calibrate"``). ``initial``: the method's v(0) — 0 for threshold balancing and
+    TerMapping; θ/2 for QCFS / CS-QCFS, for AugMapping in every form (the first step rounds to
+    the nearest unit) and for any network converted with learned thresholds (QCFS levels are
+    centred), except a directly trained SNN's own neurons. ``levels``: the unit spikes per λ
+    of augmented neurons — 1 (the paper's θ = λ) when calibrated; with learned thresholds
+    each layer's QCFS L (``None`` here: read from the network).
 
     Example:
         >>> method_defaults("augmapping")
-        {'thresholds': 'calibrate', 'initial': 'zero', 'levels': 1}
-        >>> method_defaults("augmapping", levels=16)["initial"]
-        'half'
+        {'thresholds': 'calibrate', 'initial': 'half', 'levels': 1}
+        >>> method_defaults("termapping")["initial"]
+        'zero'
     """
     own = METHODS[method]
     thresholds = own["thresholds"] if thresholds is None else thresholds
@@ -278,7 +278,7 @@ def method_defaults(method: str, thresholds: str | None = None,
     borrowed = thresholds == "learned" and own["thresholds"] != "learned"
     if levels is None and augmented and thresholds != "learned":
         levels = 1
-    initial = "half" if borrowed or (augmented and (levels or 1) > 1) else own["initial"]
+    initial = "half" if borrowed else own["initial"]
     return {"thresholds": thresholds, "initial": initial,
             "levels": levels if augmented else None}
 
@@ -289,7 +289,7 @@ def method_name(info: dict[str, Any]) -> str:
     by what they add, and every option that differs from the form's default after a comma.
 
     Example:
-        >>> method_name({"method": "augmapping", "levels": 1, "initial": "zero"})
+        >>> method_name({"method": "augmapping", "levels": 1, "initial": "half"})
         'AugMapping (Yu et al.)'
         >>> method_name({"method": "augmapping", "levels": 16, "initial": "half"})
         'AugMapping, 16 levels'
