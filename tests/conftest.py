@@ -66,3 +66,69 @@ def epochs(monkeypatch) -> EpochSpy:
     spy = EpochSpy(loop._train_epoch)
     monkeypatch.setattr(loop, "_train_epoch", spy)
     return spy
+
+
+@pytest.fixture
+def kill_and_resume(epochs):
+    """``kill_and_resume(cfg, epoch=2)``: run ``fit(cfg)``, interrupt it when epoch ``epoch``
+    starts (as a kill would, after the previous epoch's checkpoint), check that it stopped,
+    then resume it and return the resumed run's ``TrainResult``."""
+    from spikeforge.train import fit
+
+    def run(cfg, epoch: int = 2):
+        epochs.kill_at = epochs.calls + epoch
+        with pytest.raises(KeyboardInterrupt):
+            fit(cfg)
+        epochs.kill_at = None
+        return fit(cfg, resume=True)
+
+    return run
+
+
+TINY_MNIST = {
+    "data": {"dataset": "mnist_demo"},
+    "model": {"name": "cnn_small"},
+    "run": {"threads": 1, "progress": False},
+}
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` applied section by section (nested dicts merge, values
+    replace); neither argument is modified."""
+    out = {k: _merged(v, {}) if isinstance(v, dict) else v for k, v in base.items()}
+    for key, value in changes.items():
+        out[key] = (_merged(out[key], value) if isinstance(value, dict)
+                    and isinstance(out.get(key), dict) else _merged(value, {})
+                    if isinstance(value, dict) else value)
+    return out
+
+
+class TrainConfigs:
+    """The training runs of the tests: the shared tiny real-data run (``TINY_MNIST``: bundled
+    MNIST, ``cnn_small``, one thread, no progress bar), a test file's ``changes`` (a nested
+    dict) merged over it, ``run.out_dir``, then ``key=value`` overrides."""
+
+    def data(self, out_dir, changes: dict | None = None, *overrides: str) -> dict:
+        from spikeforge.config import apply_overrides
+
+        return apply_overrides(_merged(TINY_MNIST, changes or {}),
+                               [f"run.out_dir={out_dir}", *overrides])
+
+    def __call__(self, out_dir, changes: dict | None = None, *overrides: str):
+        from spikeforge.config import from_dict
+        from spikeforge.train import TrainConfig
+
+        return from_dict(TrainConfig, self.data(out_dir, changes, *overrides))
+
+    def yaml(self, path: Path, out_dir, changes: dict | None = None, *overrides: str) -> Path:
+        """The same config written to ``path`` as YAML (for the command line); returns it."""
+        import yaml
+
+        path.write_text(yaml.safe_dump(self.data(out_dir, changes, *overrides)))
+        return path
+
+
+@pytest.fixture(scope="session")
+def train_config() -> TrainConfigs:
+    """Builds the tests' training configs (:class:`TrainConfigs`)."""
+    return TrainConfigs()

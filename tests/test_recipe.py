@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import spikeforge as sf
-from spikeforge.config import apply_overrides, from_dict
 from spikeforge.convert import prepare
 from spikeforge.data import Augment, BatchLoader, load_dataset
 from spikeforge.models import create
@@ -161,22 +160,21 @@ def test_bf16_only_where_the_cpu_does_it_natively(monkeypatch):
     assert _amp(cpu, False)[2] == "float32"
 
 
-RECIPE = {
+RECIPE = {  # over conftest's TINY_MNIST
     "seed": 2,
-    "data": {"dataset": "mnist_demo", "batch_size": 50, "eval_batch_size": 500,
+    "data": {"batch_size": 50, "eval_batch_size": 500,
              "train_subset": 1000, "test_subset": 500, "test_flip": True,
              "augment": {"crop_padding": 2, "hflip": "alternate"}},
     "model": {"name": "cifarnet", "whiten": True, "dirac": True,
               "options": {"widths": [16, 32, 32]}},
     "optim": {"lr": 0.2, "reference_batch_size": 100, "epochs": 2, "warmup_epochs": 0.5,
               "schedule": "linear", "label_smoothing": 0.2, "ema": 0.9},
-    "run": {"threads": 1, "progress": False, "checkpoint_minutes": 0},
+    "run": {"checkpoint_minutes": 0},
 }
 
 
-def test_recipe_trains_and_resumes_exactly(tmp_path, epochs):
-    cfg = from_dict(TrainConfig, apply_overrides(RECIPE, [f"run.out_dir={tmp_path / 'a'}"]))
-    result = fit(cfg)
+def test_recipe_trains_and_resumes_exactly(tmp_path, train_config, kill_and_resume):
+    result = fit(train_config(tmp_path / "a", RECIPE))
     assert result.test_accuracy > 30.0, result.history  # chance: 10%
     summary = json.loads((tmp_path / "a" / "results.json").read_text())
     assert summary["precision"] in ("float32", "bfloat16")
@@ -197,11 +195,7 @@ def test_recipe_trains_and_resumes_exactly(tmp_path, epochs):
     assert evaluate(model, test)[1] == pytest.approx(result.test_accuracy)
     assert evaluate(model, test, flip=True)[1] == pytest.approx(summary["test_accuracy_flip"])
     # killed in the second epoch, then resumed: the same weights and average
-    again = from_dict(TrainConfig, apply_overrides(RECIPE, [f"run.out_dir={tmp_path / 'b'}"]))
-    epochs.kill_at = epochs.calls + 2
-    with pytest.raises(KeyboardInterrupt):
-        fit(again)
-    fit(again, resume=True)
+    kill_and_resume(train_config(tmp_path / "b", RECIPE), epoch=2)
     resumed = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
     for key in ("model", "trained_model"):
         for name, value in saved[key].items():

@@ -3,8 +3,6 @@ kill-and-resume equality and divergence handling."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -16,25 +14,14 @@ from spikeforge.models.spiking import create_snn
 from spikeforge.neurons import SpikingNeuron, TimeDropout
 from spikeforge.train import TrainConfig, TrainingDiverged, fit, load_model
 
-CONFIG = {
+CONFIG = {  # over conftest's TINY_MNIST
     "kind": "snn", "seed": 0,
-    "data": {"dataset": "mnist_demo", "batch_size": 64, "train_subset": 1200,
-             "test_subset": 300},
-    "model": {"name": "cnn_small", "options": {"dropout": 0.2}},
+    "data": {"batch_size": 64, "train_subset": 1200, "test_subset": 300},
+    "model": {"options": {"dropout": 0.2}},
     "optim": {"name": "adamw", "lr": 0.002, "weight_decay": 0.0, "epochs": 2},
     "snn": {"timesteps": 4, "encoder": "poisson",
             "neuron": {"leak": 0.99, "surrogate": "atan"}},
-    "run": {"threads": 1, "progress": False},
 }
-
-
-def config(tmp_path, name: str, **changes) -> TrainConfig:
-    data = json.loads(json.dumps(CONFIG))
-    data["run"]["out_dir"] = str(tmp_path / name)
-    for key, value in changes.items():
-        section, field = key.split("__")
-        data[section][field] = value
-    return from_dict(TrainConfig, data)
 
 
 def test_spiking_zoo_model_shapes_and_layers():
@@ -76,8 +63,8 @@ def test_time_dropout_holds_its_mask_over_all_steps():
     assert torch.equal(drop.eval()(torch.ones(8, 5), timesteps=4), torch.ones(8, 5))
 
 
-def test_snn_trains_on_real_digits_and_reloads(tmp_path):
-    result = fit(config(tmp_path, "run"))
+def test_snn_trains_on_real_digits_and_reloads(tmp_path, train_config):
+    result = fit(train_config(tmp_path / "run", CONFIG))
     assert result.test_accuracy > 75.0  # Poisson input, T = 4, 1200 images, 2 epochs
     model = load_model(tmp_path / "run" / "checkpoint.pt")
     assert model.timesteps == 4 and model.encoder == "poisson"
@@ -111,17 +98,14 @@ def assert_same_state(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def whole(tmp_path_factory):
+def whole(tmp_path_factory, train_config):
     """The uninterrupted run that the kill-and-resume tests compare with."""
-    return fit(config(tmp_path_factory.mktemp("snn"), "whole"))
+    return fit(train_config(tmp_path_factory.mktemp("snn") / "whole", CONFIG))
 
 
-def test_killed_and_resumed_snn_training_equals_an_uninterrupted_one(tmp_path, epochs, whole):
-    epochs.kill_at = epochs.calls + 2  # during the second epoch of the next run
-    with pytest.raises(KeyboardInterrupt):
-        fit(config(tmp_path, "killed"))
-    epochs.kill_at = None
-    resumed = fit(config(tmp_path, "killed"), resume=True)
+def test_killed_and_resumed_snn_training_equals_an_uninterrupted_one(tmp_path, train_config,
+                                                                     kill_and_resume, whole):
+    resumed = kill_and_resume(train_config(tmp_path / "killed", CONFIG), epoch=2)
     assert [h["test_accuracy"] for h in resumed.history] == \
         [h["test_accuracy"] for h in whole.history]
     a = torch.load(whole.out_dir / "checkpoint.pt", weights_only=True)["model"]
@@ -130,11 +114,11 @@ def test_killed_and_resumed_snn_training_equals_an_uninterrupted_one(tmp_path, e
 
 
 def test_a_kill_within_an_epoch_resumes_from_the_last_step_checkpoint(tmp_path, monkeypatch,
-                                                                     whole):
+                                                                     train_config, whole):
     """With ``run.checkpoint_minutes`` tiny every step is checkpointed; a kill during step 7 of
     epoch 2 leaves the checkpoint after step 6, and resuming from it gives the same weights,
     losses and accuracies as a run that was never interrupted."""
-    every_step = {"run__checkpoint_minutes": 1e-9}
+    cfg = train_config(tmp_path / "killed", CONFIG, "run.checkpoint_minutes=1.0e-9")
     real, steps = loop.F.cross_entropy, []
 
     def killed_at_step_25(*args, **kwargs):
@@ -146,12 +130,12 @@ def test_a_kill_within_an_epoch_resumes_from_the_last_step_checkpoint(tmp_path, 
 
     monkeypatch.setattr(loop.F, "cross_entropy", killed_at_step_25)
     with pytest.raises(KeyboardInterrupt):
-        fit(config(tmp_path, "killed", **every_step))
+        fit(cfg)
     monkeypatch.setattr(loop.F, "cross_entropy", real)
     saved = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
     assert saved["epoch"] == 1 and saved["partial"]["step"] == 6
     assert saved["partial"]["count"] == 6 * 64
-    resumed = fit(config(tmp_path, "killed", **every_step), resume=True)
+    resumed = fit(cfg, resume=True)
     for a, b in zip(whole.history, resumed.history, strict=True):
         for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
             assert a[key] == b[key], key
@@ -161,7 +145,7 @@ def test_a_kill_within_an_epoch_resumes_from_the_last_step_checkpoint(tmp_path, 
     assert_same_state(a["model"], b["model"])
 
 
-def test_exploding_snn_loss_stops_with_the_epoch_and_step(tmp_path, monkeypatch):
+def test_exploding_snn_loss_stops_with_the_epoch_and_step(tmp_path, monkeypatch, train_config):
     real = loop.F.cross_entropy
     steps = []
 
@@ -172,7 +156,7 @@ def test_exploding_snn_loss_stops_with_the_epoch_and_step(tmp_path, monkeypatch)
         return loss * float("nan") if len(steps) == 25 else loss
 
     monkeypatch.setattr(loop.F, "cross_entropy", poisoned)
-    cfg = config(tmp_path, "nan")
+    cfg = train_config(tmp_path / "nan", CONFIG)
     with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 7"):
         fit(cfg)
     saved = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=True)
@@ -186,14 +170,11 @@ def test_snn_config_errors_name_the_key():
         from_dict(TrainConfig, {"kind": "snn", "snn": {"encoder": "rate"}})
 
 
-def test_hybrid_snn_starts_as_the_converted_one_and_fine_tunes(tmp_path):
+def test_hybrid_snn_starts_as_the_converted_one_and_fine_tunes(tmp_path, train_config):
     from spikeforge.train.hybrid import snn_from_ann
 
     ann_cfg = {k: v for k, v in CONFIG.items() if k not in ("kind", "snn")}
-    ann_cfg = json.loads(json.dumps(ann_cfg))
-    ann_cfg["optim"]["epochs"] = 1
-    ann_cfg["run"]["out_dir"] = str(tmp_path / "ann")
-    fit(from_dict(TrainConfig, ann_cfg))
+    fit(train_config(tmp_path / "ann", ann_cfg, "optim.epochs=1"))
     ann = load_model(tmp_path / "ann" / "checkpoint.pt")
     train = load_dataset("mnist_demo", "train")
     calibration = [x for x, _ in BatchLoader(train.subset(512, seed=0), 256)]
@@ -206,7 +187,7 @@ def test_hybrid_snn_starts_as_the_converted_one_and_fine_tunes(tmp_path):
     with pytest.raises(sf.ConversionError, match="binary-spike method"):
         snn_from_ann(ann, calibration, "augmapping")
 
-    cfg = config(tmp_path, "hybrid", optim__epochs=1)
+    cfg = train_config(tmp_path / "hybrid", CONFIG, "optim.epochs=1")
     cfg.snn.timesteps, cfg.snn.encoder = 1, "direct"
     cfg.snn.init_from = str(tmp_path / "ann" / "checkpoint.pt")
     cfg.snn.init_options = options

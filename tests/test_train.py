@@ -16,10 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikeforge.config import apply_overrides, from_dict
 from spikeforge.train import (
     CheckpointError,
-    TrainConfig,
     TrainingDiverged,
     fit,
     load_checkpoint,
@@ -27,26 +25,12 @@ from spikeforge.train import (
 )
 from spikeforge.train.loop import lr_factor
 
-TINY = {
+TINY = {  # over conftest's TINY_MNIST
     "seed": 1,
-    "data": {"dataset": "mnist_demo", "batch_size": 50, "eval_batch_size": 500,
-             "train_subset": 1500, "test_subset": 500, "augment": {"crop_padding": 2}},
-    "model": {"name": "cnn_small"},
+    "data": {"batch_size": 50, "eval_batch_size": 500, "train_subset": 1500,
+             "test_subset": 500, "augment": {"crop_padding": 2}},
     "optim": {"lr": 0.05, "epochs": 2, "warmup_epochs": 0.2},
-    "run": {"threads": 1, "progress": False},
 }
-
-
-def tiny_config(out_dir: Path, *overrides: str) -> TrainConfig:
-    return from_dict(TrainConfig, apply_overrides(TINY, [f"run.out_dir={out_dir}", *overrides]))
-
-
-def write_yaml(path: Path, out_dir: Path, *overrides: str) -> Path:
-    import yaml
-
-    path.write_text(yaml.safe_dump(apply_overrides(TINY, [f"run.out_dir={out_dir}",
-                                                          *overrides])))
-    return path
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -58,8 +42,8 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_factor(70, 100, 0, "constant") == 1.0
 
 
-def test_training_learns_and_writes_everything(tmp_path):
-    result = fit(tiny_config(tmp_path))
+def test_training_learns_and_writes_everything(tmp_path, train_config):
+    result = fit(train_config(tmp_path, TINY))
     assert result.test_accuracy > 85.0, result.history
     assert result.history[1]["train_loss"] < result.history[0]["train_loss"]
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -108,12 +92,12 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["model"]
 
 
-def test_resume_after_kill_gives_identical_weights(tmp_path):
+def test_resume_after_kill_gives_identical_weights(tmp_path, train_config):
     """SIGKILL a real training process during epoch 2, resume, and compare with a run that was
     never interrupted: the weights must be bit-identical."""
     epochs = "optim.epochs=3"
-    straight = fit(tiny_config(tmp_path / "straight", epochs))
-    config = write_yaml(tmp_path / "cfg.yaml", tmp_path / "killed", epochs)
+    straight = fit(train_config(tmp_path / "straight", TINY, epochs))
+    config = train_config.yaml(tmp_path / "cfg.yaml", tmp_path / "killed", TINY, epochs)
     cmd = [sys.executable, "-m", "spikeforge.cli", "train", str(config)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "killed" / "checkpoint.pt"
@@ -140,8 +124,8 @@ def test_resume_after_kill_gives_identical_weights(tmp_path):
     assert history[-1]["test_accuracy"] == straight.test_accuracy
 
 
-def test_ctrl_c_leaves_a_valid_checkpoint_and_says_how_to_resume(tmp_path):
-    config = write_yaml(tmp_path / "cfg.yaml", tmp_path / "run", "optim.epochs=3")
+def test_ctrl_c_leaves_a_valid_checkpoint_and_says_how_to_resume(tmp_path, train_config):
+    config = train_config.yaml(tmp_path / "cfg.yaml", tmp_path / "run", TINY, "optim.epochs=3")
     cmd = [sys.executable, "-m", "spikeforge.cli", "train", str(config)]
     # a shell that starts a job in the background makes it ignore SIGINT, and Python then
     # never raises KeyboardInterrupt: give the child the default handling back
@@ -161,24 +145,24 @@ def test_ctrl_c_leaves_a_valid_checkpoint_and_says_how_to_resume(tmp_path):
     assert rc.returncode == 0 and load_checkpoint(ckpt)["epoch"] == 3, rc.stderr
 
 
-def test_divergence_stops_with_epoch_and_step_and_keeps_checkpoint(tmp_path):
-    fit(tiny_config(tmp_path, "optim.epochs=1"))
+def test_divergence_stops_with_epoch_and_step_and_keeps_checkpoint(tmp_path, train_config):
+    fit(train_config(tmp_path, TINY, "optim.epochs=1"))
     before = _weights(tmp_path / "checkpoint.pt")
     with pytest.raises(TrainingDiverged, match=r"epoch 2, step \d+"):
-        fit(tiny_config(tmp_path, "optim.epochs=2", "optim.lr=1e12"), resume=True)
+        fit(train_config(tmp_path, TINY, "optim.epochs=2", "optim.lr=1e12"), resume=True)
     after = load_checkpoint(tmp_path / "checkpoint.pt")
     assert after["epoch"] == 1
     assert all(torch.equal(before[k], after["model"][k]) for k in before)
 
 
-def test_resume_refuses_another_experiment(tmp_path):
-    fit(tiny_config(tmp_path, "optim.epochs=1"))
+def test_resume_refuses_another_experiment(tmp_path, train_config):
+    fit(train_config(tmp_path, TINY, "optim.epochs=1"))
     with pytest.raises(CheckpointError, match="model.name"):
-        fit(tiny_config(tmp_path, "model.name=lenet"), resume=True)
+        fit(train_config(tmp_path, TINY, "model.name=lenet"), resume=True)
 
 
-def test_checkpoint_errors_name_the_file(tmp_path):
-    fit(tiny_config(tmp_path, "optim.epochs=1"))
+def test_checkpoint_errors_name_the_file(tmp_path, train_config):
+    fit(train_config(tmp_path, TINY, "optim.epochs=1"))
     good = (tmp_path / "checkpoint.pt").read_bytes()
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good[: len(good) // 2])
@@ -202,8 +186,8 @@ def test_checkpoint_errors_name_the_file(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
-def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
-    config = write_yaml(tmp_path / "cfg.yaml", tmp_path / "ddp", "optim.epochs=1")
+def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path, train_config):
+    config = train_config.yaml(tmp_path / "cfg.yaml", tmp_path / "ddp", TINY, "optim.epochs=1")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     rc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
