@@ -79,14 +79,7 @@ def init_lee(model: nn.Module) -> None:
     """Lee et al.'s (2020) initialisation: every Conv2d and Linear weight from
     N(0, 2/fan_in), fan_in = in_channels·kh·kw (per group) or in_features; biases (if any)
     zero, batch norm unit/zero."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d | nn.Linear):
-            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+    init_weights(model, mode="fan_in", layers=(nn.Conv2d, nn.Linear))
 
 
 @register("lenet")

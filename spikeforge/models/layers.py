@@ -67,11 +67,13 @@ def classifier(in_features: int, hidden: Sequence[int], num_classes: int, act: A
     return layers
 
 
-def init_weights(model: nn.Module) -> None:
-    """He-normal convolutions (fan-out, as torchvision), unit/zero batch norm, default Linear."""
+def init_weights(model: nn.Module, mode: str = "fan_out",
+                 layers: tuple[type[nn.Module], ...] = (nn.Conv2d,)) -> None:
+    """He-normal weights N(0, 2/fan) for ``layers`` (default: convolutions with fan-out, as
+    torchvision; Linear layers keep PyTorch's default), zero biases, unit/zero batch norm."""
     for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        if isinstance(module, layers):
+            nn.init.kaiming_normal_(module.weight, mode=mode, nonlinearity="relu")
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
