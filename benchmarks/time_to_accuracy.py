@@ -64,11 +64,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, repeats: int) -> None:
 
 def load_ann(args: argparse.Namespace) -> tuple[Any, nn.Module]:
     """(the conversion setup: model, test loader, calibration; the ANN in eval mode)."""
-    from spikeforge.experiments.conversion import prepare
+    from spikeforge.experiments.conversion import load_checkpoint_and_data
 
     torch.set_num_threads(args.threads)
-    setup = prepare(args.checkpoint, data_root=args.data_root, test_subset=args.test_subset,
-                    batch_size=250, device="cpu")
+    setup = load_checkpoint_and_data(args.checkpoint, data_root=args.data_root,
+                                     test_subset=args.test_subset, batch_size=250, device="cpu")
     return setup, setup.model.eval()
 
 

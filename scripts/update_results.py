@@ -30,6 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from spikeforge.convert import recipes  # noqa: E402
 from spikeforge.experiments.plots import plot_training_curves  # noqa: E402
 from spikeforge.experiments.tables import markdown_table  # noqa: E402
 
@@ -128,34 +129,8 @@ def _link(path: Path, base: Path, text: str | None = None) -> str:
 
 def method_name(entry: dict) -> str:
     """The name a results entry's method goes by in the docs, from what its neuron record
-    says was run (not from its label): e.g. ``AugMapping (Yu et al.)`` (one level, θ = λ),
-    ``AugMapping, 16 levels`` (θ = λ/16), ``threshold balancing, v(0) = θ/2, per channel``.
-    Records written before ``levels`` was recorded ran the default of that time, 16."""
-    neuron = entry.get("neuron") or {}
-    method = entry["method"]
-    initial = neuron.get("initial")
-    if method == "augmapping":
-        levels = neuron.get("levels") or 16
-        if neuron.get("thresholds_from") == "learned":
-            name = f"AugMapping, {levels} levels, learned λ"
-            default_initial = "half"
-        elif levels == 1:
-            name, default_initial = "AugMapping (Yu et al.)", "half"
-        else:
-            name, default_initial = f"AugMapping, {levels} levels", "half"
-        if neuron.get("cap") is not None:
-            name += f", cap {neuron['cap']}"
-    else:
-        name = {"threshold_balancing": "threshold balancing", "termapping": "TerMapping",
-                "qcfs": "QCFS", "csqcfs": "CS-QCFS", "snn": "trained SNN"}.get(method, method)
-        default_initial = "half" if method in ("qcfs", "csqcfs") else "zero"
-    if neuron.get("symmetric"):
-        name += ", symmetric"
-    if initial and initial != default_initial and method != "snn":
-        name += ", v(0) = θ/2" if initial == "half" else ", v(0) = 0"
-    if neuron.get("channelwise") and neuron.get("thresholds_from") == "calibrate":
-        name += ", per channel"
-    return name
+    says was run (not from its label): :func:`spikeforge.convert.recipes.method_name`."""
+    return recipes.method_name({**(entry.get("neuron") or {}), "method": entry["method"]})
 
 
 def table(results_dir: Path, base: Path) -> str:

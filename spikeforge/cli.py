@@ -125,26 +125,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from spikeforge.convert import convert
-    from spikeforge.experiments.conversion import parse_method, prepare
-    from spikeforge.export import ExportError, to_nir
-    from spikeforge.export.nir import _nir
-    from spikeforge.models.spiking import SpikingModel
+    from spikeforge.experiments.conversion import export_checkpoint
+    from spikeforge.export import ExportError
     from spikeforge.runtime import set_threads
 
     set_threads(args.threads)
-    setup = prepare(args.checkpoint, data_root=args.data_root, device="cpu",
-                    calibration_samples=args.calibration_samples, test_subset=16)
-    spec = args.method or ("snn" if isinstance(setup.model, SpikingModel)
-                           else "threshold_balancing")
-    name, options = parse_method(spec)
-    snn = convert(setup.model, setup.calibration, name, timesteps=args.timesteps,
-                  progress=False, **options)
     try:
-        graph = to_nir(snn, setup.calibration[0], approximate=args.approximate)
+        spec, snn, graph = export_checkpoint(
+            args.checkpoint, args.out, args.method, args.timesteps,
+            approximate=args.approximate, data_root=args.data_root,
+            calibration_samples=args.calibration_samples)
     except ExportError as exc:
         raise ConfigError(str(exc)) from exc
-    _nir().write(args.out, graph)
     kinds: dict[str, int] = {}
     for node in graph.nodes.values():
         kinds[type(node).__name__] = kinds.get(type(node).__name__, 0) + 1

@@ -294,7 +294,7 @@ class _Monitor:
 
 def evaluate(snn: SpikingNetwork, loader: Iterable[tuple[Tensor, Tensor]],
              timesteps: int | None = None, ann: nn.Module | None = None,
-             max_batches: int | None = None, progress: bool = True) -> EvaluationResult:
+             max_batches: int | None = None, progress: bool = False) -> EvaluationResult:
     """Accuracy at every t = 1..T in one run, with firing rates, SOPs and energy.
 
     Args:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import spikeforge as sf
-from spikeforge.convert import METHODS, ConversionError, StreamingPercentile, prepare
+from spikeforge.convert import METHODS, ConversionError, StreamingPercentile, conversion_graph
 from spikeforge.data import BatchLoader, load_dataset
 from spikeforge.metrics import connectivity
 from spikeforge.nn import ClippedReLU
@@ -80,7 +80,7 @@ def ann_accuracy(model, loader):
 # --- graph --------------------------------------------------------------------------------
 
 def test_prepare_folds_bn_drops_dropout_and_keeps_the_function(trained, mnist):
-    gm = prepare(trained)
+    gm = conversion_graph(trained)
     kinds = {type(m).__name__ for m in gm.modules()}
     assert "BatchNorm2d" not in kinds and "Dropout" not in kinds
     x = mnist[2][0]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import spikeforge as sf
-from spikeforge.export import ExportError, from_nir, to_nir
+from spikeforge.export import ExportError, from_nir, read_nir, to_nir, write_nir
 from spikeforge.models.spiking import SpikingModel
 from spikeforge.neurons import LIF
 
@@ -21,8 +21,8 @@ nir = pytest.importorskip("nir")
 
 def _round_trip(snn, x, tmp_path, **options):
     graph = to_nir(snn, x, **options)
-    nir.write(tmp_path / "net.nir", graph)
-    back = from_nir(nir.read(tmp_path / "net.nir"))
+    write_nir(graph, tmp_path / "net.nir")
+    back = from_nir(read_nir(tmp_path / "net.nir"))
     return graph, back
 
 

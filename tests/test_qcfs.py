@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import spikeforge as sf
-from spikeforge.convert import ConversionError, prepare
+from spikeforge.convert import ConversionError, conversion_graph
 from spikeforge.models import create
 from spikeforge.neurons import SpikingNeuron
 from spikeforge.nn import CSQCFS, QCFS
@@ -146,7 +146,7 @@ def test_t1_l1_snn_is_the_ann_layer_by_layer(name, activation):
     model = _randomised(name, activation, levels=1)
     x = torch.randn(8, 3, 32, 32, dtype=torch.float64)
     snn = sf.convert(model, None, activation, timesteps=1)
-    folded = prepare(model)
+    folded = conversion_graph(model)
     ann_layers = _activation_outputs(folded, (QCFS, CSQCFS), x)
     snn_layers = _activation_outputs(snn.graph, (SpikingNeuron,), x, 1)
     assert len(ann_layers) == len(snn_layers) > 5
@@ -168,7 +168,7 @@ def test_t_equals_l_with_constant_currents_layer_by_layer(levels, activation):
     exactly the L-level QCFS activation: λ/T · Σ s(t) = QCFS_L(z) (per channel for CS-QCFS)."""
     model = _randomised("vgg7", activation, levels)
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
-    folded = prepare(model)
+    folded = conversion_graph(model)
     currents: list[torch.Tensor] = []
     handles = [m.register_forward_pre_hook(lambda _m, args: currents.append(args[0].clone()))
                for m in folded.modules() if isinstance(m, (QCFS, CSQCFS))]
@@ -196,7 +196,7 @@ def test_augmapping_on_qcfs_equals_the_l_level_ann_at_t1():
     snn = sf.convert(model, None, "augmapping", thresholds="learned", timesteps=1)
     assert {n.cap for n in snn.neurons().values()} == {4}
     with torch.no_grad():
-        expected = prepare(model)(x)
+        expected = conversion_graph(model)(x)
     torch.testing.assert_close(snn(x)[0], expected, atol=1e-10, rtol=1e-10)
 
 

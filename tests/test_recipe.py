@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import spikeforge as sf
-from spikeforge.convert import prepare
+from spikeforge.convert import conversion_graph
 from spikeforge.data import Augment, BatchLoader, load_dataset
 from spikeforge.models import create
 from spikeforge.nn import CSQCFS, QCFS
@@ -190,10 +190,11 @@ def test_recipe_trains_and_resumes_exactly(tmp_path, train_config, kill_and_resu
                            saved["trained_model"]["features.2.weight"])
     model = load_model(tmp_path / "a" / "checkpoint.pt")
     test = BatchLoader(load_dataset("mnist_demo", "test").subset(500, seed=2), 500)
-    from spikeforge.train import evaluate
+    from spikeforge.train import loss_and_accuracy
 
-    assert evaluate(model, test)[1] == pytest.approx(result.test_accuracy)
-    assert evaluate(model, test, flip=True)[1] == pytest.approx(summary["test_accuracy_flip"])
+    assert loss_and_accuracy(model, test)[1] == pytest.approx(result.test_accuracy)
+    flipped = loss_and_accuracy(model, test, flip=True)[1]
+    assert flipped == pytest.approx(summary["test_accuracy_flip"])
     # killed in the second epoch, then resumed: the same weights and average
     kill_and_resume(train_config(tmp_path / "b", RECIPE), epoch=2)
     resumed = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
@@ -224,8 +225,9 @@ def test_cifarnet_augmapping_on_learned_thresholds_is_its_ann_at_t1(pool):
     x = torch.randn(6, 3, 32, 32, dtype=torch.float64)
     snn = sf.convert(model, None, "augmapping", thresholds="learned", timesteps=1)
     with torch.no_grad():
-        expected = prepare(model)(x)
+        expected = conversion_graph(model)(x)
         torch.testing.assert_close(snn(x, timesteps=1)[0], expected, atol=1e-10, rtol=1e-10)
         # test-time flips: the SNN sees the same two views as its ANN
         torch.testing.assert_close(flip_averaged(lambda v: snn(v, timesteps=1)[0], x),
-                                   flip_averaged(prepare(model), x), atol=1e-10, rtol=1e-10)
+                                   flip_averaged(conversion_graph(model), x),
+                                   atol=1e-10, rtol=1e-10)

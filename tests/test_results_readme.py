@@ -63,8 +63,6 @@ def test_headline_puts_our_best_beside_the_papers_best():
      "AugMapping (Yu et al.), v(0) = 0"),
     ({"levels": 16, "initial": "half", "thresholds_from": "calibrate"}, "augmapping",
      "AugMapping, 16 levels"),
-    ({"levels": None, "initial": "zero", "thresholds_from": "calibrate"}, "augmapping",
-     "AugMapping, 16 levels, v(0) = 0"),
     ({"levels": 4, "initial": "half", "thresholds_from": "learned"}, "augmapping",
      "AugMapping, 4 levels, learned λ"),
     ({"initial": "half", "channelwise": True, "thresholds_from": "calibrate"},

@@ -56,10 +56,10 @@ def test_training_learns_and_writes_everything(tmp_path, train_config):
     # the checkpoint rebuilds the same network and reproduces the accuracy
     model = load_model(tmp_path / "checkpoint.pt")
     from spikeforge.data import BatchLoader, load_dataset
-    from spikeforge.train import evaluate
+    from spikeforge.train import loss_and_accuracy
 
     test = load_dataset("mnist_demo", "test").subset(500, seed=1)
-    _, acc = evaluate(model, BatchLoader(test, 250))
+    _, acc = loss_and_accuracy(model, BatchLoader(test, 250))
     assert acc == pytest.approx(result.test_accuracy)
 
 

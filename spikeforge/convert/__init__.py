@@ -6,8 +6,8 @@ activations by neurons → finalise (:mod:`~spikeforge.convert.graph`,
 """
 
 from spikeforge.convert.calibrate import StreamingPercentile, calibrate
-from spikeforge.convert.graph import ConversionError, prepare
+from spikeforge.convert.graph import ConversionError, conversion_graph
 from spikeforge.convert.recipes import METHODS, convert, to_spiking
 
 __all__ = ["METHODS", "ConversionError", "StreamingPercentile", "calibrate", "convert",
-           "prepare", "to_spiking"]
+           "conversion_graph", "to_spiking"]

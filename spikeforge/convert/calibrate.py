@@ -158,13 +158,13 @@ def calibration_inputs(calibration: Iterable[Any]) -> Iterable[Tensor]:
 @torch.no_grad()
 def calibrate(gm: fx.GraphModule, calibration: Iterable[Any], percentile: float = 99.9,
               channelwise: bool = False, bins: int = 4096, max_batches: int | None = None,
-              modules: tuple[type[nn.Module], ...] = (), progress: bool = True,
+              modules: tuple[type[nn.Module], ...] = (), progress: bool = False,
               device: torch.device | None = None) -> dict[str, Tensor]:
     """λ for every activation node of the prepared graph ``gm``: node name → scalar tensor
     (layer-wise) or one value per channel.
 
     Args:
-        gm: a prepared ANN graph (:func:`spikeforge.convert.graph.prepare`); not modified.
+        gm: a prepared ANN graph (:func:`spikeforge.convert.graph.conversion_graph`); not modified.
         calibration: iterable of input batches or ``(input, label)`` batches.
         percentile: p in (0, 100]; 100 takes the maximum.
         channelwise: one λ per output channel (axis 1) instead of one per layer. A channel

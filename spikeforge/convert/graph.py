@@ -38,8 +38,8 @@ from torch import fx, nn
 from spikeforge.neurons.modules import TimeDropout
 
 __all__ = ["ACTIVATION_FUNCTIONS", "ACTIVATION_MODULES", "ConversionError", "activation_nodes",
-           "check_supported", "describe", "fold_batch_norm", "prepare", "remove_identities",
-           "trace"]
+           "check_supported", "conversion_graph", "describe", "fold_batch_norm",
+           "remove_identities", "trace"]
 
 
 class ConversionError(ValueError):
@@ -275,7 +275,7 @@ def fold_batch_norm(gm: fx.GraphModule) -> int:
     return folded
 
 
-def prepare(model: nn.Module, activations: Iterable[type[nn.Module]] = (),
+def conversion_graph(model: nn.Module, activations: Iterable[type[nn.Module]] = (),
             max_pool: str = "cumulative") -> fx.GraphModule:
     """Trace ``model``, check it, drop dropout and fold batch norm: the ANN graph that is
     calibrated and then turned into an SNN. Computes the same function as ``model.eval()``."""

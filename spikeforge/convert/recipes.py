@@ -8,10 +8,11 @@ method                        neuron
 ``termapping``                ternary: +θ and −θ, negative spikes gated by a positive net
                               count (the gate is our reading of the paper; ``symmetric=True``:
                               ungated) (Yu et al., TNNLS 2022)
-``augmapping``                augmented: c(t) = ⌊m/θ⌋ unit spikes in one event with θ = λ,
-                              v(0) = 0 and TerMapping's gated negative side: the paper's form,
+``augmapping``                augmented: c(t) = ⌊m/θ⌋ unit spikes in one event with θ = λ
+                              and TerMapping's gated negative side: the paper's form,
                               "AugMapping (Yu et al.)". ``levels=L`` > 1 selects our
-                              extension "AugMapping, L levels": unit θ = λ/L, v(0) = θ/2
+                              extension "AugMapping, L levels": unit θ = λ/L. Both start
+                              at v(0) = θ/2 (our reading; the paper does not say)
 ``qcfs`` / ``csqcfs``         binary IF, θ = the learned λ, v(0) = θ/2 (Bu et al. 2022;
                               Yang et al. 2025)
 ============================  ===========================================================
@@ -30,7 +31,7 @@ step, so the unit can be a fraction of λ without costing more events (though mo
 spikes, which :mod:`spikeforge.metrics` charges). With θ = λ/L and v(0) = θ/2 the first step
 already emits c = ⌊z·L/λ + 1/2⌋ units, the ANN activation rounded to L levels per λ
 (uncapped: larger activations are not clipped), and later steps refine the residue — where
-the paper's θ = λ with v(0) = 0 emits nothing until a membrane reaches λ.
+the paper's θ = λ rounds the first step to whole multiples of λ.
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ from spikeforge.convert.calibrate import calibrate
 from spikeforge.convert.graph import (
     ConversionError,
     activation_nodes,
+    conversion_graph,
     describe,
     is_max_pool,
-    prepare,
 )
 from spikeforge.models.spiking import SpikingModel
 from spikeforge.neurons import SpikingNeuron
@@ -127,7 +128,7 @@ def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
             levels: int | None = None, cap: int | None = None, max_pool: str = "cumulative",
             encoder: str = "direct", seed: int = 0, calibration_batches: int | None = None,
             memory_budget: int = 2 << 30, activations: Iterable[type[nn.Module]] = (),
-            precision: str = "float32", progress: bool = True) -> SpikingNetwork:
+            precision: str = "float32", progress: bool = False) -> SpikingNetwork:
     """Convert a trained ANN into a spiking network.
 
     Args:
@@ -219,7 +220,7 @@ def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
         raise ConversionError("method='snn' simulates a directly trained SNN (LIF neurons); "
                               "this model has none")
     modules = tuple(activations)
-    gm = prepare(model, modules, max_pool)
+    gm = conversion_graph(model, modules, max_pool)
     if thresholds == "learned":
         lams, layer_levels = learned_thresholds(gm, modules, defaults.get("activation"))
     else:
@@ -318,7 +319,7 @@ def method_name(info: dict[str, Any]) -> str:
         extras.append("symmetric")
     if info.get("initial") and method != "snn" and info["initial"] != default["initial"]:
         extras.append("v(0) = θ/2" if info["initial"] == "half" else "v(0) = 0")
-    if info.get("channelwise"):
+    if info.get("channelwise") and source == "calibrate":
         extras.append("per channel")
     if source == "calibrate" and info.get("percentile", 99.9) != 99.9:
         extras.append(f"p = {info['percentile']:g}")

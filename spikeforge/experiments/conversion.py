@@ -26,12 +26,12 @@ from spikeforge.convert import convert
 from spikeforge.data import BatchLoader, load_dataset
 from spikeforge.experiments.tables import markdown_table
 from spikeforge.metrics import evaluate
-from spikeforge.runtime import git_commit, machine_info, select_device
+from spikeforge.runtime import git_commit, machine_info, select_device, write_json
 from spikeforge.train.checkpoint import CheckpointError, load_checkpoint, load_model
-from spikeforge.train.loop import write_json
 
-__all__ = ["Setup", "accuracy_table", "command_line", "convert_and_evaluate", "parse_method",
-           "prepare", "report_points", "run_conversion"]
+__all__ = ["Setup", "accuracy_table", "command_line", "convert_and_evaluate",
+           "export_checkpoint", "load_checkpoint_and_data", "parse_method", "report_points",
+           "run_conversion"]
 
 
 def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
@@ -100,7 +100,7 @@ class Setup:
     seed: int
 
 
-def prepare(checkpoint: str | os.PathLike, *, data_root: str | None = None,
+def load_checkpoint_and_data(checkpoint: str | os.PathLike, *, data_root: str | None = None,
             calibration_samples: int = 2048, test_subset: int | None = None,
             batch_size: int = 250, device: str | None = None, seed: int = 0) -> Setup:
     """Load ``checkpoint`` and the data set it was trained on: a seeded subset of
@@ -124,7 +124,7 @@ def prepare(checkpoint: str | os.PathLike, *, data_root: str | None = None,
 
 
 def convert_and_evaluate(setup: Setup, spec: str, timesteps: int | None,
-                         progress: bool = True, **options: Any) -> dict[str, Any]:
+                         progress: bool = False, **options: Any) -> dict[str, Any]:
     """Convert ``setup.model`` with the method ``spec`` and evaluate it at t = 1..T: one
     results entry (docs/design.md §2) with its provenance.
 
@@ -165,12 +165,40 @@ def convert_and_evaluate(setup: Setup, spec: str, timesteps: int | None,
     }
 
 
+def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike,
+                      method: str | None = None, timesteps: int | None = None, *,
+                      approximate: bool = False, data_root: str | None = None,
+                      calibration_samples: int = 2048) -> tuple[str, Any, Any]:
+    """Convert ``checkpoint`` with ``method`` (a spec; default: a trained SNN as it is, an
+    ANN by threshold balancing) on the CPU and write its NIR graph to ``out``.
+
+    Returns:
+        ``(spec, snn, graph)``: the method spec used, the SNN and its ``nir.NIRGraph``.
+
+    Raises:
+        spikeforge.export.ExportError: the SNN has a layer NIR cannot represent (unless
+            ``approximate``), or the optional ``nir`` package is missing.
+    """
+    from spikeforge.export import to_nir, write_nir
+    from spikeforge.models.spiking import SpikingModel
+
+    setup = load_checkpoint_and_data(checkpoint, data_root=data_root, device="cpu",
+                                     calibration_samples=calibration_samples, test_subset=16)
+    spec = method or ("snn" if isinstance(setup.model, SpikingModel)
+                      else "threshold_balancing")
+    name, options = parse_method(spec)
+    snn = convert(setup.model, setup.calibration, name, timesteps=timesteps, **options)
+    graph = to_nir(snn, setup.calibration[0], approximate=approximate)
+    write_nir(graph, out)
+    return spec, snn, graph
+
+
 def run_conversion(checkpoint: str | os.PathLike, methods: Sequence[str],
                    timesteps: int | None,
                    out: str | os.PathLike | None = None, *, data_root: str | None = None,
                    calibration_samples: int = 2048, test_subset: int | None = None,
                    batch_size: int = 250, device: str | None = None, seed: int = 0,
-                   progress: bool = True, **options: Any) -> list[dict[str, Any]]:
+                   progress: bool = False, **options: Any) -> list[dict[str, Any]]:
     """Convert ``checkpoint`` with each method, evaluate at t = 1..T, return the entries (and
     write ``{"results": entries}`` to ``out``).
 
@@ -187,8 +215,10 @@ def run_conversion(checkpoint: str | os.PathLike, methods: Sequence[str],
             win.
     """
     started = time.perf_counter()
-    setup = prepare(checkpoint, data_root=data_root, calibration_samples=calibration_samples,
-                    test_subset=test_subset, batch_size=batch_size, device=device, seed=seed)
+    setup = load_checkpoint_and_data(checkpoint, data_root=data_root,
+                                     calibration_samples=calibration_samples,
+                                     test_subset=test_subset, batch_size=batch_size,
+                                     device=device, seed=seed)
     entries = []
     for spec in methods:
         entries.append(convert_and_evaluate(setup, spec, timesteps, progress, **options))

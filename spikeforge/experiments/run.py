@@ -52,13 +52,12 @@ from spikeforge.convert.recipes import METHODS
 from spikeforge.experiments.conversion import (
     command_line,
     convert_and_evaluate,
+    load_checkpoint_and_data,
     parse_method,
-    prepare,
 )
 from spikeforge.experiments.report import table, write_report
-from spikeforge.runtime import git_commit, set_threads
+from spikeforge.runtime import git_commit, set_threads, write_json
 from spikeforge.train import TrainConfig, fit
-from spikeforge.train.loop import write_json
 
 __all__ = ["EvaluateConfig", "Experiment", "ExperimentConfig", "VariantConfig",
            "load_experiment", "run_experiment"]
@@ -321,7 +320,7 @@ def run_experiment(exp: Experiment, force: bool = False) -> list[dict[str, Any]]
             entry = _read_json(path)
             if entry is None or entry.get("stage_key") != skey or force:
                 if setup is None:
-                    setup = prepare(checkpoint, data_root=variant.train.data.root,
+                    setup = load_checkpoint_and_data(checkpoint, data_root=variant.train.data.root,
                                     calibration_samples=ev.calibration_samples,
                                     test_subset=test_subset, batch_size=ev.batch_size,
                                     device=cfg.run.device, seed=cfg.seed)

@@ -28,6 +28,7 @@ lists every such layer (and a warning says so).
 from __future__ import annotations
 
 import operator
+import os
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -41,7 +42,7 @@ from spikeforge.convert.graph import ConversionError
 from spikeforge.neurons import SpikingNeuron
 from spikeforge.simulate import SpikingMaxPool, SpikingNetwork
 
-__all__ = ["ExportError", "from_nir", "to_nir"]
+__all__ = ["ExportError", "from_nir", "read_nir", "to_nir", "write_nir"]
 
 #: the time step NIR's continuous LIF is discretised with (snnTorch and Norse use 1e-4)
 DT = 1e-4
@@ -60,6 +61,16 @@ def _nir():
     return nir
 
 
+def write_nir(graph: Any, path: str | os.PathLike) -> None:
+    """Write an NIR graph to ``path`` (NIR's HDF5 file format)."""
+    _nir().write(path, graph)
+
+
+def read_nir(path: str | os.PathLike) -> Any:
+    """Read an NIR graph from ``path`` (NIR's HDF5 file format)."""
+    return _nir().read(path)
+
+
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().cpu().double().numpy().astype(np.float32)
 
@@ -73,7 +84,7 @@ def _neuron_arrays(module: SpikingNeuron, shape: tuple[int, ...]) -> np.ndarray:
 
 def to_nir(snn: SpikingNetwork, sample: Tensor, approximate: bool = False,
            dt: float = DT) -> Any:
-    """The NIR graph of a converted network (``nir.NIRGraph``; save it with ``nir.write``).
+    """The NIR graph of a converted network (``nir.NIRGraph``; save it with :func:`write_nir`).
 
     Args:
         snn: a network from :func:`spikeforge.convert`.
@@ -240,7 +251,7 @@ def _per_channel(values: np.ndarray, name: str) -> Tensor:
 
 
 def from_nir(graph: Any, timesteps: int | None = None) -> SpikingNetwork:
-    """A :class:`~spikeforge.simulate.SpikingNetwork` from a NIR graph (``nir.read(path)``):
+    """A :class:`~spikeforge.simulate.SpikingNetwork` from a NIR graph (:func:`read_nir`):
     IF / LIF neurons (with spikeforge's metadata when present: reset, v(0), θ·s), Conv2d,
     Affine / Linear, AvgPool2d / SumPool2d, Flatten, Scale; several inputs to a node are
     summed. ``timesteps`` defaults to the graph's recorded T (else 32)."""

@@ -8,7 +8,7 @@ from spikeforge.train.checkpoint import (
     save_checkpoint,
 )
 from spikeforge.train.config import TrainConfig
-from spikeforge.train.loop import TrainingDiverged, TrainResult, evaluate, fit
+from spikeforge.train.loop import TrainingDiverged, TrainResult, fit, loss_and_accuracy
 
-__all__ = ["CheckpointError", "TrainConfig", "TrainResult", "TrainingDiverged", "evaluate",
-           "fit", "load_checkpoint", "load_model", "save_checkpoint"]
+__all__ = ["CheckpointError", "TrainConfig", "TrainResult", "TrainingDiverged", "fit",
+           "load_checkpoint", "load_model", "loss_and_accuracy", "save_checkpoint"]

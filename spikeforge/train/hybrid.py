@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from spikeforge.convert import ConversionError, convert
-from spikeforge.convert.graph import activation_nodes, prepare
+from spikeforge.convert.graph import activation_nodes, conversion_graph
 from spikeforge.models.spiking import SpikingModel, create_snn
 from spikeforge.neurons import SpikingNeuron
 from spikeforge.neurons.modules import TRAINING_SETTINGS
@@ -55,7 +55,7 @@ def snn_from_ann(ann: nn.Module, calibration: Iterable[Any] | None,
         raise ConversionError(f"method {method!r} emits {converted.info['rule']} spikes; an "
                               "LIF network is initialised from a binary-spike method "
                               "(threshold_balancing, qcfs, csqcfs)")
-    targets = {n.name: n.target for n in activation_nodes(prepare(ann))}
+    targets = {n.name: n.target for n in activation_nodes(conversion_graph(ann))}
     training = {k: v for k, v in (neuron or {}).items() if k in TRAINING_SETTINGS}
     options = {k: v for k, v in spec.items()
                if k not in ("name", "activation", "activation_options")}

@@ -206,7 +206,7 @@ def training_loss(logits: torch.Tensor, y: torch.Tensor, cfg: OptimConfig) -> to
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+def loss_and_accuracy(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
              autocast: Any = None, flip: bool = False) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (%) of ``model`` over ``loader``; with ``flip``, of
     its outputs averaged over each image and its mirror image
@@ -310,7 +310,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         elif ctx.is_main and (out_dir / METRICS).exists():
             (out_dir / METRICS).unlink()
         if cfg.kind == "snn" and cfg.snn.init_from and not extra:
-            loss, acc = evaluate(model, test_loader, autocast)
+            loss, acc = loss_and_accuracy(model, test_loader, autocast)
             extra = {"initial_test_accuracy": acc, "initial_test_loss": loss}
             if ctx.is_main:
                 print(f"converted SNN before fine-tuning: test {acc:.2f}%", file=sys.stderr)
@@ -338,10 +338,10 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                                 (lambda p, e=epoch: checkpoint(e, p)) if ctx.is_main else None,
                                 average)
             progress = EpochProgress()
-            test_loss, test_acc = evaluate(evaluated, test_loader, autocast)
+            test_loss, test_acc = loss_and_accuracy(evaluated, test_loader, autocast)
             views = {}
             if cfg.data.test_flip:
-                views["test_loss_flip"], views["test_accuracy_flip"] = evaluate(
+                views["test_loss_flip"], views["test_accuracy_flip"] = loss_and_accuracy(
                     evaluated, test_loader, autocast, flip=True)
             record = {
                 "epoch": epoch + 1, "train_loss": done.loss, "train_accuracy": done.accuracy,
