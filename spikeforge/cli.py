@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     from spikeforge.convert.recipes import MAX_POOL_POLICIES, METHODS
     from spikeforge.encoding import ENCODERS
     from spikeforge.neurons.functional import INITIALS, RESETS
-    from spikeforge.simulate import PRECISION_CHOICES
+    from spikeforge.simulate import PRECISIONS
 
     parser.add_argument("--version", action="version", version=f"spikeforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-subset", type=int, help="evaluate on this many test images")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--memory-budget", type=float, help="MiB of activations per chunk")
-    p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+    p.add_argument("--precision", choices=PRECISIONS.names(), default="auto",
                    help="auto (default): bf16 where the device computes it in hardware "
                         "(GPUs, AVX512-BF16/AMX CPUs), else float32; bf16: synaptic layers "
                         "in bfloat16, membranes in float32; int8: weights rounded to 8-bit "

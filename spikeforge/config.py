@@ -45,6 +45,14 @@ class ConfigError(ValueError):
     """A configuration key is unknown, missing or of the wrong type."""
 
 
+def check_name(key: str, value: Any, names: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` naming ``key`` when ``value`` is not one of ``names`` (a
+    :class:`~spikeforge.registry.Registry`), listing the valid ones."""
+    if not isinstance(value, str) or value not in names:
+        raise ConfigError(f"config key {key!r} is {value!r}; valid choices: "
+                          + ", ".join(names))
+
+
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:

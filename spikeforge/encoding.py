@@ -21,6 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from spikeforge.registry import Registry
+
 __all__ = ["ENCODERS", "Encoder", "direct", "encode", "poisson", "poisson_lee"]
 
 #: ``encoder(x, timesteps, generator) -> (T, B, ...)``
@@ -55,15 +57,11 @@ def poisson_lee(x: Tensor, timesteps: int, generator: torch.Generator | None = N
 
 
 #: encoder name → function
-ENCODERS: dict[str, Encoder] = {"direct": direct, "poisson": poisson,
-                                "poisson_lee": poisson_lee}
+ENCODERS: Registry[Encoder] = Registry("encoder", {"direct": direct, "poisson": poisson,
+                                                   "poisson_lee": poisson_lee})
 
 
 def encode(name: str, x: Tensor, timesteps: int, generator: torch.Generator | None = None
            ) -> Tensor:
     """Encode ``x`` with the encoder called ``name``."""
-    try:
-        encoder = ENCODERS[name]
-    except KeyError:
-        raise ValueError(f"unknown encoder {name!r}; valid: {', '.join(ENCODERS)}") from None
-    return encoder(x, timesteps, generator)
+    return ENCODERS.lookup(name)(x, timesteps, generator)

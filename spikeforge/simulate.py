@@ -42,18 +42,18 @@ from torch import Tensor, fx, nn
 from spikeforge.encoding import ENCODERS, encode
 from spikeforge.int8 import use_int8_kernels
 from spikeforge.neurons import SpikingNeuron
+from spikeforge.registry import Registry
 from spikeforge.runtime import native_bf16
 
 #: precision name → dtype the synaptic layers compute in ("int8": the weights rounded to 8
-#: bits, :func:`quantize_weights_`, with float32 results; see :mod:`spikeforge.int8`)
-PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "bf16": torch.bfloat16,
-                                      "int8": torch.float32}
-#: the precision names a network accepts: :data:`PRECISIONS` and ``"auto"``
-PRECISION_CHOICES = (*PRECISIONS, "auto")
+#: bits, :func:`quantize_weights_`, with float32 results, see :mod:`spikeforge.int8`;
+#: "auto": one of the others, chosen per device by :func:`resolve_precision`)
+PRECISIONS: Registry[torch.dtype | None] = Registry("precision", {
+    "float32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32, "auto": None})
 #: precision name → bits of the weights, where they are quantized
 WEIGHT_BITS: dict[str, int] = {"int8": 8}
 
-__all__ = ["PRECISIONS", "PRECISION_CHOICES", "SpikingMaxPool", "SpikingNetwork",
+__all__ = ["PRECISIONS", "SpikingMaxPool", "SpikingNetwork",
            "activation_bytes", "constant_input_graph", "quantize_weights_", "resolve_precision"]
 
 
@@ -69,9 +69,7 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> tup
     Raises:
         ValueError: an unknown precision.
     """
-    if precision not in PRECISION_CHOICES:
-        raise ValueError(f"unknown precision {precision!r}; valid: "
-                         f"{', '.join(PRECISION_CHOICES)}")
+    PRECISIONS.lookup(precision)
     device = torch.device(device)
     native = precision in ("auto", "bf16") and native_bf16(device)
     if device.type == "cpu":
@@ -250,8 +248,7 @@ class SpikingNetwork(nn.Module):
                  info: dict[str, Any] | None = None, working_set: int = 96 << 20,
                  precision: str = "float32", integer_kernels: bool = True) -> None:
         super().__init__()
-        if encoder not in ENCODERS:
-            raise ValueError(f"unknown encoder {encoder!r}; valid: {', '.join(ENCODERS)}")
+        ENCODERS.lookup(encoder)
         requested = precision
         device = next((p.device for p in graph.parameters()), torch.device("cpu"))
         precision, reason = resolve_precision(precision, device)

@@ -185,8 +185,8 @@ def test_activation_factory():
         make_activation(nn.ReLU, 8)  # nn.ReLU(8) would be ReLU(inplace=8)
     with pytest.raises(TypeError, match="nn.Module"):
         make_activation(lambda channels: torch.relu, 8)
-    with pytest.raises(ValueError,
-                       match="known activations: clipped_relu, csqcfs, lif, qcfs, relu"):
+    with pytest.raises(ValueError, match="unknown activation 'qcfs-typo'; valid: relu, "
+                       "clipped_relu, qcfs, csqcfs, lif"):
         make_activation("qcfs-typo", 8)
 
 

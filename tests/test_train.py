@@ -157,8 +157,11 @@ def test_divergence_stops_with_epoch_and_step_and_keeps_checkpoint(tmp_path, tra
 
 def test_resume_refuses_another_experiment(tmp_path, train_config):
     fit(train_config(tmp_path, TINY, "optim.epochs=1"))
-    with pytest.raises(CheckpointError, match="model.name"):
+    with pytest.raises(CheckpointError, match="differs in model.name;"):
         fit(train_config(tmp_path, TINY, "model.name=lenet"), resume=True)
+    # where the files are is not part of the experiment: the same run resumes from a copy
+    moved = fit(train_config(tmp_path, TINY, f"data.root={tmp_path / 'copy'}"), resume=True)
+    assert len(moved.history) == 2
 
 
 def test_checkpoint_errors_name_the_file(tmp_path, train_config):

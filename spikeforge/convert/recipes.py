@@ -56,6 +56,7 @@ from spikeforge.models.spiking import SpikingModel
 from spikeforge.neurons import SpikingNeuron
 from spikeforge.neurons.functional import INITIALS, RESETS
 from spikeforge.nn import CSQCFS, QCFS
+from spikeforge.registry import Registry
 from spikeforge.simulate import SpikingMaxPool, SpikingNetwork, max_pool_module
 
 __all__ = ["MAX_POOL_POLICIES", "METHODS", "THRESHOLD_SOURCES", "convert",
@@ -71,7 +72,7 @@ MAX_POOL_POLICIES: tuple[str, ...] = ("cumulative", "error")
 #: v(0) = θ/2 in every form (the paper's θ = λ and our multi-level θ = λ/L), so that the
 #: first step rounds ⌊m/θ + 1/2⌋ instead of truncating: at T = 1 truncation loses about half
 #: a spike per neuron and, on a network calibrated to θ = λ, leaves most neurons silent.
-METHODS: dict[str, dict[str, Any]] = {
+METHODS: Registry[dict[str, Any]] = Registry("conversion method", {
     "threshold_balancing": {"rule": "binary", "initial": "zero", "thresholds": "calibrate"},
     "termapping": {"rule": "ternary", "initial": "zero", "thresholds": "calibrate"},
     "augmapping": {"rule": "augmented", "initial": "half", "thresholds": "calibrate"},
@@ -81,7 +82,7 @@ METHODS: dict[str, dict[str, Any]] = {
     # a directly trained SNN (spikeforge.models.spiking): its neurons as they were trained
     "snn": {"rule": "binary", "initial": "zero", "thresholds": "learned",
             "activation": SpikingNeuron},
-}
+}, error=ConversionError)
 
 
 def to_spiking(gm: fx.GraphModule, neurons: dict[str, SpikingNeuron],
@@ -191,10 +192,7 @@ def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
         'AugMapping, 16 levels'
     """
     started = time.perf_counter()
-    if method not in METHODS:
-        raise ConversionError(f"unknown conversion method {method!r}; valid: "
-                              + ", ".join(METHODS))
-    defaults = METHODS[method]
+    defaults = METHODS.lookup(method)
     resolved = method_defaults(method, thresholds, levels)
     thresholds = resolved["thresholds"]
     initial = resolved["initial"] if initial is None else initial

@@ -16,8 +16,8 @@ from spikeforge.data.download import download as fetch
 from spikeforge.data.errors import DatasetError
 from spikeforge.data.idx import read_mnist
 from spikeforge.data.svhn import read_svhn, require_scipy
+from spikeforge.registry import Registry
 
-DATASETS: tuple[str, ...] = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "mnist_demo")
 SPLITS: tuple[str, ...] = ("train", "test")
 ENV_VAR = "SPIKEFORGE_DATA"
 BUNDLED = Path(__file__).resolve().with_name("bundled")
@@ -96,11 +96,10 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
         DatasetError: unknown name or split, files missing (one message listing each expected
             path and its URL), download failed, or a file is truncated or corrupt.
     """
-    if name not in DATASETS:
-        raise DatasetError(f"unknown data set {name!r}; valid names: {', '.join(DATASETS)}")
+    reader = DATASETS.lookup(name)
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r} for {name}; use 'train' or 'test'")
-    images, labels, classes = _READERS[name](resolve_root(root), split, download)
+    images, labels, classes = reader(resolve_root(root), split, download)
     mean, std = STATS[name]
     return ImageDataset(name, split, torch.from_numpy(images), torch.from_numpy(labels),
                         classes, mean, std)
@@ -180,11 +179,12 @@ def _read_demo(root: Path, split: str, download: bool) -> _Arrays:
     return (*read_mnist(*paths), DIGITS)
 
 
-_READERS: dict[str, _Reader] = {
+#: data set name → its reader ``(root, split, download) -> (images, labels, classes)``
+DATASETS: Registry[_Reader] = Registry("data set", {
     "mnist": _idx_reader("mnist", "MNIST", DIGITS),
     "fashion_mnist": _idx_reader("fashion_mnist", "FashionMNIST", FASHION),
     "cifar10": _cifar_reader("cifar10", CIFAR10, "CIFAR10"),
     "cifar100": _cifar_reader("cifar100", CIFAR100, "CIFAR100"),
     "svhn": _read_svhn,
     "mnist_demo": _read_demo,
-}
+}, error=DatasetError)

@@ -43,6 +43,7 @@ import spikeforge
 from spikeforge.config import (
     ConfigError,
     apply_overrides,
+    check_name,
     from_dict,
     read_yaml,
     to_dict,
@@ -126,9 +127,7 @@ class ExperimentConfig:
             for i, spec in enumerate(specs):
                 name, options = parse_method(spec)
                 where = f"{prefix}{key}[{i}]"
-                if name not in METHODS:
-                    raise ConfigError(f"config key {where!r} is {name!r}: unknown method; "
-                                      f"valid choices: {', '.join(METHODS)}")
+                check_name(where, name, METHODS)
                 _check_options(options, where, extra=("timesteps",))
         for key in ("timesteps", "batch_size", "calibration_samples"):
             if getattr(self.evaluate, key) <= 0:

@@ -20,6 +20,7 @@ from torch import nn
 
 from spikeforge.neurons import LIF
 from spikeforge.nn import CSQCFS, QCFS, ClippedReLU
+from spikeforge.registry import Registry
 
 __all__ = ["ACTIVATIONS", "ActivationBuilder", "ActivationSpec", "activation_name",
            "make_activation", "register_activation"]
@@ -53,13 +54,13 @@ def _lif(channels: int, threshold: float = 1.0, leak: float = 1.0, reset: str = 
 
 
 #: name -> builder(channels, **options). Extend with :func:`register_activation`.
-ACTIVATIONS: dict[str, ActivationBuilder] = {
+ACTIVATIONS: Registry[ActivationBuilder] = Registry("activation", {
     "relu": _relu,
     "clipped_relu": _clipped_relu,
     "qcfs": _qcfs,
     "csqcfs": _csqcfs,
     "lif": _lif,  # spiking: for direct training inside a SpikingModel (time-folded input)
-}
+})
 
 
 def register_activation(name: str, builder: ActivationBuilder) -> ActivationBuilder:
@@ -80,11 +81,7 @@ def register_activation(name: str, builder: ActivationBuilder) -> ActivationBuil
         raise ValueError(f"activation name must be a non-empty string, got {name!r}")
     if not callable(builder):
         raise TypeError(f"activation builder for {name!r} must be callable, got {builder!r}")
-    existing = ACTIVATIONS.get(name)
-    if existing is not None and existing is not builder:
-        raise ValueError(f"activation {name!r} is already registered ({existing!r})")
-    ACTIVATIONS[name] = builder
-    return builder
+    return ACTIVATIONS.register(name)(builder)
 
 
 def activation_name(spec: ActivationSpec) -> str:
@@ -129,10 +126,7 @@ def make_activation(spec: ActivationSpec, channels: int, **options: Any) -> nn.M
         ClippedReLU(clip=2.0)
     """
     if isinstance(spec, str):
-        builder = ACTIVATIONS.get(spec)
-        if builder is None:
-            raise ValueError(f"unknown activation {spec!r}; known activations: "
-                             + ", ".join(sorted(ACTIVATIONS)))
+        builder = ACTIVATIONS.lookup(spec)
         label = repr(spec)
     elif callable(spec):
         builder, label = spec, activation_name(spec)

@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
+from spikeforge.registry import Registry
+
 __all__ = ["ActFactory", "ConvNet", "POOLS", "classifier", "conv_bn_act", "init_weights",
            "make_pool", "scaled"]
 
@@ -18,17 +20,14 @@ __all__ = ["ActFactory", "ConvNet", "POOLS", "classifier", "conv_bn_act", "init_
 ActFactory = Callable[[int], nn.Module]
 
 #: the downsampling pools selectable with ``pool=``
-POOLS: dict[str, type[nn.Module]] = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
+POOLS: Registry[type[nn.Module]] = Registry("pool", {"avg": nn.AvgPool2d,
+                                                     "max": nn.MaxPool2d})
 
 
 def make_pool(pool: str, kernel_size: int = 2) -> nn.Module:
     """A downsampling pool (stride = kernel size): ``"avg"`` (converts exactly to an SNN) or
     ``"max"``."""
-    try:
-        return POOLS[pool](kernel_size)
-    except KeyError:
-        raise ValueError(f"unknown pool {pool!r}; choose one of: "
-                         + ", ".join(POOLS)) from None
+    return POOLS.lookup(pool)(kernel_size)
 
 
 def scaled(channels: int, width: float) -> int:

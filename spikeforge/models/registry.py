@@ -19,13 +19,14 @@ from torch import nn
 
 from spikeforge.models.activations import ActivationSpec, activation_name, make_activation
 from spikeforge.models.layers import POOLS
+from spikeforge.registry import Registry
 
 __all__ = ["MODELS", "ModelBuilder", "available", "create", "register"]
 
 ModelBuilder = Callable[..., nn.Module]
 
 #: model name -> builder (functions, not instances)
-MODELS: dict[str, ModelBuilder] = {}
+MODELS: Registry[ModelBuilder] = Registry("model")
 
 # arguments create() always passes; everything else a builder takes is a model option
 _FIXED = ("num_classes", "in_channels", "act", "pool")
@@ -41,15 +42,11 @@ def register(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
         ...                          act(hidden), nn.Linear(hidden, num_classes))
     """
     def decorator(builder: ModelBuilder) -> ModelBuilder:
-        existing = MODELS.get(name)
-        if existing is not None and existing is not builder:
-            raise ValueError(f"model {name!r} is already registered ({existing!r})")
         parameters = inspect.signature(builder).parameters
         missing = [arg for arg in _FIXED if arg not in parameters]
         if missing:
             raise TypeError(f"model builder {name!r} must accept {', '.join(missing)}")
-        MODELS[name] = builder
-        return builder
+        return MODELS.register(name)(builder)
     return decorator
 
 
@@ -109,12 +106,8 @@ def create(name: str, num_classes: int = 10, in_channels: int = 3,
         >>> model(torch.randn(2, 3, 32, 32)).shape
         torch.Size([2, 10])
     """
-    builder = MODELS.get(name)
-    if builder is None:
-        raise ValueError(f"unknown model {name!r}; available models: " + ", ".join(available()))
-    if pool not in POOLS:
-        raise ValueError(f"unknown pool {pool!r} for model {name!r}; choose one of: "
-                         + ", ".join(POOLS))
+    builder = MODELS.lookup(name)
+    POOLS.lookup(pool, f"for model {name!r}")
     for arg, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{arg} must be a positive integer, got {value!r}")

@@ -85,8 +85,7 @@ class SpikingModel(nn.Module):
         super().__init__()
         if timesteps < 1:
             raise ValueError(f"timesteps must be >= 1, got {timesteps}")
-        if encoder not in ENCODERS:
-            raise ValueError(f"unknown encoder {encoder!r}; valid: {', '.join(ENCODERS)}")
+        ENCODERS.lookup(encoder)
         if readout not in READOUTS:
             raise ValueError(f"unknown readout {readout!r}; valid: {', '.join(READOUTS)}")
         self.readout, self.readout_leak = readout, float(readout_leak)

@@ -32,14 +32,16 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from spikeforge.registry import Registry
+
 __all__ = ["SURROGATES", "Surrogate", "lee_factor", "primitive", "spike_fn", "surrogate_grad"]
 
 Surrogate = Literal["sigmoid", "atan", "triangle", "rectangle", "lee"]
 
 #: surrogate name → default width w (``lee`` has none)
-SURROGATES: dict[str, float | None] = {
+SURROGATES: Registry[float | None] = Registry("surrogate", {
     "sigmoid": 0.25, "atan": 0.5, "triangle": 1.0, "rectangle": 1.0, "lee": None,
-}
+})
 
 
 # g(x) of the table, in place on their own intermediates and by multiplication (the
@@ -71,11 +73,10 @@ _DERIVATIVES: dict[str, Callable[[Tensor, float], Tensor]] = {
 def check_surrogate(name: str, width: float | None) -> float | None:
     """The width to use for ``name`` (its default when ``width`` is None); raises
     ``ValueError`` naming the bad value."""
-    if name not in SURROGATES:
-        raise ValueError(f"unknown surrogate {name!r}; valid: {', '.join(SURROGATES)}")
+    default = SURROGATES.lookup(name)
     if name == "lee":
         return None
-    w = SURROGATES[name] if width is None else float(width)
+    w = default if width is None else float(width)
     if not w > 0 or not math.isfinite(w):
         raise ValueError(f"surrogate width must be finite and > 0, got {width}")
     return w

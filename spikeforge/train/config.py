@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from spikeforge.config import ConfigError
+from spikeforge.config import ConfigError, check_name
 
 
 @dataclass
@@ -131,16 +131,11 @@ class TrainConfig:
     def validate(self, prefix: str = "") -> None:
         """Check names against the live registries, so a typo fails before any work."""
         from spikeforge.data import DATASETS
-        from spikeforge.models import available
-        from spikeforge.models.activations import ACTIVATIONS
+        from spikeforge.models import ACTIVATIONS, MODELS
 
-        checks = [("data.dataset", self.data.dataset, list(DATASETS)),
-                  ("model.name", self.model.name, available()),
-                  ("model.activation", self.model.activation, sorted(ACTIVATIONS))]
-        for key, value, valid in checks:
-            if value not in valid:
-                raise ConfigError(f"config key {prefix + key!r} is {value!r}; valid choices: "
-                                  + ", ".join(valid))
+        check_name(prefix + "data.dataset", self.data.dataset, DATASETS)
+        check_name(prefix + "model.name", self.model.name, MODELS)
+        check_name(prefix + "model.activation", self.model.activation, ACTIVATIONS)
         positive = [("data.batch_size", self.data.batch_size),
                     ("data.eval_batch_size", self.data.eval_batch_size),
                     ("optim.epochs", self.optim.epochs), ("optim.lr", self.optim.lr)]

@@ -224,13 +224,15 @@ def loss_and_accuracy(model: nn.Module, loader: Iterable[tuple[torch.Tensor, tor
 
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     """A checkpoint may only be resumed by the same experiment (epochs and run options may
-    change); otherwise the weights would silently belong to another model or data set."""
+    change, and where the data files are: ``data.root``); otherwise the weights would
+    silently belong to another model or data set."""
     now, default = to_dict(cfg), to_dict(TrainConfig())
     before = saved.get("config", {})
     sections = ("data", "model", "snn") if cfg.kind == "snn" else ("data", "model")
     # a key added since the checkpoint was written counts as its default
     differ = [f"{section}.{k}" for section in sections for k in now[section]
-              if before.get(section, {}).get(k, default[section][k]) != now[section][k]]
+              if (section, k) != ("data", "root")
+              and before.get(section, {}).get(k, default[section][k]) != now[section][k]]
     if before.get("kind", "ann") != now["kind"]:
         differ.append("kind")
     if before.get("seed") != now["seed"]:
