@@ -514,8 +514,10 @@ def test_unknown_name_and_split() -> None:
         load_dataset("mnist_demo", "valid")
 
 
-def test_datasets_tuple() -> None:
-    assert DATASETS == ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "mnist_demo")
+def test_every_dataset_has_a_reader_and_statistics() -> None:
+    assert DATASETS.names() == ["mnist", "fashion_mnist", "cifar10", "cifar100", "svhn",
+                                "mnist_demo"]
+    assert set(catalog.STATS) == set(DATASETS)
 
 
 def test_resolve_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

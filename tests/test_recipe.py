@@ -5,6 +5,7 @@ cifarnet that uses them."""
 from __future__ import annotations
 
 import json
+import operator
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from spikeforge.models import create
 from spikeforge.nn import CSQCFS, QCFS
 from spikeforge.runtime import native_bf16
 from spikeforge.train import TrainConfig, fit, load_checkpoint, load_model
-from spikeforge.train.loop import _amp, base_lr, lr_factor
+from spikeforge.train.loop import _amp, base_lr, build_optimizer, lr_factor
 from spikeforge.train.recipe import (
     WeightAverage,
     dirac_init,
@@ -144,6 +145,30 @@ def test_linear_schedule_and_batch_scaled_lr():
     assert base_lr(cfg, 1024) == 0.4
 
 
+def test_batch_norm_biases_learn_faster_with_the_same_decay_per_step():
+    model = create("cifarnet", activation="qcfs", widths=(8, 16, 16))
+    cfg = TrainConfig().optim
+    cfg.lr, cfg.weight_decay, cfg.norm_bias_lr_scale = 0.5, 1e-3, 64.0
+    optimizer = build_optimizer(model, cfg)
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    biases = {id(m.bias) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    assert {id(p) for p in groups["norm_biases"]["params"]} == biases
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
+    assert groups["norm_biases"]["lr"] == 32.0 and groups["weights"]["lr"] == 0.5
+    for g in groups.values():  # lr·wd: the same decay per step in every group
+        assert g["lr"] * g["weight_decay"] == pytest.approx(5e-4)
+    # one plain SGD step from zero gradient: each group shrinks by lr·wd
+    cfg.momentum = 0.0
+    optimizer = build_optimizer(model, cfg)
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    for p in groups["norm_biases"]["params"]:
+        p.data.fill_(1.0)
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    assert all(torch.allclose(p, torch.full_like(p, 1 - 5e-4))
+               for p in groups["norm_biases"]["params"])
+
+
 def test_bf16_only_where_the_cpu_does_it_natively(monkeypatch):
     assert native_bf16("cpu") == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     cpu = torch.device("cpu")
@@ -203,11 +228,12 @@ def test_recipe_trains_and_resumes_exactly(tmp_path, train_config, kill_and_resu
             torch.testing.assert_close(resumed[key][name], value, atol=0, rtol=0, msg=name)
 
 
-def _quantized(pool: str) -> nn.Module:
+def _quantized(pool: str, head_scale: float = 1.0) -> nn.Module:
     """A small CS-QCFS cifarnet (L = 4) with random statistics and thresholds, float64."""
     torch.manual_seed(1)
     model = create("cifarnet", num_classes=10, in_channels=3, activation="csqcfs",
-                   activation_options={"levels": 4}, pool=pool, widths=(8, 16, 16))
+                   activation_options={"levels": 4}, pool=pool, widths=(8, 16, 16),
+                   head_scale=head_scale)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -219,13 +245,17 @@ def _quantized(pool: str) -> nn.Module:
     return model.double().eval()
 
 
-@pytest.mark.parametrize("pool", ["avg", "max"])
-def test_cifarnet_augmapping_on_learned_thresholds_is_its_ann_at_t1(pool):
-    model = _quantized(pool)
+@pytest.mark.parametrize(("pool", "head_scale"), [("avg", 1.0), ("max", 1 / 9)])
+def test_cifarnet_augmapping_on_learned_thresholds_is_its_ann_at_t1(pool, head_scale):
+    model = _quantized(pool, head_scale)
     x = torch.randn(6, 3, 32, 32, dtype=torch.float64)
     snn = sf.convert(model, None, "augmapping", thresholds="learned", timesteps=1)
     with torch.no_grad():
-        expected = conversion_graph(model)(x)
+        graph = conversion_graph(model)
+        # the logits' scale is folded into the bias-free Linear before it
+        assert not [n for n in graph.graph.nodes if n.target is operator.mul]
+        expected = graph(x)
+        torch.testing.assert_close(expected, model(x), atol=1e-12, rtol=1e-12)
         torch.testing.assert_close(snn(x, timesteps=1)[0], expected, atol=1e-10, rtol=1e-10)
         # test-time flips: the SNN sees the same two views as its ANN
         torch.testing.assert_close(flip_averaged(lambda v: snn(v, timesteps=1)[0], x),

@@ -3,6 +3,9 @@ kill-and-resume equality and divergence handling."""
 
 from __future__ import annotations
 
+import copy
+import json
+
 import pytest
 import torch
 
@@ -88,6 +91,22 @@ def test_snn_trains_on_real_digits_and_reloads(tmp_path, train_config):
         sf.convert(direct, [x], "threshold_balancing", progress=False)
     with pytest.raises(sf.ConversionError, match="this model has none"):
         sf.convert(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()), None, "snn")
+
+
+def test_snn_trains_with_bf16_autocast_where_the_cpu_has_it(tmp_path, train_config,
+                                                            monkeypatch):
+    """The BPTT step autocast to bf16 (synaptic layers; membranes and surrogate gradients
+    stay float32) learns as float32 does. On a CPU without native bf16 this emulates it."""
+    changes = {**CONFIG, "snn": {**CONFIG["snn"], "encoder": "direct"},
+               "optim": {**CONFIG["optim"], "epochs": 1}}
+    f32 = fit(train_config(tmp_path / "f32", {**changes, "run": {"amp": False}}))
+    monkeypatch.setattr(loop, "native_bf16", lambda device: True)
+    bf16 = fit(train_config(tmp_path / "bf16", changes))
+    record = json.loads((tmp_path / "bf16" / "results.json").read_text())
+    assert record["precision"] == "bfloat16"
+    assert json.loads((tmp_path / "f32" / "results.json").read_text())["precision"] == "float32"
+    assert f32.test_accuracy > 70.0
+    assert abs(bf16.test_accuracy - f32.test_accuracy) < 3.0  # 300 test images
 
 
 def assert_same_state(a: dict, b: dict) -> None:
@@ -218,3 +237,33 @@ def test_spikes_saved_as_bytes_give_exactly_the_same_gradients():
         y.square().sum().backward()
         grads.append((conv.weight.grad.clone(), s.grad.clone()))
     assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+
+
+@pytest.mark.parametrize(("name", "first"), [("cnn_small", "features.2"),
+                                             ("resnet7", "stem.2"), ("vgg7", "features.2")])
+def test_direct_input_current_is_computed_once_per_image_with_the_same_result(name, first):
+    torch.manual_seed(0)
+    once = create_snn(name, timesteps=4, encoder="direct", in_channels=3,
+                      neuron={"leak": 0.9, "surrogate": "atan"}).double()
+    every_step = copy.deepcopy(once)
+    every_step._input_neuron = None  # the first layers on all T·B rows, as before
+    assert once._input_neuron == first
+    assert create_snn(name, timesteps=4, encoder="poisson")._input_neuron is None
+    calls = []
+    conv = next(m for m in once.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    x = torch.randn(6, 3, 32, 32, dtype=torch.float64)  # float64: no spike flips on ties
+    torch.manual_seed(1)
+    a = once(x)
+    torch.manual_seed(1)  # the same dropout masks
+    b = every_step(x)
+    assert calls == [6]  # the first conv saw each image once, not T = 4 times
+    torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    a.square().sum().backward()
+    b.square().sum().backward()
+    for (key, p), q in zip(once.named_parameters(), every_step.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-10, rtol=1e-10, msg=key)
+    for (key, r), s in zip(once.named_buffers(), every_step.named_buffers(), strict=True):
+        # BN's running variance: its n/(n − 1) correction counts B·H·W values, not T·B·H·W
+        tolerance = 2 / (6 * 32 * 32) if key.endswith("running_var") else 1e-12
+        torch.testing.assert_close(r, s[1], atol=1e-12, rtol=tolerance, msg=key)

@@ -39,7 +39,7 @@ from spikeforge.neurons.modules import TimeDropout
 
 __all__ = ["ACTIVATION_FUNCTIONS", "ACTIVATION_MODULES", "ConversionError", "activation_nodes",
            "check_supported", "conversion_graph", "describe", "fold_batch_norm",
-           "remove_identities", "trace"]
+           "fold_scaling", "remove_identities", "trace"]
 
 
 class ConversionError(ValueError):
@@ -275,10 +275,40 @@ def fold_batch_norm(gm: fx.GraphModule) -> int:
     return folded
 
 
+def fold_scaling(gm: fx.GraphModule) -> int:
+    """Fold every multiplication (or division) by a constant c whose input is a conv/linear
+    used only by it into that layer, W' = c·W, b' = c·b; return how many."""
+    folded = 0
+    for node in list(gm.graph.nodes):
+        if not (node.op == "call_function" and len(node.args) == 2
+                and node.target in (operator.mul, torch.mul, operator.truediv)):
+            continue
+        src, factor = node.args
+        if node.target is not operator.truediv and not isinstance(src, fx.Node):
+            src, factor = factor, src
+        if not (isinstance(src, fx.Node) and isinstance(factor, int | float)
+                and src.op == "call_module" and len(src.users) == 1
+                and isinstance(gm.get_submodule(src.target), SYNAPTIC_MODULES)):
+            continue
+        scale = 1.0 / factor if node.target is operator.truediv else float(factor)
+        layer = copy.deepcopy(gm.get_submodule(src.target))
+        with torch.no_grad():
+            layer.weight.mul_(scale)
+            if layer.bias is not None:
+                layer.bias.mul_(scale)
+        gm.add_submodule(src.target, layer)
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+        folded += 1
+    gm.recompile()
+    return folded
+
+
 def conversion_graph(model: nn.Module, activations: Iterable[type[nn.Module]] = (),
-            max_pool: str = "cumulative") -> fx.GraphModule:
-    """Trace ``model``, check it, drop dropout and fold batch norm: the ANN graph that is
-    calibrated and then turned into an SNN. Computes the same function as ``model.eval()``."""
+                     max_pool: str = "cumulative") -> fx.GraphModule:
+    """Trace ``model``, check it, drop dropout, fold batch norm and constant output scales
+    into the layers before them: the ANN graph that is calibrated and then turned into an
+    SNN. Computes the same function as ``model.eval()``."""
     modules = tuple(activations)
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
@@ -288,4 +318,5 @@ def conversion_graph(model: nn.Module, activations: Iterable[type[nn.Module]] = 
     check_supported(gm, modules, max_pool)
     remove_identities(gm)
     fold_batch_norm(gm)
+    fold_scaling(gm)
     return gm

@@ -101,8 +101,9 @@ class Setup:
 
 
 def load_checkpoint_and_data(checkpoint: str | os.PathLike, *, data_root: str | None = None,
-            calibration_samples: int = 2048, test_subset: int | None = None,
-            batch_size: int = 250, device: str | None = None, seed: int = 0) -> Setup:
+                             calibration_samples: int = 2048, test_subset: int | None = None,
+                             batch_size: int = 250, device: str | None = None, seed: int = 0
+                             ) -> Setup:
     """Load ``checkpoint`` and the data set it was trained on: a seeded subset of
     ``calibration_samples`` training images and the test set (or a seeded subset of it)."""
     dev = select_device(device)

@@ -5,7 +5,7 @@ Layout at 32x32 (widths ``(64, 256, 256)``)::
 
     whiten   Conv2d(C, 2·C·k², k = 2, no padding) - act         31x31, fixed after whitening
     block i  Conv3x3 - BN - act - pool 2 - Conv3x3 - BN - act   15x15, 7x7, 3x3
-    head     AdaptiveAvgPool2d(1) (or max) - Flatten - Linear(no bias)
+    head     AdaptiveAvgPool2d(1) (or max) - Flatten - Linear(no bias) - × head_scale
 
 The first convolution is a patch-whitening layer: its filters are the eigenvectors of the
 covariance of the training images' k×k patches, scaled by λ^(-1/2), and their negatives
@@ -24,6 +24,7 @@ from torch import nn
 from spikeforge.models.layers import (
     ActFactory,
     ConvNet,
+    Scale,
     conv_bn_act,
     init_weights,
     make_pool,
@@ -59,7 +60,8 @@ class CifarNet(ConvNet):
 @register("cifarnet")
 def cifarnet(*, num_classes: int, in_channels: int, act: ActFactory, pool: str,
              widths: Sequence[int] = (64, 256, 256), whiten_kernel: int = 2,
-             head_pool: str = "avg", dropout: float = 0.0, width: float = 1.0) -> CifarNet:
+             head_pool: str = "avg", head_scale: float = 1.0, dropout: float = 0.0,
+             width: float = 1.0) -> CifarNet:
     """Build :class:`CifarNet`.
 
     Args:
@@ -68,6 +70,9 @@ def cifarnet(*, num_classes: int, in_channels: int, act: ActFactory, pool: str,
         whiten_kernel: k of the k×k whitening convolution, which has 2·C·k² output channels
             (C = in_channels; 24 for RGB and k = 2). Default 2.
         head_pool: the global pool before the Linear, ``"avg"`` or ``"max"``. Default avg.
+        head_scale: a constant the logits are multiplied by (airbench: 1/9; with a
+            bias-free Linear it scales the classifier's gradients and effective learning
+            rate). Default 1 (none).
         dropout: dropout probability before the Linear. Default 0.
         width: multiplier of the block widths. Default 1.
     """
@@ -86,7 +91,8 @@ def cifarnet(*, num_classes: int, in_channels: int, act: ActFactory, pool: str,
         raise ValueError(f"unknown head_pool {head_pool!r}; choose one of: avg, max")
     head = nn.Sequential(global_pool[head_pool](1), nn.Flatten(),
                          *([nn.Dropout(dropout)] if dropout > 0 else []),
-                         nn.Linear(channels, num_classes, bias=False))
+                         nn.Linear(channels, num_classes, bias=False),
+                         *([Scale(head_scale)] if head_scale != 1.0 else []))
     model = CifarNet(nn.Sequential(*layers), head)
     init_weights(model)
     return model

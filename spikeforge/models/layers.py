@@ -1,8 +1,9 @@
 """Small building blocks shared by the model families.
 
 Everything here returns standard layers only (Conv2d, BatchNorm, the factory's activation,
-AvgPool2d / MaxPool2d, AdaptiveAvgPool2d, Flatten, Dropout, Linear), flat in ``nn.Sequential``
-where possible, so that the converter's FX pass sees a plain chain of known operations.
+AvgPool2d / MaxPool2d, AdaptiveAvgPool2d, Flatten, Dropout, Linear) and :class:`Scale`, flat
+in ``nn.Sequential`` where possible, so that the converter's FX pass sees a plain chain of
+known operations.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 
 from spikeforge.registry import Registry
 
-__all__ = ["ActFactory", "ConvNet", "POOLS", "classifier", "conv_bn_act", "init_weights",
+__all__ = ["ActFactory", "ConvNet", "POOLS", "Scale", "classifier", "conv_bn_act", "init_weights",
            "make_pool", "scaled"]
 
 #: ``act(channels) -> nn.Module``: the model's activation, bound to its spec and options.
@@ -78,6 +79,22 @@ def init_weights(model: nn.Module, mode: str = "fan_out",
         elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+
+
+class Scale(nn.Module):
+    """y = c·x for a constant c: a network's output scale (airbench's logits × 1/9, which
+    sets the classifier's effective learning rate). The converter folds it into the layer
+    before it (:func:`spikeforge.convert.graph.fold_scaling`)."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = float(factor)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor:g}"
 
 
 class ConvNet(nn.Module):

@@ -18,6 +18,13 @@ gives Σ_t y(t) / T; ``"leaky"`` is Lee et al.'s (2020) leaky integrator divided
 Σ_t l^(T−t+1) y(t) / (V_th·T), whose backward, as in their code, passes the leak straight
 through (∂/∂y(t) = 1/(V_th·T)). Dropout is replaced by :class:`~spikeforge.neurons.TimeDropout`
 (one mask per sample for all T).
+
+With direct input every step sees the same image, so the layers before the first neuron
+(conv, BN, pooling: the input current) run once on the B images and their output is repeated
+T times, as inference does (:func:`input_neuron`). The result is the same: a layer that
+treats rows independently gives T equal copies, and BN's batch statistics over T copies of
+each image are those over the images (only its running variance's n/(n − 1) correction
+counts B·H·W values instead of T·B·H·W, a relative difference below 1/(B·H·W)).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 from spikeforge.encoding import ENCODERS, encode
 from spikeforge.models.registry import create
@@ -36,7 +43,7 @@ from spikeforge.neurons.modules import (
     compact_saved_spikes,
 )
 
-__all__ = ["READOUTS", "SpikingModel", "create_snn", "readout_scores"]
+__all__ = ["READOUTS", "SpikingModel", "create_snn", "input_neuron", "readout_scores"]
 
 #: the readouts of :func:`readout_scores`
 READOUTS = ("mean", "leaky")
@@ -62,6 +69,37 @@ def readout_scores(y: Tensor, kind: str = "mean", leak: float = 1.0,
     scale = 1 / (threshold * steps)
     through = y.sum(0) * scale  # the gradient's path
     return through + ((y * (decay - 1)).sum(0) * scale).detach()
+
+
+#: layers that treat each row (image) on its own, up to BN's batch statistics, which T
+#: copies of every image leave unchanged
+_PER_IMAGE = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool2d,
+              nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten)
+
+
+def input_neuron(net: nn.Module) -> str | None:
+    """The name of ``net``'s first spiking neuron when all that comes before it is
+    per-image layers (:data:`_PER_IMAGE`) whose outputs reach only each other and that
+    neuron (no skip connection around it); else None. Its input current is the same at
+    every step of a direct input."""
+    from spikeforge.convert.graph import trace
+    from spikeforge.neurons import SpikingNeuron
+
+    try:
+        graph = trace(net).graph
+    except ValueError:  # not traceable: every layer runs on all T·B rows
+        return None
+    before: set[fx.Node] = set()
+    for node in graph.nodes:
+        module = (net.get_submodule(str(node.target)) if node.op == "call_module" else None)
+        if node.op == "placeholder" or isinstance(module, _PER_IMAGE):
+            before.add(node)
+            continue
+        if isinstance(module, SpikingNeuron) and all(
+                user in before or user is node for b in before for user in b.users):
+            return str(node.target)
+        return None
+    return None
 
 
 class SpikingModel(nn.Module):
@@ -95,6 +133,11 @@ class SpikingModel(nn.Module):
                 if isinstance(child, nn.Dropout):
                     setattr(module, child_name, TimeDropout(child.p))
         self.net, self.encoder = net, encoder
+        self._input_neuron = input_neuron(net) if encoder == "direct" else None
+        if self._input_neuron is not None:
+            self.net.get_submodule(self._input_neuron).register_forward_pre_hook(
+                self._repeat_input_current)
+        self._images: int | None = None  # B while forward runs on B images, not T·B rows
         self.set_timesteps(timesteps)
 
     def set_timesteps(self, timesteps: int) -> None:
@@ -104,12 +147,32 @@ class SpikingModel(nn.Module):
             if hasattr(module, "timesteps"):
                 module.timesteps = timesteps
 
+    def _repeat_input_current(self, module: nn.Module, args: tuple[Any, ...]
+                              ) -> tuple[Any, ...] | None:
+        """The first neuron's input, computed once per image, repeated for the T steps."""
+        z = args[0]
+        if self._images is None or z.shape[0] != self._images:
+            return None  # not called from forward (e.g. a copy being converted)
+        self._images = None
+        seq = z.unsqueeze(0).expand(self.timesteps, *z.shape).flatten(0, 1)
+        if z.ndim == 4 and z.is_contiguous(memory_format=torch.channels_last):
+            seq = seq.contiguous(memory_format=torch.channels_last)
+        return (seq, *args[1:])
+
     def forward(self, x: Tensor) -> Tensor:
-        seq = encode(self.encoder, x, self.timesteps).flatten(0, 1)
+        once = self._input_neuron is not None and self.encoder == "direct"
+        seq = x if once else encode(self.encoder, x, self.timesteps).flatten(0, 1)
         if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
             seq = seq.contiguous(memory_format=torch.channels_last)  # keep the input's format
-        with compact_saved_spikes():
-            out = self.net(seq)
+        self._images = x.shape[0] if once else None
+        try:
+            with compact_saved_spikes():
+                out = self.net(seq)
+        finally:
+            missed, self._images = self._images is not None, None
+        if missed:
+            raise RuntimeError(f"neuron {self._input_neuron!r} did not receive the input "
+                               "current: the network's forward does not match its trace")
         return readout_scores(out.unflatten(0, (self.timesteps, -1)), self.readout,
                               self.readout_leak, self.readout_threshold)
 

@@ -57,6 +57,8 @@ class OptimConfig:
     weight_decay: float = 5e-4
     # weight decay of learnable activation thresholds (QCFS / CS-QCFS); null: weight_decay
     threshold_weight_decay: float | None = None
+    # batch-norm biases learn this many times faster, with weight decay ÷ it (airbench: 64)
+    norm_bias_lr_scale: float = 1.0
     epochs: int = 10
     warmup_epochs: float = 0.0
     # after the linear warm-up: cosine or linear decay to 0, or constant
@@ -138,7 +140,8 @@ class TrainConfig:
         check_name(prefix + "model.activation", self.model.activation, ACTIVATIONS)
         positive = [("data.batch_size", self.data.batch_size),
                     ("data.eval_batch_size", self.data.eval_batch_size),
-                    ("optim.epochs", self.optim.epochs), ("optim.lr", self.optim.lr)]
+                    ("optim.epochs", self.optim.epochs), ("optim.lr", self.optim.lr),
+                    ("optim.norm_bias_lr_scale", self.optim.norm_bias_lr_scale)]
         for key, value in positive:
             if value <= 0:
                 raise ConfigError(f"config key {prefix + key!r} must be > 0, got {value!r}")

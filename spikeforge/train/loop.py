@@ -97,22 +97,36 @@ class TrainResult:
 
 
 def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
-    """Weights, and the learnable activation thresholds (QCFS λ, CS-QCFS ρ: the parameters
-    of modules with a ``lam()`` method) with their own weight decay
-    (``optim.threshold_weight_decay``; default: the same as the weights)."""
-    thresholds = {id(p) for m in model.modules() if hasattr(m, "lam")
-                  for p in m.parameters(recurse=False)}
-    params = list(model.parameters())
-    groups = [{"name": "weights", "params": [p for p in params if id(p) not in thresholds],
-               "weight_decay": cfg.weight_decay}]
-    if thresholds:
-        groups.append({"name": "thresholds", "params": [p for p in params if id(p) in thresholds],
-                       "weight_decay": _threshold_decay(cfg)})
+    """The optimizer's groups, each with its ``lr_scale`` (× the schedule's lr) and weight
+    decay (:func:`group_hyperparameters`): ``weights``; ``thresholds``, the learnable
+    activation thresholds (QCFS λ, CS-QCFS ρ: the parameters of modules with a ``lam()``
+    method); and, when ``optim.norm_bias_lr_scale`` is not 1, ``norm_biases``, the batch-norm
+    biases."""
+    kinds = {id(p): "thresholds" for m in model.modules() if hasattr(m, "lam")
+             for p in m.parameters(recurse=False)}
+    if cfg.norm_bias_lr_scale != 1.0:
+        kinds.update({id(m.bias): "norm_biases" for m in model.modules()
+                      if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None})
+    groups = []
+    for name in ("weights", "thresholds", "norm_biases"):
+        params = [p for p in model.parameters() if kinds.get(id(p), "weights") == name]
+        if params or name == "weights":
+            lr_scale, decay = group_hyperparameters(name, cfg)
+            groups.append({"name": name, "params": params, "lr_scale": lr_scale,
+                           "weight_decay": decay})
     return groups
 
 
-def _threshold_decay(cfg: OptimConfig) -> float:
-    return cfg.weight_decay if cfg.threshold_weight_decay is None else cfg.threshold_weight_decay
+def group_hyperparameters(name: str, cfg: OptimConfig) -> tuple[float, float]:
+    """``(lr_scale, weight_decay)`` of the parameter group ``name``. Thresholds decay with
+    ``optim.threshold_weight_decay`` (default: the weights'). Batch-norm biases learn
+    ``s = optim.norm_bias_lr_scale`` times faster with weight decay ÷ s, so that their decay
+    per step, lr·wd, is the weights' (airbench, Jordan 2024: s = 64)."""
+    if name == "thresholds" and cfg.threshold_weight_decay is not None:
+        return 1.0, cfg.threshold_weight_decay
+    if name == "norm_biases":
+        return cfg.norm_bias_lr_scale, cfg.weight_decay / cfg.norm_bias_lr_scale
+    return 1.0, cfg.weight_decay
 
 
 def base_lr(cfg: OptimConfig, batch_size: int) -> float:
@@ -128,8 +142,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float | None = None
                     ) -> torch.optim.Optimizer:
     """SGD (Nesterov) or AdamW over :func:`parameter_groups` at ``lr`` (default
     ``cfg.lr``)."""
-    groups = parameter_groups(model, cfg)
     lr = cfg.lr if lr is None else lr
+    groups = [{**g, "lr": lr * g["lr_scale"]} for g in parameter_groups(model, cfg)]
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum,
                                nesterov=cfg.nesterov and cfg.momentum > 0,
@@ -169,13 +183,14 @@ def _apply_optim_config(optimizer: torch.optim.Optimizer,
     """After loading a checkpoint, make the config's hyper-parameters win over the saved ones
     (they are equal when resuming the same run; different when a user resumes with, say, a
     new ``optim.lr`` or more ``optim.epochs``). Moments and the step count are kept."""
-    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
     factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
     for group in optimizer.param_groups:
-        decay = _threshold_decay(cfg) if group.get("name") == "thresholds" else cfg.weight_decay
-        group.update(initial_lr=lr, lr=lr * factor, weight_decay=decay)
+        lr_scale, decay = group_hyperparameters(group.get("name", "weights"), cfg)
+        group.update(lr_scale=lr_scale, initial_lr=lr * lr_scale, lr=lr * lr_scale * factor,
+                     weight_decay=decay)
         if cfg.name == "sgd":
             group.update(momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
@@ -207,7 +222,7 @@ def training_loss(logits: torch.Tensor, y: torch.Tensor, cfg: OptimConfig) -> to
 
 @torch.no_grad()
 def loss_and_accuracy(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-             autocast: Any = None, flip: bool = False) -> tuple[float, float]:
+                      autocast: Any = None, flip: bool = False) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (%) of ``model`` over ``loader``; with ``flip``, of
     its outputs averaged over each image and its mirror image
     (:func:`~spikeforge.train.recipe.flip_averaged`)."""
@@ -282,9 +297,9 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         lr = base_lr(cfg.optim, cfg.data.batch_size * ctx.world_size)
         optimizer = build_optimizer(model, cfg.optim, lr)
         scheduler = build_scheduler(optimizer, cfg.optim, len(train_loader))
-        # LIF scans keep float32 membranes: a directly trained SNN autocasts on GPUs only
-        autocast, scaler, precision = _amp(
-            device, cfg.run.amp and (cfg.kind == "ann" or device.type == "cuda"))
+        # synaptic layers in bf16 where native; LIF scans keep their membranes and surrogate
+        # gradients in float32 (SpikingNeuron upcasts), and spikes are exact in bf16
+        autocast, scaler, precision = _amp(device, cfg.run.amp)
         average = WeightAverage(model, cfg.optim.ema) if cfg.optim.ema else None
         evaluated = average.model if average else model  # the model reported and saved
         history: list[dict[str, Any]] = []
