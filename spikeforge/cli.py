@@ -62,7 +62,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                              data_root=args.data_root, device=args.device,
                              calibration_samples=args.calibration_samples,
                              test_subset=args.test_subset, batch_size=args.batch_size,
-                             seed=args.seed, progress=not args.no_progress, **options)
+                             seed=args.seed, progress=not args.no_progress,
+                             flip=args.flip, **options)
     print(f"\n{entries[0]['model']} on {entries[0]['dataset']}: test accuracy (%) after t "
           f"steps ({entries[0]['samples']} test images)\n")
     print(accuracy_table(entries))
@@ -243,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-samples", type=int, default=2048,
                    help="training images used for calibration (default 2048)")
     p.add_argument("--test-subset", type=int, help="evaluate on this many test images")
+    p.add_argument("--flip", action="store_true",
+                   help="also report the accuracy over each image and its mirror image "
+                        "(the views of an ANN trained with data.test_flip)")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--memory-budget", type=float, help="MiB of activations per chunk")
     p.add_argument("--precision", choices=PRECISIONS.names(), default="auto",

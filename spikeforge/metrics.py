@@ -203,6 +203,10 @@ class EvaluationResult:
         layer_unit_sops: layer → unit SOPs per sample over T.
         samples: test samples evaluated.
         seconds: wall time of the evaluation.
+        accuracy_flip: with ``flip=True``, the accuracy (%) after each t of the outputs
+            summed over each image and its mirror image (test-time augmentation, the views
+            a flip-averaged ANN sees); every count above is of the first view alone.
+        ann_accuracy_flip: the ANN's accuracy averaged over the same two views.
     """
 
     timesteps: list[int]
@@ -223,6 +227,8 @@ class EvaluationResult:
     samples: int
     seconds: float
     conventions: str = field(default=CONVENTIONS)
+    accuracy_flip: list[float] | None = None
+    ann_accuracy_flip: float | None = None
 
     def at(self, t: int) -> float:
         """Accuracy after ``t`` steps."""
@@ -243,6 +249,7 @@ class _Monitor:
         self.layer_units: dict[str, float] = {}
         self.unit_spikes: dict[str, float] = {}
         self.handles = []
+        self.paused = False  # True while a view that is not counted runs
         for name, module in snn.layers((SpikingNeuron, SpikingMaxPool)).items():
             self.handles.append(module.register_forward_hook(self._hook(name)))
 
@@ -250,7 +257,8 @@ class _Monitor:
         fan_out = self.conn.fan_out[name]
 
         def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
-            self.count(name, output, module, fan_out.to(output.device))
+            if not self.paused:
+                self.count(name, output, module, fan_out.to(output.device))
         return hook
 
     def count(self, name: str, output: Tensor, module: nn.Module | None, fan_out: Tensor
@@ -294,7 +302,8 @@ class _Monitor:
 
 def evaluate(snn: SpikingNetwork, loader: Iterable[tuple[Tensor, Tensor]],
              timesteps: int | None = None, ann: nn.Module | None = None,
-             max_batches: int | None = None, progress: bool = False) -> EvaluationResult:
+             max_batches: int | None = None, progress: bool = False,
+             flip: bool = False) -> EvaluationResult:
     """Accuracy at every t = 1..T in one run, with firing rates, SOPs and energy.
 
     Args:
@@ -304,13 +313,17 @@ def evaluate(snn: SpikingNetwork, loader: Iterable[tuple[Tensor, Tensor]],
         ann: the source ANN, to report its accuracy and the SNN's agreement with it.
         max_batches: stop after this many batches.
         progress: show a progress bar.
+        flip: also simulate each image's mirror image and report the accuracy of the two
+            views together (``accuracy_flip``, ``ann_accuracy_flip``) beside the one-view
+            figures.
     """
     steps = snn.timesteps if timesteps is None else timesteps
     started = time.perf_counter()
     device = next((b.device for b in snn.buffers()), torch.device("cpu"))
     correct = torch.zeros(steps, dtype=torch.long)
+    correct_flip = torch.zeros(steps, dtype=torch.long)
     agree = torch.zeros(steps, dtype=torch.long)
-    ann_correct, samples = 0, 0
+    ann_correct, ann_correct_flip, samples = 0, 0, 0
     generator = None
     conn: Connectivity | None = None
     monitor: _Monitor | None = None
@@ -331,12 +344,24 @@ def evaluate(snn: SpikingNetwork, loader: Iterable[tuple[Tensor, Tensor]],
             sequence = encode(snn.encoder, x, steps, generator)
             if snn.encoder != "direct":
                 monitor.count("input", sequence.flatten(0, 1), None, conn.fan_out["input"])
-            out = snn.simulate(sequence)
-            predictions = out.cumsum(dim=0).argmax(dim=-1)  # (T, B)
+            out = snn.simulate(sequence).cumsum(dim=0)
+            predictions = out.argmax(dim=-1)  # (T, B)
             correct += (predictions == y).sum(dim=1).cpu()
+            if flip:
+                monitor.paused = True
+                try:
+                    out += snn.simulate(encode(snn.encoder, x.flip(-1), steps, generator)
+                                        ).cumsum(dim=0)
+                finally:
+                    monitor.paused = False
+                correct_flip += (out.argmax(dim=-1) == y).sum(dim=1).cpu()
             if ann is not None:
                 with torch.inference_mode():
-                    reference = ann.eval()(x).argmax(dim=-1)
+                    logits = ann.eval()(x)
+                    reference = logits.argmax(dim=-1)
+                    if flip:
+                        both = (logits + ann(x.flip(-1))).argmax(dim=-1)
+                        ann_correct_flip += int((both == y).sum())
                 ann_correct += int((reference == y).sum())
                 agree += (predictions == reference).sum(dim=1).cpu()
             samples += y.numel()
@@ -345,9 +370,14 @@ def evaluate(snn: SpikingNetwork, loader: Iterable[tuple[Tensor, Tensor]],
             monitor.close()
     if samples == 0 or conn is None or monitor is None:
         raise ValueError("evaluate() got no test batches")
-    return _result(snn, steps, correct, agree if ann is not None else None,
-                   ann_correct if ann is not None else None, samples, conn, monitor,
-                   time.perf_counter() - started)
+    result = _result(snn, steps, correct, agree if ann is not None else None,
+                     ann_correct if ann is not None else None, samples, conn, monitor,
+                     time.perf_counter() - started)
+    if flip:
+        result.accuracy_flip = (100.0 * correct_flip.double() / samples).tolist()
+        if ann is not None:
+            result.ann_accuracy_flip = 100.0 * ann_correct_flip / samples
+    return result
 
 
 def _result(snn: SpikingNetwork, steps: int, correct: Tensor, agree: Tensor | None,

@@ -261,3 +261,24 @@ def test_cifarnet_augmapping_on_learned_thresholds_is_its_ann_at_t1(pool, head_s
         torch.testing.assert_close(flip_averaged(lambda v: snn(v, timesteps=1)[0], x),
                                    flip_averaged(conversion_graph(model), x),
                                    atol=1e-10, rtol=1e-10)
+
+
+def test_snn_is_evaluated_with_the_flip_views_of_its_ann():
+    model = _quantized("avg")
+    torch.manual_seed(3)
+    batches = [(torch.randn(8, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (8,)))
+               for _ in range(2)]
+    snn = sf.convert(model, None, "csqcfs", timesteps=4)
+    plain = sf.evaluate(snn, batches, ann=model)
+    both = sf.evaluate(snn, batches, ann=model, flip=True)
+    # the one-view figures are unchanged; the mirror view is not counted in SOPs
+    assert both.accuracy == plain.accuracy and both.ann_accuracy == plain.ann_accuracy
+    assert both.sops_per_sample == plain.sops_per_sample and plain.accuracy_flip is None
+    with torch.no_grad():
+        x = torch.cat([b[0] for b in batches])
+        y = torch.cat([b[1] for b in batches])
+        summed = snn(x).cumsum(0) + snn(x.flip(-1)).cumsum(0)
+        expected = (summed.argmax(-1) == y).double().mean(1) * 100
+        ann = ((model(x) + model(x.flip(-1))).argmax(-1) == y).double().mean() * 100
+    assert both.accuracy_flip == pytest.approx(expected.tolist())
+    assert both.ann_accuracy_flip == pytest.approx(float(ann))

@@ -73,15 +73,17 @@ def report_points(timesteps: int) -> list[int]:
 def accuracy_table(entries: Sequence[dict[str, Any]], points: Sequence[int] | None = None
                    ) -> str:
     """Markdown table: one row per t, one column per method (headed by its spec label; the
-    entries' ``name`` says which form it is), the ANN in the last row."""
-    steps = max(len(e["accuracy"]) for e in entries)
+    entries' ``name`` says which form it is) and, for entries evaluated with flip views, one
+    more (``label, flip``); the ANN in the last row."""
+    columns = [(e["label"], e["accuracy"], e["ann_accuracy"]) for e in entries]
+    columns += [(f"{e['label']}, flip", e["accuracy_flip"], e.get("ann_accuracy_flip"))
+                for e in entries if e.get("accuracy_flip")]
+    steps = max(len(accuracy) for _, accuracy, _ in columns)
     rows = []
     for t in points or report_points(steps):
-        row: dict[str, Any] = {"T": t}
-        for e in entries:
-            row[e["label"]] = e["accuracy"][t - 1] if t <= len(e["accuracy"]) else None
-        rows.append(row)
-    rows.append({"T": "ANN", **{e["label"]: e["ann_accuracy"] for e in entries}})
+        rows.append({"T": t, **{label: accuracy[t - 1] if t <= len(accuracy) else None
+                                for label, accuracy, _ in columns}})
+    rows.append({"T": "ANN", **{label: ann for label, _, ann in columns}})
     return markdown_table(rows, digits=2)
 
 
@@ -125,13 +127,16 @@ def load_checkpoint_and_data(checkpoint: str | os.PathLike, *, data_root: str | 
 
 
 def convert_and_evaluate(setup: Setup, spec: str, timesteps: int | None,
-                         progress: bool = False, **options: Any) -> dict[str, Any]:
+                         progress: bool = False, flip: bool = False,
+                         **options: Any) -> dict[str, Any]:
     """Convert ``setup.model`` with the method ``spec`` and evaluate it at t = 1..T: one
     results entry (docs/design.md §2) with its provenance.
 
     Args:
         spec: ``name`` or ``name:key=value,...`` (see the module docstring).
         timesteps: T, unless the spec says ``timesteps=`` (``None``: the method's default).
+        flip: also report the accuracy over each image and its mirror image
+            (:func:`spikeforge.metrics.evaluate`).
         options: conversion options shared by all methods; the spec's own win. Only what
             was given: every other option is the method's default
             (:func:`spikeforge.convert.recipes.method_defaults`), and the entry's ``neuron``
@@ -147,7 +152,7 @@ def convert_and_evaluate(setup: Setup, spec: str, timesteps: int | None,
     from spikeforge.models.spiking import SpikingModel
 
     ann = None if isinstance(setup.model, SpikingModel) else setup.model  # no ANN to compare
-    result = evaluate(snn, setup.loader, snn.timesteps, ann=ann, progress=progress)
+    result = evaluate(snn, setup.loader, snn.timesteps, ann=ann, progress=progress, flip=flip)
     return {
         "method": name, "name": snn.info["name"], "label": label(name, own),
         "options": method_options,
@@ -199,7 +204,8 @@ def run_conversion(checkpoint: str | os.PathLike, methods: Sequence[str],
                    out: str | os.PathLike | None = None, *, data_root: str | None = None,
                    calibration_samples: int = 2048, test_subset: int | None = None,
                    batch_size: int = 250, device: str | None = None, seed: int = 0,
-                   progress: bool = False, **options: Any) -> list[dict[str, Any]]:
+                   progress: bool = False, flip: bool = False,
+                   **options: Any) -> list[dict[str, Any]]:
     """Convert ``checkpoint`` with each method, evaluate at t = 1..T, return the entries (and
     write ``{"results": entries}`` to ``out``).
 
@@ -211,6 +217,7 @@ def run_conversion(checkpoint: str | os.PathLike, methods: Sequence[str],
         out: results JSON path (a PNG plot is written beside it).
         calibration_samples: training images used to calibrate (seeded subset).
         test_subset: evaluate on a seeded subset of the test set (default: all of it).
+        flip: also report the accuracy over each image and its mirror image.
         options: conversion options shared by all methods (``percentile``,
             ``channelwise``, ``encoder``, ...), only those set; a method's own options
             win.
@@ -222,7 +229,8 @@ def run_conversion(checkpoint: str | os.PathLike, methods: Sequence[str],
                                      device=device, seed=seed)
     entries = []
     for spec in methods:
-        entries.append(convert_and_evaluate(setup, spec, timesteps, progress, **options))
+        entries.append(convert_and_evaluate(setup, spec, timesteps, progress, flip,
+                                            **options))
         if out is not None:  # after every method, so a long run can be read as it goes
             write_json(Path(out), {"results": entries,
                                    "wall_seconds": time.perf_counter() - started})

@@ -84,6 +84,9 @@ class EvaluateConfig:
     test_subset: int | None = None  # a seeded subset of the test set (default: the ANN's)
     batch_size: int = 250
     calibration_samples: int = 2048  # training images for threshold calibration
+    # also the accuracy over each image and its mirror image (null: as the ANN was tested,
+    # its data.test_flip)
+    flip: bool | None = None
 
 
 @dataclass
@@ -309,23 +312,24 @@ def run_experiment(exp: Experiment, force: bool = False) -> list[dict[str, Any]]
     for variant in exp.variants:
         checkpoint, key = train_stage(variant, force)
         test_subset = ev.test_subset or variant.train.data.test_subset
+        flip = variant.train.data.test_flip if ev.flip is None else ev.flip
         setup = None
         for spec in variant.methods:
             path = exp.out_dir / variant.name / f"{_slug(spec)}.json"
             skey = stage_key({"ann": key, "spec": spec, "conversion": cfg.conversion,
                               "timesteps": ev.timesteps, "test_subset": test_subset,
                               "calibration_samples": ev.calibration_samples,
-                              "seed": cfg.seed})
+                              "seed": cfg.seed, **({"flip": True} if flip else {})})
             entry = _read_json(path)
             if entry is None or entry.get("stage_key") != skey or force:
                 if setup is None:
-                    setup = load_checkpoint_and_data(checkpoint, data_root=variant.train.data.root,
-                                    calibration_samples=ev.calibration_samples,
-                                    test_subset=test_subset, batch_size=ev.batch_size,
-                                    device=cfg.run.device, seed=cfg.seed)
+                    setup = load_checkpoint_and_data(
+                        checkpoint, data_root=variant.train.data.root,
+                        calibration_samples=ev.calibration_samples, test_subset=test_subset,
+                        batch_size=ev.batch_size, device=cfg.run.device, seed=cfg.seed)
                 print(f"[{variant.name}] {spec}: converting and simulating T={ev.timesteps}",
                       file=sys.stderr, flush=True)
-                entry = convert_and_evaluate(setup, spec, ev.timesteps, progress,
+                entry = convert_and_evaluate(setup, spec, ev.timesteps, progress, flip=flip,
                                              **cfg.conversion)
                 entry.update(stage_key=skey, experiment=cfg.name, variant=variant.name)
                 entry["provenance"].update(command=command, config=to_dict(cfg),
