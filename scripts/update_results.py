@@ -230,11 +230,11 @@ def demo_table(repo: Path) -> str:
 
 
 def performance_tables(bench_dir: Path, base: Path) -> str:
-    """The benchmarks page's tables from ``benchmarks/results``: compare.py's ratios and the
+    """The benchmarks page's tables from ``benchmarks/results``: compare.py's ratios (every
+    ``compare_quick*.json`` run, one per kind of machine, each with its vector ISA) and the
     time-to-accuracy runs."""
     parts = []
-    compare = bench_dir / "compare.json"
-    if compare.exists():
+    for compare in sorted(bench_dir.glob("compare_quick*.json")):
         data = json.loads(compare.read_text())
         rows = []
         for r in data["records"]:
@@ -243,16 +243,26 @@ def performance_tables(bench_dir: Path, base: Path) -> str:
             what = "train step" if r["kind"] == "training" else "inference"
             t = r["timesteps"]
             floor = r["implementation"] == "ann"
+            spread = (f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f}" if "ratio_min" in r
+                      else None)
             rows.append({"benchmark": f"{r['benchmark']} {what}", "T": t,
                          "batch": r["batch"],
                          "implementation": "dense ANN ÷ T" if floor else r["implementation"],
                          "images/s": r["images_per_s"] / (t if floor else 1),
                          "vs best peer": r.get("ratio_vs_best_peer"),
+                         **({"range over rounds": spread} if "rounds" in data else {}),
                          "peak RSS MiB": r["peak_rss_mib"], "max abs diff": (
                              None if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}")})
-        parts += [f"`{data['command']}` ({data['records'][0]['threads']} threads, torch "
-                  f"{data['torch']}, CPU capability {data.get('cpu_capability', '?')}; "
-                  f"{_link(compare, base)})", "", markdown_table(rows)]
+        isa = data.get("isa") or {}
+        machine = (f"{isa.get('cpu_model', '?')}, vector ISA {isa['cpu_capability']}, "
+                   f"native bf16 {'yes' if isa.get('native_bf16') else 'no'}"
+                   if isa else f"CPU capability {data.get('cpu_capability', '?')}")
+        how = (f"median of {data['rounds']} interleaved rounds, ratios per round"
+               if "rounds" in data else "one process after another")
+        parts += [*([""] if parts else []),
+                  f"`{data['command']}` ({data['records'][0]['threads']} threads, torch "
+                  f"{data['torch']}, {machine}; {how}; {_link(compare, base)})", "",
+                  markdown_table(rows)]
     for path in sorted(bench_dir.glob("time_to_accuracy_*.json")):
         data = json.loads(path.read_text())
         rows = [{"method": r["method"] + (" (SpikingJelly)" if r.get("implementation")
