@@ -174,6 +174,7 @@ def conversion_table(results_dir: Path, base: Path) -> str:
             rows.append({"data set": e["dataset"], "method": method_name(e),
                          **{f"T={t}": e["accuracy"][t - 1] for t in points},
                          "ANN": e["ann_accuracy"], "T max": len(e["accuracy"]),
+                         "test images": e["samples"],
                          "M SOPs at T max": e["sops_per_sample"] / 1e6,
                          "M MACs (ANN)": e["ann_macs_per_sample"] / 1e6,
                          "results": _link(path, base, path.parent.name)})
