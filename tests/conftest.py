@@ -39,6 +39,15 @@ def no_compile_fallback():
     assert not [w for w in caught if "uncompiled" in str(w.message)]
 
 
+@pytest.fixture
+def two_threads():
+    """Two torch threads for the test (the zoo's larger models), restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     torch.manual_seed(0)

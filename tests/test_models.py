@@ -24,6 +24,7 @@ from spikeforge.models import (
 )
 from spikeforge.nn import ClippedReLU
 
+pytestmark = pytest.mark.usefixtures("two_threads")
 NAMES = available()
 INPUTS = [(1, 28), (3, 32)]  # (in_channels, image size): MNIST-like and CIFAR-like
 BATCH = 2  # batch norm needs > 1 value per channel; 2 keeps resnet19 / vgg16 fast
@@ -31,14 +32,6 @@ BATCH = 2  # batch norm needs > 1 value per channel; 2 keeps resnet19 / vgg16 fa
 # every operation the SNN converter has to map: leaf modules and the residual addition
 ALLOWED_MODULES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU, ClippedReLU,
                    nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout)
-
-
-@pytest.fixture(autouse=True)
-def _two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
 
 
 def _count(model: nn.Module, kind: type | tuple[type, ...]) -> int:

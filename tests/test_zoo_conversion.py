@@ -24,18 +24,11 @@ from spikeforge.simulate import SpikingMaxPool, SpikingNetwork
 # 8-18 s for the four tests of each (the others: 1-3 s), measured on a loaded 2-core machine
 SLOW = {"resnet11", "resnet18", "resnet19", "vgg11", "vgg16"}
 MNIST_LIKE = {"lenet", "cnn_small"}  # designed for 1x28x28; the others get 3x32x32
+pytestmark = pytest.mark.usefixtures("two_threads")
 BATCH = 2  # batch norm needs > 1 value per channel in training mode
 STEPS = 2
 NAMES = [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name
          for name in available()]
-
-
-@pytest.fixture(autouse=True)
-def _two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
 
 
 def _input(name: str) -> Tensor:
