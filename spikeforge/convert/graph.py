@@ -250,6 +250,21 @@ def _fold(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
     return folded
 
 
+def _sole_layer(gm: fx.GraphModule, src: object) -> nn.Module | None:
+    """The conv/linear that node ``src`` calls, when its output has no other user."""
+    if (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
+            and isinstance(gm.get_submodule(src.target), SYNAPTIC_MODULES)):
+        return gm.get_submodule(src.target)
+    return None
+
+
+def _fold_into(gm: fx.GraphModule, node: fx.Node, src: fx.Node, folded: nn.Module) -> None:
+    """Replace the layer ``src`` calls by ``folded`` and drop ``node``, now inside it."""
+    gm.add_submodule(src.target, folded)
+    node.replace_all_uses_with(src)
+    gm.graph.erase_node(node)
+
+
 def fold_batch_norm(gm: fx.GraphModule) -> int:
     """Fold every BatchNorm whose input is a conv/linear used only by it; return how many."""
     folded = 0
@@ -259,16 +274,10 @@ def fold_batch_norm(gm: fx.GraphModule) -> int:
         bn = gm.get_submodule(node.target)
         if not isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d) or bn.running_var is None:
             continue
-        src = node.args[0]
-        if not (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
-                and isinstance(gm.get_submodule(src.target), SYNAPTIC_MODULES)):
+        layer = _sole_layer(gm, node.args[0])
+        if layer is None or layer.weight.shape[0] != bn.num_features:
             continue
-        layer = gm.get_submodule(src.target)
-        if layer.weight.shape[0] != bn.num_features:
-            continue
-        gm.add_submodule(src.target, _fold(layer, bn))
-        node.replace_all_uses_with(src)
-        gm.graph.erase_node(node)
+        _fold_into(gm, node, node.args[0], _fold(layer, bn))
         folded += 1
     gm.delete_all_unused_submodules()
     gm.recompile()
@@ -286,19 +295,16 @@ def fold_scaling(gm: fx.GraphModule) -> int:
         src, factor = node.args
         if node.target is not operator.truediv and not isinstance(src, fx.Node):
             src, factor = factor, src
-        if not (isinstance(src, fx.Node) and isinstance(factor, int | float)
-                and src.op == "call_module" and len(src.users) == 1
-                and isinstance(gm.get_submodule(src.target), SYNAPTIC_MODULES)):
+        layer = _sole_layer(gm, src) if isinstance(factor, int | float) else None
+        if layer is None:
             continue
         scale = 1.0 / factor if node.target is operator.truediv else float(factor)
-        layer = copy.deepcopy(gm.get_submodule(src.target))
+        layer = copy.deepcopy(layer)
         with torch.no_grad():
             layer.weight.mul_(scale)
             if layer.bias is not None:
                 layer.bias.mul_(scale)
-        gm.add_submodule(src.target, layer)
-        node.replace_all_uses_with(src)
-        gm.graph.erase_node(node)
+        _fold_into(gm, node, src, layer)
         folded += 1
     gm.recompile()
     return folded

@@ -154,16 +154,19 @@ class SpikingModel(nn.Module):
         if self._images is None or z.shape[0] != self._images:
             return None  # not called from forward (e.g. a copy being converted)
         self._images = None
-        seq = z.unsqueeze(0).expand(self.timesteps, *z.shape).flatten(0, 1)
-        if z.ndim == 4 and z.is_contiguous(memory_format=torch.channels_last):
+        return (self._time_folded(z, "direct"), *args[1:])
+
+    def _time_folded(self, x: Tensor, encoder: str) -> Tensor:
+        """``x`` (B, ...) encoded for T steps and folded to (T·B, ...), in ``x``'s memory
+        format."""
+        seq = encode(encoder, x, self.timesteps).flatten(0, 1)
+        if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
             seq = seq.contiguous(memory_format=torch.channels_last)
-        return (seq, *args[1:])
+        return seq
 
     def forward(self, x: Tensor) -> Tensor:
         once = self._input_neuron is not None and self.encoder == "direct"
-        seq = x if once else encode(self.encoder, x, self.timesteps).flatten(0, 1)
-        if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
-            seq = seq.contiguous(memory_format=torch.channels_last)  # keep the input's format
+        seq = x if once else self._time_folded(x, self.encoder)
         self._images = x.shape[0] if once else None
         try:
             with compact_saved_spikes():
