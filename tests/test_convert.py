@@ -584,6 +584,7 @@ def test_augmapping_defaults_are_the_papers_form_and_ours_by_name(trained, mnist
     for name, neuron in paper.neurons().items():
         torch.testing.assert_close(neuron.threshold, ours.neurons()[name].threshold * 16)
     tb = sf.convert(trained, calibration, "threshold_balancing", timesteps=2, progress=False)
+    assert tb.info["levels"] is None  # binary spikes carry no levels
     for name, neuron in paper.neurons().items():  # the paper's θ = λ of threshold balancing
         torch.testing.assert_close(neuron.threshold, tb.neurons()[name].threshold)
     named = sf.convert(trained, calibration, "augmapping", levels=16, initial="zero",

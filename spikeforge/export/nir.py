@@ -22,7 +22,8 @@ What NIR cannot say is written into each neuron's ``metadata`` and restored by
 ``"zero"``), the initial potential and the spike rule. Export refuses what a third-party
 reader would simulate differently — ternary or augmented spikes, v(0) = θ/2, a spiking
 max-pool — unless ``approximate=True``; then the graph's ``metadata["approximations"]``
-lists every such layer (and a warning says so).
+lists every such layer (and a warning says so); an approximated max-pool is written as the
+average pool of the same window.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ def to_nir(snn: SpikingNetwork, sample: Tensor, approximate: bool = False,
         elif isinstance(module, SpikingNeuron):
             sources[node] = _neuron(node, module, shape(node), inputs, emit, refuse, nir, dt)
         elif isinstance(module, SpikingMaxPool):
-            refuse(node, "a spiking max-pool")
+            refuse(node, "a spiking max-pool")  # written as the average of its window
             sources[node] = _pool(node, module.pool, shape(args[0]), shape(node), inputs,
                                   emit, nir)
         else:
@@ -176,7 +177,9 @@ def to_nir(snn: SpikingNetwork, sample: Tensor, approximate: bool = False,
 
 def _pool(node: fx.Node, module: nn.Module, in_shape: tuple[int, ...],
           out_shape: tuple[int, ...], inputs: list[str], emit: Any, nir: Any) -> list[str]:
-    if isinstance(module, nn.AdaptiveAvgPool2d):
+    """An average pool as NIR's ``AvgPool2d``; a max pool (only ever reached under
+    ``approximate=True``) as the average pool of the same window."""
+    if isinstance(module, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d):
         (h, w), (oh, ow) = in_shape[-2:], out_shape[-2:]
         if (h, w) == (oh, ow):
             return inputs  # nothing to pool
@@ -185,13 +188,17 @@ def _pool(node: fx.Node, module: nn.Module, in_shape: tuple[int, ...],
                               "is not a fixed average pool")
         kernel = stride = np.array([h // oh, w // ow])
         padding = np.array([0, 0])
-    elif isinstance(module, nn.AvgPool2d):
+    elif isinstance(module, nn.AvgPool2d | nn.MaxPool2d):
         pair = lambda v: np.array(v if isinstance(v, tuple | list) else (v, v))  # noqa: E731
+        if getattr(module, "dilation", 1) not in (1, (1, 1)) or module.ceil_mode:
+            raise ExportError(f"layer {node.name!r}: a pool with dilation or ceil_mode has "
+                              "no NIR node")
         kernel = pair(module.kernel_size)
         stride = pair(module.stride if module.stride is not None else module.kernel_size)
         padding = pair(module.padding)
     else:
-        raise ExportError(f"layer {node.name!r}: {type(module).__name__} has no NIR node")
+        what = getattr(module, "function", type(module)).__name__  # a bound pool function
+        raise ExportError(f"layer {node.name!r}: {what} has no NIR node")
     return emit(node.name, nir.AvgPool2d(kernel, stride, padding), inputs)
 
 
