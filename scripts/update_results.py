@@ -279,10 +279,32 @@ def performance_tables(bench_dir: Path, base: Path) -> str:
     return "\n".join(parts)
 
 
+def _training(results_dir: Path, folder: str) -> str | None:
+    """How the network of ``results/<folder>`` (a training run's folder) was trained:
+    epochs, wall time and hardware, from its ``results.json``; None when there is none."""
+    path = results_dir / folder / "results.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    provenance = record.get("provenance", {})
+    machine, seconds = provenance.get("machine", {}), provenance.get("train_seconds")
+    if machine.get("device", "cpu") != "cpu":
+        where = machine["device"].split(":")[0].upper()
+    else:
+        threads = machine.get("torch_threads")
+        where = " ".join(filter(None, (str(threads or ""), machine.get("cpu_capability"),
+                                        "CPU", threads and ("core" if threads == 1
+                                                            else "cores"))))
+    took = ("" if not seconds else f" in {seconds / 60:.0f} min" if seconds < 3600
+            else f" in {seconds / 3600:.1f} h")
+    return f"{record['epochs']} epochs{took} on {where}"
+
+
 def _ours(results_dir: Path, ref: dict, base: Path) -> dict:
     """One of our rows for the papers tables: a results entry (``label``) of an experiment or
     a `spikeforge convert` output, or a training run (``folder`` only) of ``results/``, with
-    its accuracy at the papers' T and at the last T it was evaluated at."""
+    its accuracy at the papers' T and at the last T it was evaluated at. ``trained`` names the
+    training run of a converted ANN (an experiment's are its variants' folders)."""
     folder = results_dir / ref["folder"]
     path = folder / "results.json"
     record = json.loads(path.read_text())
@@ -290,8 +312,9 @@ def _ours(results_dir: Path, ref: dict, base: Path) -> dict:
     if "label" not in ref:  # a training run: its accuracy at its own T
         snn = record["provenance"]["config"].get("snn", {})
         t = snn.get("timesteps", 1) if record["kind"] == "snn" else 1
-        return {"model": record["model"], "name": "direct training",
-                "setting": f"{record['epochs']} epochs, CPU, {link}", "ann": None,
+        trained = _training(results_dir, ref["folder"])
+        return {"model": record["model"], "name": "direct training", "trained": trained,
+                "setting": f"{trained}, {link}", "ann": None,
                 "accuracy": {t: record["test_accuracy"]}, "link": _link(path, base, "JSON")}
     entries = [e for e in record["results"] if e["label"] == ref["label"]]
     if not entries:
@@ -300,13 +323,16 @@ def _ours(results_dir: Path, ref: dict, base: Path) -> dict:
                          + ", ".join(e["label"] for e in record["results"]))
     e = entries[0]
     train_config = e["provenance"].get("train_config")
-    if "experiment" in record and train_config:
-        trained = f"{train_config['optim']['epochs']} epochs"
-    else:  # a `spikeforge convert` output: the ANN came from a published training run
-        trained = f"ANN `{e['provenance']['checkpoint']}`"
+    run = ref.get("trained") or (f"{ref['folder']}/{e['variant']}" if "variant" in e else None)
+    trained = run and _training(results_dir, run)
+    if not trained and "experiment" in record and train_config:
+        trained = f"{train_config['optim']['epochs']} epochs, CPU"
+    elif not trained:  # a `spikeforge convert` output of an ANN trained elsewhere
+        trained = f"ANN `{e['provenance']['checkpoint']}`, CPU"
     last = len(e["accuracy"])
     return {"model": f"{e['model']} {ref['label']}", "name": method_name(e), "label": True,
-            "setting": f"{trained}, CPU, {e['samples']} test images, {link}",
+            "trained": trained,
+            "setting": f"{trained}, {e['samples']} test images, {link}",
             "ann": e["ann_accuracy"], "link": _link(path, base, "JSON"),
             "accuracy": {t: a for t, a in enumerate(e["accuracy"], 1)
                          if t in PAPER_STEPS or t == last}}
@@ -344,7 +370,8 @@ def _best(accuracy: dict) -> tuple[int, float]:
 def headline_table(published: Path, results_dir: Path, base: Path) -> str:
     """The README's one table: for each method of ``results/published.yaml`` that we ran,
     the papers' best row beside our best (highest accuracy at any reported T; ties: the
-    smaller T), with the accuracy at T = 1 and 4 and a link to our results JSON."""
+    smaller T), how each was trained (the paper's setting; our epochs, wall time and CPU),
+    the accuracy at T = 1 and 4 and a link to our results JSON."""
     import yaml
 
     rows, not_run = [], []
@@ -353,7 +380,7 @@ def headline_table(published: Path, results_dir: Path, base: Path) -> str:
             not_run.append(f"{group['method']} on {group['dataset']}")
             continue
         candidates = [(p["source"], p["model"], p.get("ann"),
-                       {int(t): a for t, a in p["accuracy"].items()}, "")
+                       {int(t): a for t, a in p["accuracy"].items()}, "", p.get("setting"))
                       for p in group["published"]]
         paper = max(candidates, key=lambda c: _best(c[3])[::-1], default=None)
         ours = [_ours(results_dir, ref, base) for ref in group["ours"]]
@@ -363,11 +390,12 @@ def headline_table(published: Path, results_dir: Path, base: Path) -> str:
             detail = detail[len(group["method"]):].lstrip(", ")
         model = best["model"].split()[0] + (f" ({detail})" if detail and "label" in best
                                             else "")
-        mine = ("spikeforge", model, best["ann"], best["accuracy"], best["link"])
-        for who, model, ann, acc, link in ([paper] if paper else []) + [mine]:
+        mine = ("spikeforge", model, best["ann"], best["accuracy"], best["link"],
+                best["trained"])
+        for who, model, ann, acc, link, trained in ([paper] if paper else []) + [mine]:
             t, a = _best(acc)
             rows.append({"method": f"{group['method']}, {group['dataset']}", "who": who,
-                         "model": model, "ANN %": ann,
+                         "model": model, "trained": trained, "ANN %": ann,
                          **{f"T={s}": acc.get(s) for s in HEADLINE_STEPS},
                          "best % (T)": f"{a:.2f} ({t})", "results": link})
     text = [markdown_table(rows)]

@@ -43,16 +43,24 @@ def test_every_page_has_its_sections():
 def test_headline_puts_our_best_beside_the_papers_best():
     text = update_results.headline_table(REPO / "results" / "published.yaml", REPO / "results",
                                          REPO)
-    rows = [[c.strip() for c in line.strip("|").split("|")]
-            for line in text.splitlines() if line.startswith("|")][2:]
-    qcfs = [r for r in rows if r[0] == "QCFS, cifar10"]
-    assert [r[1] for r in qcfs] == ["Bu et al. 2022", "spikeforge"]
-    assert qcfs[0][6] == "96.08 (32)"  # the papers' best of the three networks
+    header, _, *lines = [[c.strip() for c in line.strip("|").split("|")]
+                         for line in text.splitlines() if line.startswith("|")]
+    rows = [dict(zip(header, line, strict=True)) for line in lines]
+    qcfs = [r for r in rows if r["method"] == "QCFS, cifar10"]
+    assert [r["who"] for r in qcfs] == ["Bu et al. 2022", "spikeforge"]
+    assert qcfs[0]["best % (T)"] == "96.08 (32)"  # the papers' best of the three networks
+    assert "GPU" in qcfs[0]["trained"]
     record = json.loads((REPO / "results" / "cifar10_qcfs" / "results.json").read_text())
     entry = next(e for e in record["results"] if e["label"] == "qcfs_L4 qcfs")
     best = max(a for t, a in enumerate(entry["accuracy"], 1) if t in (1, 2, 4, 8, 16, 32))
-    assert qcfs[1][6].startswith(f"{best:.2f} (")
-    assert qcfs[1][7] == "[JSON](results/cifar10_qcfs/results.json)"
+    assert qcfs[1]["best % (T)"].startswith(f"{best:.2f} (")
+    assert qcfs[1]["results"] == "[JSON](results/cifar10_qcfs/results.json)"
+    # how ours was trained, from the variant's training record
+    trained = json.loads((REPO / "results" / "cifar10_qcfs" / "qcfs_L4" / "results.json")
+                         .read_text())
+    assert qcfs[1]["trained"].startswith(f"{trained['epochs']} epochs in ")
+    assert qcfs[1]["trained"].endswith(
+        "core" if trained["provenance"]["machine"]["torch_threads"] == 1 else "cores")
     assert "QCFS on cifar100" in text  # said not run, not left out silently
 
 
