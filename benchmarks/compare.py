@@ -471,11 +471,11 @@ def isa() -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="A and C at T = 16, B at T = 8, 3 rounds of 2 repetitions "
+                        help="A and C at T = 16, B at T = 8, 3 rounds of one timed call "
                              "(bf16 only where the CPU has bf16 instructions)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5; --quick 3)")
     parser.add_argument("--repeats", type=int,
-                        help="timed calls per round after its warm-up (default 5; --quick 2)")
+                        help="timed calls per round after its warm-up (default 5; --quick 1)")
     parser.add_argument("--batch", type=int, default=64, help="inference batch (A, C)")
     parser.add_argument("--train-batch", type=int, default=32, help="training batch (B)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -492,7 +492,7 @@ def main() -> int:
     started = time.perf_counter()
     steps = args.timesteps or ((16,) if args.quick else (4, 16, 32))
     rounds = args.rounds or (3 if args.quick else 5)
-    repeats = args.repeats or (2 if args.quick else 5)
+    repeats = args.repeats or (1 if args.quick else 5)
     if rounds < 1 or repeats < 1:
         parser.error("--rounds and --repeats must be at least 1")
     # emulated bf16 (a CPU without bf16 instructions) is slow: --quick leaves it out
