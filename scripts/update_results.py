@@ -367,6 +367,12 @@ def _best(accuracy: dict) -> tuple[int, float]:
     return t, a
 
 
+def _better(accuracy: dict) -> tuple[float, int]:
+    """Sort key of runs: the higher best accuracy, then the smaller T that reaches it."""
+    t, a = _best(accuracy)
+    return a, -t
+
+
 def headline_table(published: Path, results_dir: Path, base: Path) -> str:
     """The README's one table: for each method of ``results/published.yaml`` that we ran,
     the papers' best row beside our best (highest accuracy at any reported T; ties: the
@@ -382,12 +388,14 @@ def headline_table(published: Path, results_dir: Path, base: Path) -> str:
         candidates = [(p["source"], p["model"], p.get("ann"),
                        {int(t): a for t, a in p["accuracy"].items()}, "", p.get("setting"))
                       for p in group["published"]]
-        paper = max(candidates, key=lambda c: _best(c[3])[::-1], default=None)
+        paper = max(candidates, key=lambda c: _better(c[3]), default=None)
         ours = [_ours(results_dir, ref, base) for ref in group["ours"]]
-        best = max(ours, key=lambda r: _best(r["accuracy"])[::-1])
+        best = max(ours, key=lambda r: _better(r["accuracy"]))
         detail = best["name"]
         if detail.lower().startswith(group["method"].lower()):
             detail = detail[len(group["method"]):].lstrip(", ")
+        if detail.startswith("(") and detail.endswith(")"):
+            detail = detail[1:-1]
         model = best["model"].split()[0] + (f" ({detail})" if detail and "label" in best
                                             else "")
         mine = ("spikeforge", model, best["ann"], best["accuracy"], best["link"],

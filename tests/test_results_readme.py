@@ -107,3 +107,9 @@ def test_papers_table_names_a_missing_label(tmp_path):
         "published": [], "ours": [{"folder": "cifar10_qcfs", "label": "qcfs_L9 qcfs"}]}]))
     with pytest.raises(SystemExit, match="qcfs_L9 qcfs.*qcfs_L4 qcfs"):
         update_results.papers_table(published, REPO / "results", REPO)
+
+
+def test_best_run_is_the_higher_accuracy_then_the_fewer_steps():
+    runs = [{4: 99.0, 16: 99.62}, {1: 99.6, 8: 99.62}, {2: 99.5}]
+    assert max(runs, key=update_results._better) == {1: 99.6, 8: 99.62}
+    assert max([{2: 99.5}, {1: 99.7}], key=update_results._better) == {1: 99.7}
