@@ -23,10 +23,6 @@ otherwise (uncapped augmented spikes, or a cap too wide for one code range) each
 measures the range of its input, and signed spikes whose range is too wide for one code
 range but within ±128 run as two kernels, on the positive and on the negative part.
 
-A binary neuron whose outputs go only to such layers (directly, with u = θ) hands them its
-spikes s(t) as uint8 codes instead of θ·s(t) in float32: the multiplication by θ and the
-conversion back to codes are two passes over every spike that the kernel does not need.
-
 A layer whose input is not a whole number of units of one scalar threshold (the analog
 input, per-channel thresholds upstream, a residual sum of two spike trains, an adaptive
 pool) keeps the float32 computation of the int8 model; so does a call whose spikes exceed
@@ -179,10 +175,6 @@ class _Int8Layer:
         raise NotImplementedError
 
     def _run(self, x: Tensor, applies: bool, float_forward: Any) -> Tensor:
-        if x.dtype == torch.uint8:  # binary spikes handed over as codes (unit θ, z = 0)
-            if applies and not torch.is_grad_enabled():
-                return self._kernel(x, 0, self._float_bias())
-            x = x.to(self.weight.dtype).mul_(self.grid.unit)
         out = self._integer_forward(x) if applies else None
         if out is None:
             self.float_calls += 1
@@ -195,15 +187,13 @@ class _Int8Layer:
         if how is None:
             return None
         kind, zero_point = how
-        unit, bias = self.grid.unit, self._float_bias()
+        unit = self.grid.unit
+        bias = None if self.bias is None else self.bias.detach().float()
         if kind == "codes":
             return self._kernel(spike_codes(x, unit, zero_point), zero_point, bias)
         positive = self._kernel(spike_codes(x.clamp(min=0), unit, 0), 0, bias)
         return positive.sub_(self._kernel(spike_codes(x.clamp(max=0).neg_(), unit, 0), 0,
                                           None))
-
-    def _float_bias(self) -> Tensor | None:
-        return None if self.bias is None else self.bias.detach().float()
 
     def _extra(self) -> str:
         return f"unit={self.grid.unit:g}, codes={self.grid.low}..{self.grid.high}"
@@ -392,23 +382,4 @@ def use_int8_kernels(gm: fx.GraphModule) -> dict[str, str]:
         parent, _, name = node.target.rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, name, new)
         choice[node.target] = "int8"
-    _hand_codes_to_integer_layers(gm)
     return choice
-
-
-def _hand_codes_to_integer_layers(gm: fx.GraphModule) -> None:
-    """Let every binary neuron whose outputs go only to integer layers emit its spikes as
-    uint8 codes (:attr:`SpikingNeuron.integer_output`): the layers take θ as their input unit,
-    so the multiplication by θ and the conversion back to codes are skipped."""
-    for node in gm.graph.nodes:
-        if node.op != "call_module":
-            continue
-        neuron = gm.get_submodule(node.target)
-        if not (isinstance(neuron, SpikingNeuron) and neuron.rule == "binary"
-                and neuron.emit == "value" and neuron.threshold.numel() == 1 and node.users):
-            continue
-        layers = [gm.get_submodule(user.target) if user.op == "call_module" else None
-                  for user in node.users]
-        neuron.integer_output = all(
-            isinstance(layer, _Int8Layer) and layer.grid.low == 0 and layer.grid.high == 1
-            and layer.grid.unit == float(neuron.threshold) for layer in layers)

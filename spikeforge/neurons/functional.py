@@ -145,12 +145,8 @@ def neuron_step(z: Tensor, state: NeuronState, params: NeuronParams
 
 
 def neuron_scan(z: Tensor, params: NeuronParams, initial: Initial = "zero",
-                state: NeuronState | None = None, out_dtype: torch.dtype | None = None
-                ) -> tuple[Tensor, NeuronState]:
+                state: NeuronState | None = None) -> tuple[Tensor, NeuronState]:
     """Run :func:`neuron_step` over the leading time axis of ``z`` (T, B, ...).
-
-    ``out_dtype``: the spikes' dtype when no gradient is needed and the rule is binary
-    (``torch.uint8`` for integer kernels; default: ``z``'s).
 
     Returns:
         The spike counts s, shaped like ``z``, and the final state. (The net count of a
@@ -163,7 +159,7 @@ def neuron_scan(z: Tensor, params: NeuronParams, initial: Initial = "zero",
         state = init_state(z[0], params, initial)
     if not (torch.is_grad_enabled() and z.requires_grad):
         if params.rule == "binary":
-            return _binary_scan_inplace(z, state, params, out_dtype)
+            return _binary_scan_inplace(z, state, params)
         if params.rule == "ternary":
             return _ternary_scan_inplace(z, state, params)
     out = torch.empty_like(z)
@@ -173,16 +169,15 @@ def neuron_scan(z: Tensor, params: NeuronParams, initial: Initial = "zero",
     return out, state
 
 
-def _binary_scan_inplace(z: Tensor, state: NeuronState, params: NeuronParams,
-                         out_dtype: torch.dtype | None = None) -> tuple[Tensor, NeuronState]:
+def _binary_scan_inplace(z: Tensor, state: NeuronState, params: NeuronParams
+                         ) -> tuple[Tensor, NeuronState]:
     """:func:`neuron_scan` for binary neurons when no gradient is needed: the same equations,
     evaluated with in-place updates of one membrane buffer and one spike mask (no tensors
     allocated per step). Bit-identical to the step-function loop (tested)."""
     theta = torch.as_tensor(params.threshold, dtype=state.v.dtype, device=z.device)
     v = state.v.expand_as(z[0]).clone()  # the state's dtype: float32 for bfloat16 currents
-    out = torch.empty_like(z, dtype=out_dtype)
-    binary_scan_into(z, v, theta, params.leak, params.reset, out,
-                     torch.empty_like(z[0], dtype=torch.bool))
+    out = torch.empty_like(z)
+    binary_scan_into(z, v, theta, params.leak, params.reset, out)
     return out, NeuronState(v, state.count)
 
 
@@ -218,20 +213,22 @@ def _ternary_scan_inplace(z: Tensor, state: NeuronState, params: NeuronParams
 
 
 def binary_scan_into(z: Tensor, v: Tensor, theta: Tensor, leak: float, reset: Reset,
-                     out: Tensor, fired: Tensor, membrane: Tensor | None = None) -> None:
+                     out: Tensor, fired: Tensor | None = None,
+                     membrane: Tensor | None = None) -> None:
     """The binary neuron's equations over the time axis of ``z``, written into buffers:
-    ``v`` (the membrane, updated in place), ``out`` (T, ...) the spikes s, ``fired`` the
-    spike mask — one step's buffer, or (T, ...) to keep every step's — and, when given,
-    ``membrane`` (T, ...) m(t) before firing (what BPTT keeps for backward). No tensor is
-    allocated per step."""
+    ``v`` (the membrane, updated in place), ``out`` (T, ...) the spikes s
+    and, when given, ``fired`` (T, ...) the spike masks and ``membrane`` (T, ...) m(t)
+    before firing (what BPTT keeps for backward). No tensor is allocated per step."""
     for t in range(z.shape[0]):
         if leak != 1.0:
             v.mul_(leak)
         v.add_(z[t])  # m(t)
         if membrane is not None:
             membrane[t].copy_(v)
-        mask = fired[t] if fired.ndim == z.ndim else fired
-        torch.ge(v, theta, out=mask)
-        out[t].copy_(mask)
+        # the comparison written straight into s(t): a bool mask copied into s, or a bool
+        # factor in addcmul_, costs several times more
+        torch.ge(v, theta, out=out[t])
+        if fired is not None:
+            torch.ge(v, theta, out=fired[t])
         # v − θ·s, or v − v·s (reset to zero): exact, and much faster than masked_fill_
-        v.addcmul_(mask, theta if reset == "subtract" else v, value=-1)
+        v.addcmul_(out[t], theta if reset == "subtract" else v, value=-1)

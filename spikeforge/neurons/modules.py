@@ -98,10 +98,6 @@ class SpikingNeuron(nn.Module):
 
     #: one unit spike per threshold crossing (read by the converter like a QCFS level count)
     levels = 1
-    #: binary spikes s(t) as uint8 instead of θ·s(t) when no gradient is needed: set by
-    #: :func:`spikeforge.int8.use_int8_kernels` on a neuron whose only consumers are integer
-    #: layers that take θ as their input unit (not saved with the module)
-    integer_output = False
 
     def __init__(self, threshold: float | Tensor = 1.0, rule: SpikeRule = "binary",
                  reset: Reset = "subtract", leak: float = 1.0, initial: Initial = "zero",
@@ -153,11 +149,9 @@ class SpikingNeuron(nn.Module):
             if s.dtype != seq.dtype:  # exact in any dtype; autocast keeps them as bytes
                 s = s.to(seq.dtype)
         else:
-            codes = self.integer_output and self.rule == "binary" and self.emit == "value"
-            s, _ = neuron_scan(seq, params, state=state,
-                               out_dtype=torch.uint8 if codes else None)
+            s, _ = neuron_scan(seq, params, state=state)
             bits = None
-        if self.emit == "value" and s.dtype != torch.uint8:
+        if self.emit == "value":
             s = s.mul_(theta) if not s.requires_grad else s * theta
         if steps is not None:
             s = s.flatten(0, 1)
