@@ -216,9 +216,9 @@ def binary_scan_into(z: Tensor, v: Tensor, theta: Tensor, leak: float, reset: Re
                      out: Tensor, fired: Tensor | None = None,
                      membrane: Tensor | None = None) -> None:
     """The binary neuron's equations over the time axis of ``z``, written into buffers:
-    ``v`` (the membrane, updated in place), ``out`` (T, ...) the spikes s
-    and, when given, ``fired`` (T, ...) the spike masks and ``membrane`` (T, ...) m(t)
-    before firing (what BPTT keeps for backward). No tensor is allocated per step."""
+    ``v`` (the membrane, updated in place) and ``out`` (T, ...) the spikes s; when given,
+    ``fired`` (T, ...) the spike masks and ``membrane`` (T, ...) m(t) before firing (what
+    BPTT keeps for backward). No tensor is allocated per step."""
     for t in range(z.shape[0]):
         if leak != 1.0:
             v.mul_(leak)
