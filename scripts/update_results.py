@@ -313,7 +313,12 @@ def _ours(results_dir: Path, ref: dict, base: Path) -> dict:
         snn = record["provenance"]["config"].get("snn", {})
         t = snn.get("timesteps", 1) if record["kind"] == "snn" else 1
         trained = _training(results_dir, ref["folder"])
-        return {"model": record["model"], "name": "direct training", "trained": trained,
+        model = record["model"]
+        if record["kind"] == "snn":  # which gradient trained it
+            surrogate = snn.get("neuron", {}).get("surrogate", "atan")
+            model += (" (Lee et al.'s rule)" if surrogate == "lee"
+                      else f" ({surrogate} surrogate)")
+        return {"model": model, "name": "direct training", "trained": trained,
                 "setting": f"{trained}, {link}", "ann": None,
                 "accuracy": {t: record["test_accuracy"]}, "link": _link(path, base, "JSON")}
     entries = [e for e in record["results"] if e["label"] == ref["label"]]
@@ -396,8 +401,8 @@ def headline_table(published: Path, results_dir: Path, base: Path) -> str:
             detail = detail[len(group["method"]):].lstrip(", ")
         if detail.startswith("(") and detail.endswith(")"):
             detail = detail[1:-1]
-        model = best["model"].split()[0] + (f" ({detail})" if detail and "label" in best
-                                            else "")
+        model = (best["model"] if "label" not in best  # a training run: model (gradient)
+                 else best["model"].split()[0] + (f" ({detail})" if detail else ""))
         mine = ("spikeforge", model, best["ann"], best["accuracy"], best["link"],
                 best["trained"])
         for who, model, ann, acc, link, trained in ([paper] if paper else []) + [mine]:
