@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -122,6 +123,13 @@ def publish(run_dir: Path, results_dir: Path, command: str | None = None,
     return dest
 
 
+def _command(text: str) -> str:
+    """A recorded command as a reader would type it in a checkout: absolute paths into a
+    checkout's ``runs/`` or ``results/`` (where a run was started from another folder) made
+    relative."""
+    return re.sub(r"(?<=[= ])/\S*?/(runs|results)/", r"\1/", text)
+
+
 def _link(path: Path, base: Path, text: str | None = None) -> str:
     """A Markdown link to ``path``, relative to the folder ``base`` of the page it is on."""
     return f"[{text or path.name}]({os.path.relpath(path, base)})"
@@ -156,7 +164,7 @@ def table(results_dir: Path, base: Path) -> str:
             "threads": prov["machine"]["torch_threads"],
             "results": _link(path, base, path.parent.name),
         })
-        commands.append(f"- `{prov['command']}` (seed {prov['seed']})")
+        commands.append(f"- `{_command(prov['command'])}` (seed {prov['seed']})")
     return "\n".join([markdown_table(rows), "", "Commands (each folder also holds the "
                       "per-epoch `metrics.jsonl` and `training_curves.png`):", "", *commands])
 
@@ -178,7 +186,7 @@ def conversion_table(results_dir: Path, base: Path) -> str:
                          "M SOPs at T max": e["sops_per_sample"] / 1e6,
                          "M MACs (ANN)": e["ann_macs_per_sample"] / 1e6,
                          "results": _link(path, base, path.parent.name)})
-        commands.append(f"- `{entries[0]['provenance']['command']}`")
+        commands.append(f"- `{_command(entries[0]['provenance']['command'])}`")
     keys = list(dict.fromkeys(key for row in rows for key in row))
     steps = sorted((k for k in keys if k.startswith("T=")), key=lambda k: int(k[2:]))
     columns = ["data set", "method", *steps, *(k for k in keys if k not in steps
@@ -199,7 +207,7 @@ def experiment_tables(results_dir: Path, base: Path) -> str:
         points = cfg["evaluate"].get("report") or [1, 2, 4, 8, 16, 32]
         minutes = sum(json.loads(p.read_text())["provenance"]["train_seconds"]
                       for p in path.parent.glob("*/results.json")) / 60
-        commands = sorted({e["provenance"]["command"] for e in record["results"]})
+        commands = sorted({_command(e["provenance"]["command"]) for e in record["results"]})
         parts += [f"**{record['experiment']}** — " + ", ".join(f"`{c}`" for c in commands)
                   + f" (seed {cfg['seed']}; ANN training {minutes:.0f} min in all; "
                   f"{_link(path, base)}, {_link(path.parent / 'report.md', base)})", "",
@@ -261,7 +269,7 @@ def performance_tables(bench_dir: Path, base: Path) -> str:
         how = (f"median of {data['rounds']} interleaved rounds, ratios per round"
                if "rounds" in data else "one process after another")
         parts += [*([""] if parts else []),
-                  f"`{data['command']}` ({data['records'][0]['threads']} threads, torch "
+                  f"`{_command(data['command'])}` ({data['records'][0]['threads']} threads, torch "
                   f"{data['torch']}, {machine}; {how}; {_link(compare, base)})", "",
                   markdown_table(rows)]
     for path in sorted(bench_dir.glob("time_to_accuracy_*.json")):
@@ -274,7 +282,7 @@ def performance_tables(bench_dir: Path, base: Path) -> str:
         parts += ["", f"**{data['dataset']}, {data['model']}** (`{data['checkpoint']}`) — ANN "
                   f"{data['ann_accuracy']:.2f}%"
                   f" on {data['test_images']} test images; t* = first t within "
-                  f"{data['tolerance']} points of it (`{data['command']}`; "
+                  f"{data['tolerance']} points of it (`{_command(data['command'])}`; "
                   f"{_link(path, base)})", "", markdown_table(rows)]
     return "\n".join(parts)
 

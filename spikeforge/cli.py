@@ -102,7 +102,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         flags.append("run.progress=false")
     exp = load_experiment(args.config, [*args.overrides, *flags], out_dir=args.out_dir,
                           only=args.only)
-    # precision: 'auto' (bf16 where the device has it natively, else float32) unless set
+    # precision: 'auto' (the fastest the device computes in hardware) unless the config sets it
     exp.config.conversion.setdefault("precision", "auto")
     entries = run_experiment(exp, force=args.force)
     print_summary(exp, entries)
@@ -251,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-budget", type=float, help="MiB of activations per chunk")
     p.add_argument("--precision", choices=PRECISIONS.names(), default="auto",
                    help="auto (default): bf16 where the device computes it in hardware "
-                        "(GPUs, AVX512-BF16/AMX CPUs), else float32; bf16: synaptic layers "
+                        "(GPUs, AVX512-BF16/AMX CPUs), else int8 on CPUs with integer "
+                        "kernels, else float32; bf16: synaptic layers "
                         "in bfloat16, membranes in float32; int8: weights rounded to 8-bit "
                         "integers per output channel (8-bit neuromorphic hardware), on "
                         "integer kernels; float32: exact (the library's default)")
