@@ -125,9 +125,8 @@ def publish(run_dir: Path, results_dir: Path, command: str | None = None,
 
 def _command(text: str) -> str:
     """A recorded command as a reader would type it in a checkout: absolute paths into a
-    checkout's ``runs/`` or ``results/`` (where a run was started from another folder) made
-    relative."""
-    return re.sub(r"(?<=[= ])/\S*?/(runs|results)/", r"\1/", text)
+    checkout's ``runs/``, ``results/`` or ``.venv/`` made relative."""
+    return re.sub(r"(^|[= ])/\S*?/(runs/|results/|\.venv/)", r"\1\2", text)
 
 
 def _link(path: Path, base: Path, text: str | None = None) -> str:
