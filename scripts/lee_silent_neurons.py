@@ -74,10 +74,10 @@ def main() -> int:
                  torch.optim.SGD(params, lr=args.lr, momentum=args.momentum,
                                  weight_decay=5e-4 / 64))
     records, start, correct, seen = [], time.time(), 0, 0
+    model.train()
     for step, (x, y) in enumerate(BatchLoader(train, 64, shuffle=True, seed=0)):
         if step == args.steps:
             break
-        model.train()
         scores = model(x)
         loss = training_loss(scores, y, cfg.optim)
         optimizer.zero_grad()

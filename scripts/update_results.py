@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 from spikeforge.convert import recipes  # noqa: E402
 from spikeforge.experiments.plots import plot_training_curves  # noqa: E402
 from spikeforge.experiments.tables import markdown_table  # noqa: E402
+from spikeforge.train.config import NeuronConfig  # noqa: E402
 
 MAX_PUBLISHED_PARAMETERS = 3_000_000  # about 12 MB of float32 weights
 PAPER_STEPS = (1, 2, 4, 8, 16, 32)  # the T columns of the papers table; others go to "other T"
@@ -322,7 +323,7 @@ def _ours(results_dir: Path, ref: dict, base: Path) -> dict:
         trained = _training(results_dir, ref["folder"])
         model = record["model"]
         if record["kind"] == "snn":  # which gradient trained it
-            surrogate = snn.get("neuron", {}).get("surrogate", "atan")
+            surrogate = snn.get("neuron", {}).get("surrogate", NeuronConfig.surrogate)
             model += (" (Lee et al.'s rule)" if surrogate == "lee"
                       else f" ({surrogate} surrogate)")
         return {"model": model, "name": "direct training", "trained": trained,

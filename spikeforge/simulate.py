@@ -80,7 +80,8 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> tup
         hardware = "AVX512-BF16/AMX" if native else "no AVX512-BF16/AMX: bf16 is emulated"
     else:
         hardware = "bf16 in hardware" if native else "no native bf16"
-    integer = device.type == "cpu" and not native and int8_kernels_available() is None
+    integer = (precision in ("auto", "bf16") and device.type == "cpu" and not native
+               and int8_kernels_available() is None)
     auto = "bf16" if native else "int8" if integer else "float32"
     if precision == "auto":
         if integer:
