@@ -321,12 +321,18 @@ def _ours(results_dir: Path, ref: dict, base: Path) -> dict:
         snn = record["provenance"]["config"].get("snn", {})
         t = snn.get("timesteps", 1) if record["kind"] == "snn" else 1
         trained = _training(results_dir, ref["folder"])
-        model = record["model"]
-        if record["kind"] == "snn":  # which gradient trained it
+        model, name = record["model"], "direct training"
+        if record["kind"] == "snn":  # which gradient trained it, from which start
             surrogate = snn.get("neuron", {}).get("surrogate", NeuronConfig.surrogate)
-            model += (" (Lee et al.'s rule)" if surrogate == "lee"
-                      else f" ({surrogate} surrogate)")
-        return {"model": model, "name": "direct training", "trained": trained,
+            how = ["Lee et al.'s rule" if surrogate == "lee" else f"{surrogate} surrogate"]
+            if snn.get("init_from"):
+                name = "hybrid training"
+                start = recipes.method_name({"method": snn.get("init_method",
+                                                               "threshold_balancing")})
+                how.insert(0, f"hybrid: {start} SNN "
+                              f"({record['initial_test_accuracy']:.2f}%), then BPTT")
+            model += f" ({', '.join(how)})"
+        return {"model": model, "name": name, "trained": trained,
                 "setting": f"{trained}, {link}", "ann": None,
                 "accuracy": {t: record["test_accuracy"]}, "link": _link(path, base, "JSON")}
     entries = [e for e in record["results"] if e["label"] == ref["label"]]
