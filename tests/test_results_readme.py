@@ -113,3 +113,14 @@ def test_best_run_is_the_higher_accuracy_then_the_fewer_steps():
     runs = [{4: 99.0, 16: 99.62}, {1: 99.6, 8: 99.62}, {2: 99.5}]
     assert max(runs, key=update_results._better) == {1: 99.6, 8: 99.62}
     assert max([{2: 99.5}, {1: 99.7}], key=update_results._better) == {1: 99.7}
+
+
+def test_a_hybrid_run_is_named_by_the_conversion_it_starts_from():
+    record = json.loads((REPO / "results" / "mnist_hybrid" / "results.json").read_text())
+    ours = update_results._ours(REPO / "results", {"folder": "mnist_hybrid"}, REPO)
+    assert ours["name"] == "hybrid training"
+    start = f"{record['initial_test_accuracy']:.2f}%"
+    assert ours["model"] == f"cnn_small (hybrid: threshold balancing SNN ({start}), then BPTT, " \
+                            "atan surrogate)"
+    snn = update_results._ours(REPO / "results", {"folder": "mnist_lenet_snn"}, REPO)
+    assert (snn["name"], snn["model"]) == ("direct training", "lenet (atan surrogate)")
