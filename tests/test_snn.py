@@ -97,7 +97,7 @@ def test_snn_trains_with_bf16_autocast_where_the_cpu_has_it(tmp_path, train_conf
                                                             monkeypatch):
     """The BPTT step autocast to bf16 (synaptic layers; membranes and surrogate gradients
     stay float32) learns as float32 does. On a CPU without native bf16 this emulates it."""
-    changes = {**CONFIG, "snn": {**CONFIG["snn"], "encoder": "direct"},
+    changes = {**CONFIG, "snn": {**CONFIG["snn"], "encoder": "direct", "timesteps": 2},
                "optim": {**CONFIG["optim"], "epochs": 1}}
     f32 = fit(train_config(tmp_path / "f32", {**changes, "run": {"amp": False}}))
     monkeypatch.setattr(loop, "native_bf16", lambda device: True)
@@ -105,7 +105,7 @@ def test_snn_trains_with_bf16_autocast_where_the_cpu_has_it(tmp_path, train_conf
     record = json.loads((tmp_path / "bf16" / "results.json").read_text())
     assert record["precision"] == "bfloat16"
     assert json.loads((tmp_path / "f32" / "results.json").read_text())["precision"] == "float32"
-    assert f32.test_accuracy > 70.0
+    assert f32.test_accuracy > 60.0  # chance: 10%
     assert abs(bf16.test_accuracy - f32.test_accuracy) < 3.0  # 300 test images
 
 
