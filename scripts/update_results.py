@@ -126,8 +126,9 @@ def publish(run_dir: Path, results_dir: Path, command: str | None = None,
 
 def _command(text: str) -> str:
     """A recorded command as a reader would type it in a checkout: absolute paths into a
-    checkout's ``runs/``, ``results/`` or ``.venv/`` made relative."""
-    return re.sub(r"(^|[= ])/\S*?/(runs/|results/|\.venv/)", r"\1\2", text)
+    checkout's ``runs/``, ``results/`` or ``.venv/`` (or a ``*-runs/`` folder outside it)
+    made relative."""
+    return re.sub(r"(^|[= ])/\S*?/(?:[^/\s]*-)?(runs/|results/|\.venv/)", r"\1\2", text)
 
 
 def _link(path: Path, base: Path, text: str | None = None) -> str:
