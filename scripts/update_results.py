@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from spikeforge.convert import recipes  # noqa: E402
 from spikeforge.experiments.plots import plot_training_curves  # noqa: E402
 from spikeforge.experiments.tables import markdown_table  # noqa: E402
-from spikeforge.train.config import NeuronConfig  # noqa: E402
+from spikeforge.train.config import NeuronConfig, SNNConfig  # noqa: E402
 
 MAX_PUBLISHED_PARAMETERS = 3_000_000  # about 12 MB of float32 weights
 PAPER_STEPS = (1, 2, 4, 8, 16, 32)  # the T columns of the papers table; others go to "other T"
@@ -328,8 +328,8 @@ def _ours(results_dir: Path, ref: dict, base: Path) -> dict:
             how = ["Lee et al.'s rule" if surrogate == "lee" else f"{surrogate} surrogate"]
             if snn.get("init_from"):
                 name = "hybrid training"
-                start = recipes.method_name({"method": snn.get("init_method",
-                                                               "threshold_balancing")})
+                start = recipes.method_name(
+                    {"method": snn.get("init_method", SNNConfig.init_method)})
                 how.insert(0, f"hybrid: {start} SNN "
                               f"({record['initial_test_accuracy']:.2f}%), then BPTT")
             model += f" ({', '.join(how)})"
