@@ -25,6 +25,8 @@ CONFIG = {  # over conftest's TINY_MNIST
     "snn": {"timesteps": 4, "encoder": "poisson",
             "neuron": {"leak": 0.99, "surrogate": "atan"}},
 }
+# the kill-and-resume and divergence tests compare runs step for step: 10 steps per epoch
+SHORT = {**CONFIG, "data": {**CONFIG["data"], "train_subset": 640, "test_subset": 150}}
 
 
 def test_spiking_zoo_model_shapes_and_layers():
@@ -119,12 +121,12 @@ def assert_same_state(a: dict, b: dict) -> None:
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory, train_config):
     """The uninterrupted run that the kill-and-resume tests compare with."""
-    return fit(train_config(tmp_path_factory.mktemp("snn") / "whole", CONFIG))
+    return fit(train_config(tmp_path_factory.mktemp("snn") / "whole", SHORT))
 
 
 def test_killed_and_resumed_snn_training_equals_an_uninterrupted_one(tmp_path, train_config,
                                                                      kill_and_resume, whole):
-    resumed = kill_and_resume(train_config(tmp_path / "killed", CONFIG), epoch=2)
+    resumed = kill_and_resume(train_config(tmp_path / "killed", SHORT), epoch=2)
     assert [h["test_accuracy"] for h in resumed.history] == \
         [h["test_accuracy"] for h in whole.history]
     a = torch.load(whole.out_dir / "checkpoint.pt", weights_only=True)["model"]
@@ -137,17 +139,17 @@ def test_a_kill_within_an_epoch_resumes_from_the_last_step_checkpoint(tmp_path, 
     """With ``run.checkpoint_minutes`` tiny every step is checkpointed; a kill during step 7 of
     epoch 2 leaves the checkpoint after step 6, and resuming from it gives the same weights,
     losses and accuracies as a run that was never interrupted."""
-    cfg = train_config(tmp_path / "killed", CONFIG, "run.checkpoint_minutes=1.0e-9")
+    cfg = train_config(tmp_path / "killed", SHORT, "run.checkpoint_minutes=1.0e-9")
     real, steps = loop.F.cross_entropy, []
 
-    def killed_at_step_25(*args, **kwargs):
+    def killed_at_step_17(*args, **kwargs):
         if torch.is_grad_enabled():
             steps.append(1)
-            if len(steps) == 25:  # 18 steps per epoch: epoch 2, step 7
+            if len(steps) == 17:  # 10 steps per epoch: epoch 2, step 7
                 raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop.F, "cross_entropy", killed_at_step_25)
+    monkeypatch.setattr(loop.F, "cross_entropy", killed_at_step_17)
     with pytest.raises(KeyboardInterrupt):
         fit(cfg)
     monkeypatch.setattr(loop.F, "cross_entropy", real)
@@ -172,10 +174,10 @@ def test_exploding_snn_loss_stops_with_the_epoch_and_step(tmp_path, monkeypatch,
         if torch.is_grad_enabled():  # training steps, not the test-set evaluation
             steps.append(1)
         loss = real(*args, **kwargs)
-        return loss * float("nan") if len(steps) == 25 else loss
+        return loss * float("nan") if len(steps) == 17 else loss
 
     monkeypatch.setattr(loop.F, "cross_entropy", poisoned)
-    cfg = train_config(tmp_path / "nan", CONFIG)
+    cfg = train_config(tmp_path / "nan", SHORT)
     with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 7"):
         fit(cfg)
     saved = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=True)
