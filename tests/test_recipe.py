@@ -102,6 +102,25 @@ def test_weight_average_follows_its_equation_and_resumes():
         WeightAverage(model, decay=1.0)
 
 
+def test_weight_average_of_a_spiking_network_averages_its_weights():
+    """A directly trained SNN's state holds its neurons' settings (extra state, not tensors)
+    beside the weights: the average keeps them and averages the weights."""
+    from spikeforge.models.spiking import create_snn
+
+    torch.manual_seed(0)
+    snn = create_snn("cifarnet", timesteps=2, in_channels=3)
+    average = WeightAverage(snn, decay=0.5)
+    conv = next(m for m in snn.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad)
+    before = conv.weight.detach().clone()
+    with torch.no_grad():
+        conv.weight.add_(1.0)
+    average.update(snn)  # d = 1/10 at the first update
+    twin = dict(average.model.named_modules())[next(n for n, m in snn.named_modules()
+                                                    if m is conv)]
+    torch.testing.assert_close(twin.weight, before + 0.9)
+    assert average.model.state_dict().keys() == snn.state_dict().keys()
+
+
 def test_alternating_flips_mirror_each_image_every_other_epoch():
     train = load_dataset("mnist_demo", "train").subset(300, seed=0)
     plain = torch.cat([x for x, _ in BatchLoader(train, 100)])

@@ -94,7 +94,9 @@ class WeightAverage:
     """An exponential moving average of a model's parameters and buffers (Polyak averaging):
     after each optimizer step, θ̄ ← d·θ̄ + (1 − d)·θ with d = min(decay, (1 + n)/(10 + n)) at
     update n, so the average forgets its start quickly. Integer buffers (BN's step counter)
-    are copied. :attr:`model` is the averaged copy, to evaluate and save.
+    are copied; entries that are not tensors (a module's extra state, such as a spiking
+    layer's settings) are the model's own and left as they are. :attr:`model` is the
+    averaged copy, to evaluate and save.
 
     Args:
         model: the trained network (not modified).
@@ -115,6 +117,8 @@ class WeightAverage:
         averaged = self.model.state_dict()
         for name, value in model.state_dict().items():
             target = averaged[name]
+            if not isinstance(target, torch.Tensor):
+                continue
             if target.is_floating_point():
                 target.lerp_(value.detach(), 1.0 - d)
             else:
