@@ -110,14 +110,13 @@ def test_weight_average_of_a_spiking_network_averages_its_weights():
     torch.manual_seed(0)
     snn = create_snn("cifarnet", timesteps=2, in_channels=3)
     average = WeightAverage(snn, decay=0.5)
-    conv = next(m for m in snn.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad)
+    name, conv = next((n, m) for n, m in snn.named_modules()
+                      if isinstance(m, nn.Conv2d) and m.weight.requires_grad)
     before = conv.weight.detach().clone()
     with torch.no_grad():
         conv.weight.add_(1.0)
     average.update(snn)  # d = 1/10 at the first update
-    twin = dict(average.model.named_modules())[next(n for n, m in snn.named_modules()
-                                                    if m is conv)]
-    torch.testing.assert_close(twin.weight, before + 0.9)
+    torch.testing.assert_close(average.model.get_submodule(name).weight, before + 0.9)
     assert average.model.state_dict().keys() == snn.state_dict().keys()
 
 

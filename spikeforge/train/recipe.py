@@ -94,9 +94,8 @@ class WeightAverage:
     """An exponential moving average of a model's parameters and buffers (Polyak averaging):
     after each optimizer step, θ̄ ← d·θ̄ + (1 − d)·θ with d = min(decay, (1 + n)/(10 + n)) at
     update n, so the average forgets its start quickly. Integer buffers (BN's step counter)
-    are copied; entries that are not tensors (a module's extra state, such as a spiking
-    layer's settings) are the model's own and left as they are. :attr:`model` is the
-    averaged copy, to evaluate and save.
+    are copied; a module's extra state (a spiking layer's settings) is not averaged.
+    :attr:`model` is the averaged copy, to evaluate and save.
 
     Args:
         model: the trained network (not modified).
@@ -114,15 +113,12 @@ class WeightAverage:
     def update(self, model: nn.Module) -> None:
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         self.updates += 1
-        averaged = self.model.state_dict()
-        for name, value in model.state_dict().items():
-            target = averaged[name]
-            if not isinstance(target, torch.Tensor):
-                continue
+        source = dict(_tensors(model))
+        for name, target in _tensors(self.model):
             if target.is_floating_point():
-                target.lerp_(value.detach(), 1.0 - d)
+                target.lerp_(source[name].detach(), 1.0 - d)
             else:
-                target.copy_(value)
+                target.copy_(source[name])
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "updates": self.updates}
@@ -130,6 +126,12 @@ class WeightAverage:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.updates = int(state["updates"])
+
+
+def _tensors(model: nn.Module):
+    """``model``'s parameters and buffers by name: what a weight average averages."""
+    yield from model.named_parameters()
+    yield from model.named_buffers()
 
 
 def flip_averaged(model: nn.Module, x: Tensor) -> Tensor:
