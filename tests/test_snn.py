@@ -269,3 +269,12 @@ def test_direct_input_current_is_computed_once_per_image_with_the_same_result(na
         # BN's running variance: its n/(n − 1) correction counts B·H·W values, not T·B·H·W
         tolerance = 2 / (6 * 32 * 32) if key.endswith("running_var") else 1e-12
         torch.testing.assert_close(r, s[1], atol=1e-12, rtol=tolerance, msg=key)
+
+
+def test_time_folding_keeps_a_channels_last_input_channels_last():
+    snn = create_snn("cnn_small", timesteps=3, encoder="direct", in_channels=3)
+    x = torch.rand(2, 3, 8, 8)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    folded = [snn._time_folded(v, "direct") for v in (x, cl)]
+    assert folded[1].is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(folded[0], folded[1])

@@ -159,10 +159,12 @@ class SpikingModel(nn.Module):
     def _time_folded(self, x: Tensor, encoder: str) -> Tensor:
         """``x`` (B, ...) encoded for T steps and folded to (T·B, ...), in ``x``'s memory
         format."""
-        seq = encode(encoder, x, self.timesteps).flatten(0, 1)
+        seq = encode(encoder, x, self.timesteps)
         if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
-            seq = seq.contiguous(memory_format=torch.channels_last)
-        return seq
+            # folded as (T·B, H, W, C) rows: channels-last, at most one copy (flatten alone
+            # would copy an expanded input into NCHW rows, and then again into channels-last)
+            return seq.permute(0, 1, 3, 4, 2).flatten(0, 1).permute(0, 3, 1, 2)
+        return seq.flatten(0, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         once = self._input_neuron is not None and self.encoder == "direct"

@@ -102,18 +102,12 @@ def _lee_scale(fired: Tensor, theta: Tensor, leak: float, surrogate: str, unit_g
     return factor if unit_grad else factor.mul_(1 / theta)
 
 
-def _sigma(membrane: Tensor, fired: Tensor, theta: Tensor, surrogate: str,
-           width: float | None, lee_scale: Tensor | None, unit_grad: bool,
-           dtype: torch.dtype) -> Tensor:
-    """σ(t) ≈ ∂s/∂m at one step, in ``dtype``: s(t)·lee_scale for ``lee``, else
-    g((m(t) − θ)/θ)/θ (without the last 1/θ with ``unit_grad``). Computed step by step
-    inside the reverse loop, so that the backward allocates nothing of the size of the
-    window."""
-    if lee_scale is not None:
-        return fired.to(dtype).mul_(lee_scale)
+def _surrogate_into(m: Tensor, theta: Tensor, surrogate: str, width: float | None,
+                    unit_grad: bool) -> Tensor:
+    """σ(t) = g((m(t) − θ)/θ)/θ (without the last 1/θ with ``unit_grad``), computed in place
+    in ``m``, a scratch copy of one step's membrane in the gradient's dtype."""
     inverse = 1 / theta
-    x = membrane.to(dtype, copy=True).sub_(theta).mul_(inverse)  # (m − θ)/θ
-    g = _DERIVATIVES[surrogate](x, width)
+    g = _DERIVATIVES[surrogate](m.sub_(theta).mul_(inverse), width)
     return g if unit_grad else g.mul_(inverse)
 
 
@@ -128,24 +122,37 @@ def _backward_options(leak: float, surrogate: str, detach_reset: bool) -> tuple[
 def _lif_backward(grad_out: Tensor, membrane: Tensor, fired: Tensor, theta: Tensor,
                   leak: float, subtract: bool, surrogate: str, width: float | None,
                   detach_reset: bool, unit_grad: bool = False) -> Tensor:
-    """∂L/∂z (T, ...) from ∂L/∂s by the reverse recurrence of the module docstring, with
-    in-place updates of one gradient buffer per step."""
+    """∂L/∂z (T, ...) from ∂L/∂s by the reverse recurrence of the module docstring.
+
+    Each step runs in place on three buffers of one step's size in the gradient's dtype: ε,
+    m(t) (then σ(t) in the same buffer) and s(t); the membrane (bfloat16) and the spikes
+    (bool) are converted into them once per step, so that every other operation has operands
+    of one dtype (mixed-dtype elementwise kernels are several times slower on a CPU)."""
     lee_scale = _lee_scale(fired, theta, leak, surrogate, unit_grad, grad_out.dtype)
     carry, detach_reset = _backward_options(leak, surrogate, detach_reset)
     grad_z = torch.empty_like(grad_out)
     eps = torch.zeros_like(grad_out[0])  # ∂L/∂v(t)
+    scratch = torch.empty_like(eps)  # m(t), then σ(t)
+    spikes = torch.empty_like(eps) if lee_scale is not None or not subtract else None
     for t in range(grad_out.shape[0] - 1, -1, -1):
         delta = grad_z[t]
-        sigma = _sigma(membrane[t], fired[t], theta, surrogate, width, lee_scale, unit_grad,
-                       grad_out.dtype)
+        if spikes is not None:
+            spikes.copy_(fired[t])
+        if lee_scale is not None:
+            sigma = torch.mul(spikes, lee_scale, out=scratch)
+        else:
+            m = scratch.copy_(membrane[t])
+            if not (detach_reset or subtract):  # ∂L/∂s = ∂L/∂out − ε m(t), before σ
+                torch.addcmul(grad_out[t], eps, m, value=-1, out=delta)
+            sigma = _surrogate_into(m, theta, surrogate, width, unit_grad)
         if detach_reset:
             torch.mul(grad_out[t], sigma, out=delta)
-        else:  # ∂L/∂s = ∂L/∂out + ε ∂v/∂s,  ∂v/∂s = −θ or −m
-            torch.addcmul(grad_out[t], eps, theta if subtract else membrane[t], value=-1,
-                          out=delta)
+        elif subtract:  # ∂L/∂s = ∂L/∂out − ε θ
+            torch.addcmul(grad_out[t], eps, theta, value=-1, out=delta).mul_(sigma)
+        else:
             delta.mul_(sigma)
         if not subtract:  # ∂v/∂m = 1 − s
-            eps.addcmul_(fired[t].to(eps.dtype), eps, value=-1)
+            eps.addcmul_(spikes, eps, value=-1)
         delta.add_(eps)
         torch.mul(delta, carry, out=eps)
     return grad_z
@@ -167,8 +174,10 @@ def _lif_backward_fused(grad_out: Tensor, membrane: Tensor, fired: Tensor, theta
         delta = grad_out[t]
         if not detach_reset:
             delta = delta - eps * (theta if subtract else membrane[t])
-        delta = delta * _sigma(membrane[t], fired[t], theta, surrogate, width, lee_scale,
-                               unit_grad, grad_out.dtype)
+        sigma = (fired[t].to(grad_out.dtype) * lee_scale if lee_scale is not None else
+                 _surrogate_into(membrane[t].to(grad_out.dtype, copy=True), theta, surrogate, width,
+                                 unit_grad))
+        delta = delta * sigma
         if not subtract:
             eps = eps - fired[t] * eps
         delta = delta + eps

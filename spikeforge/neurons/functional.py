@@ -228,7 +228,7 @@ def binary_scan_into(z: Tensor, v: Tensor, theta: Tensor, leak: float, reset: Re
         # the comparison written straight into s(t): a bool mask copied into s, or a bool
         # factor in addcmul_, costs several times more
         torch.ge(v, theta, out=out[t])
-        if fired is not None:
-            torch.ge(v, theta, out=fired[t])
+        if fired is not None:  # copied from s(t): cheaper than comparing into booleans
+            fired[t].copy_(out[t])
         # v − θ·s, or v − v·s (reset to zero): exact, and much faster than masked_fill_
         v.addcmul_(out[t], theta if reset == "subtract" else v, value=-1)

@@ -44,25 +44,24 @@ SURROGATES: Registry[float | None] = Registry("surrogate", {
 })
 
 
-# g(x) of the table, in place on their own intermediates and by multiplication (the
-# backward of a whole window runs them on (T, B, ...) tensors)
+# g(x) of the table, computed in place in x (a scratch tensor the caller gives up: the
+# backward of a window evaluates them once per step into one reused buffer)
 
 def _sigmoid(x: Tensor, w: float) -> Tensor:
-    s = torch.sigmoid(x * (1 / w))
-    return s.sub_(s * s).mul_(1 / w)
+    s = x.mul_(1 / w).sigmoid_()
+    return torch.addcmul(s, s, s, value=-1, out=s).mul_(1 / w)  # s − s², then / w
 
 
 def _atan(x: Tensor, w: float) -> Tensor:
-    y = x * (math.pi / (2 * w))
-    return y.mul_(y).add_(1).reciprocal_().mul_(0.5 / w)
+    return x.mul_(math.pi / (2 * w)).square_().add_(1).reciprocal_().mul_(0.5 / w)
 
 
 def _triangle(x: Tensor, w: float) -> Tensor:
-    return x.abs().mul_(-1 / w).add_(1).clamp_(min=0).mul_(1 / w)
+    return x.abs_().mul_(-1 / w).add_(1).clamp_(min=0).mul_(1 / w)
 
 
 def _rectangle(x: Tensor, w: float) -> Tensor:
-    return (x.abs() < w / 2).to(x.dtype).mul_(1 / w)
+    return x.abs_().lt_(w / 2).mul_(1 / w)  # lt_ writes 1.0 / 0.0 in x's dtype
 
 
 _DERIVATIVES: dict[str, Callable[[Tensor, float], Tensor]] = {
@@ -87,7 +86,7 @@ def surrogate_grad(name: str, x: Tensor, width: float | None = None) -> Tensor:
     w = check_surrogate(name, width)
     if w is None:
         raise ValueError("the 'lee' rule depends on the whole spike train; use lif_scan")
-    return _DERIVATIVES[name](x, w)
+    return _DERIVATIVES[name](x.to(torch.result_type(x, 1.0), copy=True), w)
 
 
 def primitive(name: str, x: Tensor, width: float | None = None) -> Tensor:
