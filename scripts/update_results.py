@@ -284,7 +284,8 @@ def performance_tables(bench_dir: Path, base: Path) -> str:
                   f"{data['ann_accuracy']:.2f}%"
                   f" on {data['test_images']} test images; t* = first t within "
                   f"{data['tolerance']} points of it (`{_command(data['command'])}`; "
-                  f"{_link(path, base)})", "", markdown_table(rows)]
+                  + (f"{data['note']}; " if data.get("note") else "")
+                  + f"{_link(path, base)})", "", markdown_table(rows)]
     return "\n".join(parts)
 
 
