@@ -13,13 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import spikeforge as sf
+from spikeforge.config import ConfigError, from_dict
 from spikeforge.convert import conversion_graph
 from spikeforge.data import Augment, BatchLoader, load_dataset
 from spikeforge.models import create
 from spikeforge.nn import CSQCFS, QCFS
 from spikeforge.runtime import native_bf16
 from spikeforge.train import TrainConfig, fit, load_checkpoint, load_model
-from spikeforge.train.loop import _amp, base_lr, build_optimizer, lr_factor
+from spikeforge.train.loop import _amp, base_lr, build_optimizer, build_scheduler, lr_factor
 from spikeforge.train.recipe import (
     WeightAverage,
     dirac_init,
@@ -185,6 +186,32 @@ def test_batch_norm_biases_learn_faster_with_the_same_decay_per_step():
     optimizer.step()
     assert all(torch.allclose(p, torch.full_like(p, 1 - 5e-4))
                for p in groups["norm_biases"]["params"])
+
+
+def test_frozen_batch_norm_scales_stay_at_their_value_while_biases_learn():
+    torch.manual_seed(0)
+    model = create("cifarnet", widths=(8, 16, 16), in_channels=1, num_classes=10)
+    cfg = TrainConfig().optim
+    cfg.lr, cfg.norm_weight_lr_scale, cfg.epochs = 0.2, 0.0, 1
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=3)
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert {id(p) for p in groups["norm_weights"]["params"]} == {id(m.weight) for m in norms}
+    assert groups["norm_weights"]["lr"] == 0 and groups["norm_weights"]["weight_decay"] == 0
+    scales = [m.weight.detach().clone() for m in norms]
+    biases = [m.bias.detach().clone() for m in norms]
+    x, y = next(iter(BatchLoader(load_dataset("mnist_demo", "train").subset(32, seed=0), 32)))
+    for _ in range(3):  # real steps: the scales get gradients and momentum, and stay put
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        assert all(m.weight.grad.abs().sum() > 0 for m in norms)
+        optimizer.step()
+        scheduler.step()
+    assert all(torch.equal(m.weight, s) for m, s in zip(norms, scales, strict=True))
+    assert all(not torch.equal(m.bias, b) for m, b in zip(norms, biases, strict=True))
+    with pytest.raises(ConfigError, match="optim.norm_weight_lr_scale"):
+        from_dict(TrainConfig, {"optim": {"norm_weight_lr_scale": -1}}).validate()
 
 
 def test_bf16_only_where_the_cpu_does_it_natively(monkeypatch):

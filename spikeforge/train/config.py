@@ -59,6 +59,9 @@ class OptimConfig:
     threshold_weight_decay: float | None = None
     # batch-norm biases learn this many times faster, with weight decay ÷ it (airbench: 64)
     norm_bias_lr_scale: float = 1.0
+    # batch-norm scales (weights) learn this many times faster, with weight decay ÷ it; 0
+    # freezes them at their initial value (airbench: frozen at 1)
+    norm_weight_lr_scale: float = 1.0
     epochs: int = 10
     warmup_epochs: float = 0.0
     # after the linear warm-up: cosine or linear decay to 0, or constant
@@ -145,6 +148,9 @@ class TrainConfig:
         for key, value in positive:
             if value <= 0:
                 raise ConfigError(f"config key {prefix + key!r} must be > 0, got {value!r}")
+        if self.optim.norm_weight_lr_scale < 0:
+            raise ConfigError(f"config key {prefix + 'optim.norm_weight_lr_scale'!r} must be >= 0"
+                              f" (0 freezes the scales), got {self.optim.norm_weight_lr_scale!r}")
         if self.optim.ema is not None and not 0.0 < self.optim.ema < 1.0:
             raise ConfigError(f"config key {prefix + 'optim.ema'!r} must be in (0, 1) or null, "
                               f"got {self.optim.ema!r}")

@@ -100,15 +100,18 @@ def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]
     """The optimizer's groups, each with its ``lr_scale`` (× the schedule's lr) and weight
     decay (:func:`group_hyperparameters`): ``weights``; ``thresholds``, the learnable
     activation thresholds (QCFS λ, CS-QCFS ρ: the parameters of modules with a ``lam()``
-    method); and, when ``optim.norm_bias_lr_scale`` is not 1, ``norm_biases``, the batch-norm
-    biases."""
+    method); and, when ``optim.norm_bias_lr_scale`` / ``optim.norm_weight_lr_scale`` is not
+    1, ``norm_biases`` / ``norm_weights``, the batch-norm biases / scales."""
     kinds = {id(p): "thresholds" for m in model.modules() if hasattr(m, "lam")
              for p in m.parameters(recurse=False)}
-    if cfg.norm_bias_lr_scale != 1.0:
-        kinds.update({id(m.bias): "norm_biases" for m in model.modules()
-                      if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None})
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for kind, attribute, scale in (("norm_biases", "bias", cfg.norm_bias_lr_scale),
+                                   ("norm_weights", "weight", cfg.norm_weight_lr_scale)):
+        if scale != 1.0:
+            kinds.update({id(getattr(m, attribute)): kind for m in norms
+                          if getattr(m, attribute) is not None})
     groups = []
-    for name in ("weights", "thresholds", "norm_biases"):
+    for name in ("weights", "thresholds", "norm_biases", "norm_weights"):
         params = [p for p in model.parameters() if kinds.get(id(p), "weights") == name]
         if params or name == "weights":
             lr_scale, decay = group_hyperparameters(name, cfg)
@@ -119,13 +122,16 @@ def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]
 
 def group_hyperparameters(name: str, cfg: OptimConfig) -> tuple[float, float]:
     """``(lr_scale, weight_decay)`` of the parameter group ``name``. Thresholds decay with
-    ``optim.threshold_weight_decay`` (default: the weights'). Batch-norm biases learn
-    ``s = optim.norm_bias_lr_scale`` times faster with weight decay ÷ s, so that their decay
-    per step, lr·wd, is the weights' (airbench, Jordan 2024: s = 64)."""
+    ``optim.threshold_weight_decay`` (default: the weights'). Batch-norm biases (scales) learn
+    ``s = optim.norm_bias_lr_scale`` (``optim.norm_weight_lr_scale``) times faster with
+    weight decay ÷ s, so that their decay per step, lr·wd, is the weights' (airbench, Jordan
+    2024: biases s = 64, scales frozen, s = 0: no update at all)."""
     if name == "thresholds" and cfg.threshold_weight_decay is not None:
         return 1.0, cfg.threshold_weight_decay
-    if name == "norm_biases":
-        return cfg.norm_bias_lr_scale, cfg.weight_decay / cfg.norm_bias_lr_scale
+    scale = {"norm_biases": cfg.norm_bias_lr_scale,
+             "norm_weights": cfg.norm_weight_lr_scale}.get(name)
+    if scale is not None:
+        return scale, cfg.weight_decay / scale if scale else 0.0
     return 1.0, cfg.weight_decay
 
 
