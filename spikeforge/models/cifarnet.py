@@ -61,7 +61,7 @@ class CifarNet(ConvNet):
 def cifarnet(*, num_classes: int, in_channels: int, act: ActFactory, pool: str,
              widths: Sequence[int] = (64, 256, 256), whiten_kernel: int = 2,
              head_pool: str = "avg", head_scale: float = 1.0, dropout: float = 0.0,
-             width: float = 1.0) -> CifarNet:
+             width: float = 1.0, conv_init: str = "he") -> CifarNet:
     """Build :class:`CifarNet`.
 
     Args:
@@ -75,7 +75,15 @@ def cifarnet(*, num_classes: int, in_channels: int, act: ActFactory, pool: str,
             rate). Default 1 (none).
         dropout: dropout probability before the Linear. Default 0.
         width: multiplier of the block widths. Default 1.
+        conv_init: the convolutions' initial weights: ``"he"``, N(0, 2/fan_out) (He et al.
+            2015, as every zoo model), or ``"uniform"``, PyTorch's default
+            U(±1/√fan_in) (airbench): filter norms 1/√3 against √(2·fan_in/fan_out) — with
+            batch norm after each conv, a smaller weight norm is a higher effective
+            learning rate.
+            Default ``"he"``.
     """
+    if conv_init not in ("he", "uniform"):
+        raise ValueError(f"unknown conv_init {conv_init!r}; choose one of: he, uniform")
     k = whiten_kernel
     whitened = 2 * in_channels * k * k
     layers: list[nn.Module] = [nn.Conv2d(in_channels, whitened, k, padding=0), act(whitened)]
@@ -94,5 +102,5 @@ def cifarnet(*, num_classes: int, in_channels: int, act: ActFactory, pool: str,
                          nn.Linear(channels, num_classes, bias=False),
                          *([Scale(head_scale)] if head_scale != 1.0 else []))
     model = CifarNet(nn.Sequential(*layers), head)
-    init_weights(model)
+    init_weights(model, layers=(nn.Conv2d,) if conv_init == "he" else ())
     return model
