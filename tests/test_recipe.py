@@ -80,6 +80,25 @@ def test_dirac_init_makes_convs_pass_their_input_through():
     assert out[:, 8:].abs().sum() > 0  # the other filters keep their random init
 
 
+@pytest.mark.parametrize("conv_init", ["he", "uniform"])
+def test_cifarnet_conv_init_draws_from_its_distribution(conv_init):
+    """He: N(0, 2/fan_out); uniform (PyTorch's default, airbench): U(±1/√fan_in), standard
+    deviation 1/√(3·fan_in). Checked on the 256→256 conv of the last block (590k weights)."""
+    torch.manual_seed(0)
+    model = create("cifarnet", num_classes=10, in_channels=3, conv_init=conv_init)
+    conv = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
+    fan_in = conv.in_channels * 9
+    fan_out = conv.out_channels * 9
+    w = conv.weight.detach()
+    if conv_init == "he":
+        assert w.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.01)
+    else:
+        assert w.abs().max().item() <= fan_in ** -0.5
+        assert w.std().item() == pytest.approx((3 * fan_in) ** -0.5, rel=0.01)
+    with pytest.raises(ValueError, match="unknown conv_init 'xavier'"):
+        create("cifarnet", conv_init="xavier")
+
+
 def test_weight_average_follows_its_equation_and_resumes():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
