@@ -292,12 +292,12 @@ def test_recipe_trains_and_resumes_exactly(tmp_path, train_config, kill_and_resu
             torch.testing.assert_close(resumed[key][name], value, atol=0, rtol=0, msg=name)
 
 
-def _quantized(pool: str, head_scale: float = 1.0) -> nn.Module:
+def _quantized(pool: str, head_scale: float = 1.0, head_pool: str = "avg") -> nn.Module:
     """A small CS-QCFS cifarnet (L = 4) with random statistics and thresholds, float64."""
     torch.manual_seed(1)
     model = create("cifarnet", num_classes=10, in_channels=3, activation="csqcfs",
                    activation_options={"levels": 4}, pool=pool, widths=(8, 16, 16),
-                   head_scale=head_scale)
+                   head_scale=head_scale, head_pool=head_pool)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -309,9 +309,11 @@ def _quantized(pool: str, head_scale: float = 1.0) -> nn.Module:
     return model.double().eval()
 
 
-@pytest.mark.parametrize(("pool", "head_scale"), [("avg", 1.0), ("max", 1 / 9)])
-def test_cifarnet_augmapping_on_learned_thresholds_is_its_ann_at_t1(pool, head_scale):
-    model = _quantized(pool, head_scale)
+@pytest.mark.parametrize(("pool", "head_scale", "head_pool"),
+                         [("avg", 1.0, "avg"), ("max", 1 / 9, "avg"), ("max", 1 / 9, "max")])
+def test_cifarnet_augmapping_on_learned_thresholds_is_its_ann_at_t1(pool, head_scale,
+                                                                     head_pool):
+    model = _quantized(pool, head_scale, head_pool)
     x = torch.randn(6, 3, 32, 32, dtype=torch.float64)
     snn = sf.convert(model, None, "augmapping", thresholds="learned", timesteps=1)
     with torch.no_grad():
