@@ -167,7 +167,9 @@ def table(results_dir: Path, base: Path) -> str:
         })
         commands.append(f"- `{_command(prov['command'])}` (seed {prov['seed']})")
     return "\n".join([markdown_table(rows), "", "Commands (each folder also holds the "
-                      "per-epoch `metrics.jsonl` and `training_curves.png`):", "", *commands])
+                      "per-epoch `metrics.jsonl` and `training_curves.png`). A command names "
+                      "a config file as it was when the run was made; its `results.json` "
+                      "holds the whole config and the code's version:", "", *commands])
 
 
 def conversion_table(results_dir: Path, base: Path) -> str:
