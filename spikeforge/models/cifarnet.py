@@ -79,8 +79,7 @@ def cifarnet(*, num_classes: int, in_channels: int, act: ActFactory, pool: str,
             2015, as every zoo model), or ``"uniform"``, PyTorch's default
             U(±1/√fan_in) (airbench): filter norms 1/√3 against √(2·fan_in/fan_out) — with
             batch norm after each conv, a smaller weight norm is a higher effective
-            learning rate.
-            Default ``"he"``.
+            learning rate. Default ``"he"``.
     """
     if conv_init not in ("he", "uniform"):
         raise ValueError(f"unknown conv_init {conv_init!r}; choose one of: he, uniform")
