@@ -17,11 +17,8 @@ kernels, else float32 (:func:`resolve_precision`).
 
 Max pooling, by policy (``max_pool=`` in :func:`spikeforge.convert`):
 
-* ``"cumulative"`` (default): :class:`SpikingMaxPool` emits at step t the increase of the
-  window's largest cumulative input, ``o(t) = M(t) − M(t−1)`` with
-  ``M(t) = maxpool(Σ_{τ≤t} x(τ))``, so that its cumulative output is exactly the max-pool of
-  its cumulative inputs (the rate-coded max). Its outputs are integer multiples of the
-  upstream threshold and may be several unit spikes in one step.
+* ``"cumulative"`` (default): :class:`~spikeforge.neurons.SpikingMaxPool`, whose cumulative
+  output is exactly the max-pool of its cumulative inputs (the rate-coded max).
 * ``"error"``: conversion fails with a message recommending average pooling.
 
 Memory and speed: a call splits the batch into chunks so that the activations of one chunk, T
@@ -42,7 +39,7 @@ from torch import Tensor, fx, nn
 
 from spikeforge.encoding import ENCODERS, encode
 from spikeforge.int8 import int8_kernels_available, use_int8_kernels
-from spikeforge.neurons import SpikingNeuron
+from spikeforge.neurons import SpikingMaxPool, SpikingNeuron
 from spikeforge.registry import Registry
 from spikeforge.runtime import native_bf16
 
@@ -124,29 +121,6 @@ def quantize_weights_(module: nn.Module, bits: int = 8) -> dict[str, float]:
             error[name] = float((quantized - w).abs().max() / w.abs().max().clamp_min(1e-30))
             w.copy_(quantized)
     return error
-
-
-class SpikingMaxPool(nn.Module):
-    """Max pooling of rate-coded spike trains (see the module docstring).
-
-    Args:
-        pool: the ANN's max-pool, a module or a function of one tensor.
-
-    Shape:
-        - Input: time-folded ``(T·B, C, ...)`` with ``timesteps=T``.
-        - Output: time-folded, pooled.
-    """
-
-    def __init__(self, pool: nn.Module) -> None:
-        super().__init__()
-        self.pool = pool
-
-    def forward(self, x: Tensor, timesteps: int) -> Tensor:
-        exact = torch.promote_types(x.dtype, torch.float32)  # bfloat16 sums would round
-        cumulative = x.unflatten(0, (timesteps, -1)).cumsum(dim=0, dtype=exact)
-        pooled = self.pool(cumulative.flatten(0, 1)).unflatten(0, (timesteps, -1))
-        return (torch.diff(pooled, dim=0, prepend=torch.zeros_like(pooled[:1]))
-                .flatten(0, 1).to(x.dtype))
 
 
 class _FunctionPool(nn.Module):

@@ -17,9 +17,11 @@ from spikeforge.config import ConfigError, from_dict
 from spikeforge.convert import conversion_graph
 from spikeforge.data import Augment, BatchLoader, load_dataset
 from spikeforge.models import create
+from spikeforge.neurons import SpikingMaxPool
 from spikeforge.nn import CSQCFS, QCFS
 from spikeforge.runtime import native_bf16
 from spikeforge.train import TrainConfig, fit, load_checkpoint, load_model
+from spikeforge.train.checkpoint import save_checkpoint
 from spikeforge.train.loop import _amp, base_lr, build_optimizer, build_scheduler, lr_factor
 from spikeforge.train.recipe import (
     WeightAverage,
@@ -348,3 +350,29 @@ def test_snn_is_evaluated_with_the_flip_views_of_its_ann():
         ann = ((model(x) + model(x.flip(-1))).argmax(-1) == y).double().mean() * 100
     assert both.accuracy_flip == pytest.approx(expected.tolist())
     assert both.ann_accuracy_flip == pytest.approx(float(ann))
+
+
+@pytest.mark.parametrize("pool", ["avg", "max"])
+def test_hybrid_cifarnet_starts_as_its_conversion_and_keeps_its_max_pools(tmp_path, pool):
+    from spikeforge.train.hybrid import snn_from_ann
+
+    model = _quantized(pool, 1 / 9 if pool == "max" else 1.0, pool)
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    hybrid = snn_from_ann(model, None, "csqcfs", timesteps=4).eval()
+    converted = sf.convert(model, None, "csqcfs", timesteps=4)
+    pools = [m for m in hybrid.modules() if isinstance(m, SpikingMaxPool)]
+    assert len(pools) == (4 if pool == "max" else 0)  # three block pools and the head's
+    assert hybrid._input_neuron is not None  # the input current is still computed once
+    with torch.no_grad():
+        torch.testing.assert_close(hybrid(x), converted(x).mean(0), atol=1e-10, rtol=1e-10)
+    # a checkpoint rebuilds the same network (in float32: weights rounded to 24 bits)
+    save_checkpoint({"model": hybrid.state_dict(), "model_spec": hybrid.spikeforge_spec},
+                    tmp_path / "hybrid.pt")
+    reloaded = load_model(tmp_path / "hybrid.pt").double()
+    assert len([m for m in reloaded.modules() if isinstance(m, SpikingMaxPool)]) == len(pools)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), converted(x).mean(0), atol=1e-4, rtol=1e-4)
+    hybrid.train()
+    hybrid(x).square().sum().backward()  # BPTT runs through the rate-coded max-pools
+    convs = [m for m in hybrid.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in convs)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from spikeforge.neurons.modules import TimeDropout
+from spikeforge.neurons.modules import SpikingMaxPool, TimeDropout
 
 __all__ = ["ACTIVATION_FUNCTIONS", "ACTIVATION_MODULES", "ConversionError", "activation_nodes",
            "check_supported", "conversion_graph", "describe", "fold_batch_norm",
@@ -69,8 +69,9 @@ _SHAPE_METHODS = ("view", "reshape", "flatten", "contiguous", "size", "unsqueeze
 @functools.cache
 def _spikeforge_leaf_types() -> tuple[type[nn.Module], ...]:
     """spikeforge's ANN layers (``spikeforge.nn``) stay whole in the trace so that the
-    converter sees a ClippedReLU (or QCFS) and not the clamp it is made of."""
-    return (*_spikeforge_activation_types(), TimeDropout)
+    converter sees a ClippedReLU (or QCFS) and not the clamp it is made of; so do the
+    layers that see time."""
+    return (*_spikeforge_activation_types(), TimeDropout, SpikingMaxPool)
 
 
 @functools.cache

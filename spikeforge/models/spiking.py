@@ -39,6 +39,7 @@ from spikeforge.models.registry import create
 from spikeforge.neurons.modules import (
     LIF,
     TRAINING_SETTINGS,
+    SpikingMaxPool,
     TimeDropout,
     compact_saved_spikes,
 )
@@ -47,6 +48,8 @@ __all__ = ["READOUTS", "SpikingModel", "create_snn", "input_neuron", "readout_sc
 
 #: the readouts of :func:`readout_scores`
 READOUTS = ("mean", "leaky")
+#: the max-pools of :func:`create_snn`
+MAX_POOLS = ("step", "cumulative")
 
 
 def readout_scores(y: Tensor, kind: str = "mean", leak: float = 1.0,
@@ -194,6 +197,7 @@ def create_snn(name: str, timesteps: int, encoder: str = "direct", num_classes: 
                neuron: dict[str, Any] | None = None, pool_threshold: float | None = None,
                readout: Literal["mean", "leaky"] = "mean",
                pool_grad: Literal["threshold", "unit"] = "threshold",
+               max_pool: Literal["step", "cumulative"] = "step",
                **options: Any) -> SpikingModel:
     """A zoo model (``name``) with LIF neurons, wrapped for direct training.
 
@@ -208,11 +212,17 @@ def create_snn(name: str, timesteps: int, encoder: str = "direct", num_classes: 
             see :func:`readout_scores`).
         pool_grad: the pooling neurons' spike derivative: ``"threshold"`` (with 1/θ, as every
             LIF) or ``"unit"`` (unscaled, as Lee et al.'s code).
+        max_pool: ``"step"`` (default) max-pools each step's spikes on their own;
+            ``"cumulative"`` uses the converter's rate-coded
+            :class:`~spikeforge.neurons.SpikingMaxPool` (a hybrid SNN's, so that it starts as
+            the converted network).
         options: the model's own options (``dropout``, ...).
 
     The result carries ``spikeforge_spec`` (the zoo spec plus ``snn``), so checkpoints
     rebuild it with :func:`spikeforge.train.load_model`.
     """
+    if max_pool not in MAX_POOLS:
+        raise ValueError(f"unknown max_pool {max_pool!r}; valid: {', '.join(MAX_POOLS)}")
     neuron = dict(neuron or {})
     net = create(name, num_classes=num_classes, in_channels=in_channels, activation="lif",
                  pool=pool, activation_options=neuron, **options)
@@ -225,9 +235,14 @@ def create_snn(name: str, timesteps: int, encoder: str = "direct", num_classes: 
                     setattr(module, child_name, nn.Sequential(
                         child, LIF(pool_threshold, leak=1.0, reset="zero",
                                    grad_scale=pool_grad, **pool_neuron)))
+    if max_pool == "cumulative":
+        for module in list(net.modules()):
+            for child_name, child in list(module.named_children()):
+                if isinstance(child, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
+                    setattr(module, child_name, SpikingMaxPool(child))
     model = SpikingModel(net, timesteps, encoder, readout, neuron.get("leak", 1.0),
                          neuron.get("threshold", 1.0))
     model.spikeforge_spec = {**net.spikeforge_spec, "snn": {
         "timesteps": timesteps, "encoder": encoder, "pool_threshold": pool_threshold,
-        "readout": readout, "pool_grad": pool_grad}}
+        "readout": readout, "pool_grad": pool_grad, "max_pool": max_pool}}
     return model

@@ -1,7 +1,8 @@
 """The neuron core shared by conversion and direct training: pure step functions
 (:mod:`~spikeforge.neurons.functional`), the BPTT scan (:mod:`~spikeforge.neurons.bptt`) and
 one neuron module, :class:`SpikingNeuron` (:mod:`~spikeforge.neurons.modules`; :func:`LIF`
-gives it the settings of direct training)."""
+gives it the settings of direct training), and the two other layers that see time: the
+rate-coded max-pool :class:`SpikingMaxPool` and :class:`TimeDropout`."""
 
 from spikeforge.neurons.functional import (
     NeuronParams,
@@ -11,7 +12,7 @@ from spikeforge.neurons.functional import (
     neuron_step,
     spike,
 )
-from spikeforge.neurons.modules import LIF, SpikingNeuron, TimeDropout
+from spikeforge.neurons.modules import LIF, SpikingMaxPool, SpikingNeuron, TimeDropout
 
-__all__ = ["LIF", "NeuronParams", "NeuronState", "SpikingNeuron", "TimeDropout", "init_state",
-           "neuron_scan", "neuron_step", "spike"]
+__all__ = ["LIF", "NeuronParams", "NeuronState", "SpikingMaxPool", "SpikingNeuron", "TimeDropout",
+           "init_state", "neuron_scan", "neuron_step", "spike"]

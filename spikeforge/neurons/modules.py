@@ -263,6 +263,36 @@ class TimeDropout(nn.Module):
         return f"p={self.p}"
 
 
+class SpikingMaxPool(nn.Module):
+    """Max pooling of rate-coded spike trains: at step t it emits the increase of the
+    window's largest cumulative input, ``o(t) = M(t) − M(t−1)`` with
+    ``M(t) = pool(Σ_{τ≤t} x(τ))``, so that Σ_t o(t) is exactly the max-pool of Σ_t x(t) (the
+    max of the rates, as the ANN's max-pool of the activations). Its outputs are integer
+    multiples of the upstream threshold and may be several unit spikes in one step. Every
+    operation is differentiable, so a trained SNN can keep it (a hybrid SNN does).
+
+    Args:
+        pool: the ANN's max-pool, a module or a function of one tensor.
+
+    Shape: time-folded ``(T·B, C, ...)`` with ``timesteps`` set (or given); output pooled.
+    """
+
+    def __init__(self, pool: nn.Module) -> None:
+        super().__init__()
+        self.pool = pool
+        self.timesteps: int | None = None
+
+    def forward(self, x: Tensor, timesteps: int | None = None) -> Tensor:
+        steps = timesteps or self.timesteps
+        if steps is None:
+            raise ValueError("SpikingMaxPool needs timesteps (given, or set on the module)")
+        exact = torch.promote_types(x.dtype, torch.float32)  # bfloat16 sums would round
+        cumulative = unfold_time(x, steps).cumsum(dim=0, dtype=exact)
+        pooled = self.pool(cumulative.flatten(0, 1)).unflatten(0, (steps, -1))
+        return (torch.diff(pooled, dim=0, prepend=torch.zeros_like(pooled[:1]))
+                .flatten(0, 1).to(x.dtype))
+
+
 def unfold_time(x: Tensor, timesteps: int) -> Tensor:
     """``(T·B, ...)`` → ``(T, B, ...)``, with a clear error when the rows do not divide."""
     if x.shape[0] % timesteps:

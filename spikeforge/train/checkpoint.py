@@ -71,7 +71,8 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         model = create_snn(spec.pop("name"), snn["timesteps"], snn["encoder"], neuron=neuron,
                            pool_threshold=snn.get("pool_threshold"),
                            readout=snn.get("readout", "mean"),
-                           pool_grad=snn.get("pool_grad", "threshold"), **spec)
+                           pool_grad=snn.get("pool_grad", "threshold"),
+                           max_pool=snn.get("max_pool", "step"), **spec)
     else:
         model = create(spec.pop("name"), **spec)
     model.load_state_dict(state["model"])

@@ -5,9 +5,10 @@ unevenness. Rathi et al. (ICLR 2020) start spike-based training from the convert
 instead of from scratch. :func:`snn_from_ann` builds that starting point: the zoo model with
 LIF neurons, the ANN's weights (BatchNorm kept as layers, so it can keep learning), and in
 place of each activation the converter's own neuron — threshold θ (per layer or per channel),
-reset, v(0), leak 1, emitting θ·s — given a surrogate gradient, so that before any training
-the SNN computes exactly what ``sf.convert`` gives (tested), and BPTT then adapts weights to
-the few steps available.
+reset, v(0), leak 1, emitting θ·s — given a surrogate gradient, and in place of each max-pool
+the converter's rate-coded :class:`~spikeforge.neurons.SpikingMaxPool`, so that before any
+training the SNN computes exactly what ``sf.convert`` gives (tested), and BPTT then adapts
+weights to the few steps available.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def snn_from_ann(ann: nn.Module, calibration: Iterable[Any] | None,
     training = {k: v for k, v in (neuron or {}).items() if k in TRAINING_SETTINGS}
     options = {k: v for k, v in spec.items()
                if k not in ("name", "activation", "activation_options")}
-    snn = create_snn(spec["name"], timesteps, encoder, neuron=training, **options)
+    snn = create_snn(spec["name"], timesteps, encoder, neuron=training, max_pool="cumulative",
+                     **options).to(next(ann.parameters()))  # the ANN's dtype and device
     missing, _ = snn.net.load_state_dict(ann.state_dict(), strict=False)
     neuron_state = {f"{name}.{key}" for name, m in snn.net.named_modules()
                     if isinstance(m, SpikingNeuron) for key in ("threshold", "_extra_state")}
@@ -76,4 +78,4 @@ def snn_from_ann(ann: nn.Module, calibration: Iterable[Any] | None,
         # the converter's neuron (named after its activation node, see to_spiking) as a
         # checkpoint restores it: θ and its settings; the training settings stay
         own.load_state_dict(converted_neurons[f"spike_{node}"].state_dict())
-    return snn.to(next(ann.parameters()).device)
+    return snn
