@@ -29,6 +29,7 @@ counts B·H·W values instead of T·B·H·W, a relative difference below 1/(B·H
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -72,6 +73,16 @@ def readout_scores(y: Tensor, kind: str = "mean", leak: float = 1.0,
     scale = 1 / (threshold * steps)
     through = y.sum(0) * scale  # the gradient's path
     return through + ((y * (decay - 1)).sum(0) * scale).detach()
+
+
+def replace_layers(net: nn.Module, kind: type[nn.Module] | tuple[type[nn.Module], ...],
+                   make: Callable[[nn.Module], nn.Module]) -> None:
+    """Replace, in place, every submodule of ``net`` that is a ``kind`` by ``make(it)`` (the
+    replacements themselves are not searched)."""
+    for module in list(net.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, kind):
+                setattr(module, child_name, make(child))
 
 
 #: layers that treat each row (image) on its own, up to BN's batch statistics, which T
@@ -131,10 +142,7 @@ class SpikingModel(nn.Module):
             raise ValueError(f"unknown readout {readout!r}; valid: {', '.join(READOUTS)}")
         self.readout, self.readout_leak = readout, float(readout_leak)
         self.readout_threshold = float(readout_threshold)
-        for module in list(net.modules()):
-            for child_name, child in list(module.named_children()):
-                if isinstance(child, nn.Dropout):
-                    setattr(module, child_name, TimeDropout(child.p))
+        replace_layers(net, nn.Dropout, lambda dropout: TimeDropout(dropout.p))
         self.net, self.encoder = net, encoder
         self._input_neuron = input_neuron(net) if encoder == "direct" else None
         if self._input_neuron is not None:
@@ -229,17 +237,13 @@ def create_snn(name: str, timesteps: int, encoder: str = "direct", num_classes: 
     if pool_threshold is not None:
         pool_neuron = {k: v for k, v in neuron.items()
                        if k in TRAINING_SETTINGS and k != "grad_scale"}
-        for module in list(net.modules()):
-            for child_name, child in list(module.named_children()):
-                if isinstance(child, nn.AvgPool2d):
-                    setattr(module, child_name, nn.Sequential(
-                        child, LIF(pool_threshold, leak=1.0, reset="zero",
-                                   grad_scale=pool_grad, **pool_neuron)))
+        replace_layers(net, nn.AvgPool2d, lambda pool: nn.Sequential(
+            pool, LIF(pool_threshold, leak=1.0, reset="zero", grad_scale=pool_grad,
+                      **pool_neuron)))
     if max_pool == "cumulative":
-        for module in list(net.modules()):
-            for child_name, child in list(module.named_children()):
-                if isinstance(child, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
-                    setattr(module, child_name, SpikingMaxPool(child))
+        from spikeforge.convert.graph import MAX_POOL_MODULES  # the pools the converter replaces
+
+        replace_layers(net, MAX_POOL_MODULES, SpikingMaxPool)
     model = SpikingModel(net, timesteps, encoder, readout, neuron.get("leak", 1.0),
                          neuron.get("threshold", 1.0))
     model.spikeforge_spec = {**net.spikeforge_spec, "snn": {
