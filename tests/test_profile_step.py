@@ -19,6 +19,7 @@ def test_backward_work_is_charged_to_the_layer_whose_forward_made_it():
     profile_step.label_layers(net)
     x = torch.randn(256, 512)
     net(x).square().sum().backward()  # warm-up: the first backward's start-up is not the loss's
+    net.zero_grad()
     with torch.profiler.profile() as prof:
         net(x).square().sum().backward()
     seconds = profile_step.attribute(prof.events())
