@@ -21,9 +21,18 @@ from spikeforge.neurons import SpikingMaxPool
 from spikeforge.nn import CSQCFS, QCFS
 from spikeforge.runtime import native_bf16
 from spikeforge.train import TrainConfig, fit, load_checkpoint, load_model
+from spikeforge.train.build import set_norm_momentum
 from spikeforge.train.checkpoint import save_checkpoint
-from spikeforge.train.loop import _amp, base_lr, build_optimizer, build_scheduler, lr_factor
+from spikeforge.train.loop import (
+    _amp,
+    base_lr,
+    build_optimizer,
+    build_scheduler,
+    frozen_parameters,
+    lr_factor,
+)
 from spikeforge.train.recipe import (
+    Lookahead,
     WeightAverage,
     dirac_init,
     first_conv,
@@ -124,6 +133,35 @@ def test_weight_average_follows_its_equation_and_resumes():
         WeightAverage(model, decay=1.0)
 
 
+def test_lookahead_follows_its_equation_and_pulls_the_weights_back():
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    lookahead = Lookahead(total=12, every=2, decay=0.9, power=3.0, start=4)
+    slow, fast = None, None
+    for n in range(1, 13):
+        with torch.no_grad():
+            model[0].weight.add_(float(n))  # an optimizer step
+            model[1].running_mean.add_(1.0)
+        fast = model[0].weight.detach().clone()
+        lookahead.update(model)
+        if n < 4 or n % 2:  # no update: the model keeps its step
+            torch.testing.assert_close(model[0].weight, fast)
+        elif slow is None:  # the first update takes the slow weights
+            slow = fast
+        else:
+            d = 0.9 ** 2 * (n / 12) ** 3
+            slow = d * slow + (1 - d) * fast
+            torch.testing.assert_close(model[0].weight, slow)
+    assert model[1].num_batches_tracked == 0  # integer buffers are not averaged
+    with torch.no_grad():
+        model[0].weight.add_(5.0)
+    lookahead.sync(model)
+    torch.testing.assert_close(model[0].weight, slow)
+    restored = Lookahead(total=12, every=2, decay=0.9, start=4)
+    restored.load_state_dict(lookahead.state_dict())
+    assert restored.steps == 12
+    torch.testing.assert_close(restored.slow["0.weight"], slow)
+
+
 def test_weight_average_of_a_spiking_network_averages_its_weights():
     """A directly trained SNN's state holds its neurons' settings (extra state, not tensors)
     beside the weights: the average keeps them and averages the weights."""
@@ -161,16 +199,20 @@ def test_alternating_flips_mirror_each_image_every_other_epoch():
         Augment(hflip="alternate")(plain[:2], torch.Generator())
 
 
-def test_translations_stay_within_the_padding():
+@pytest.mark.parametrize("pad_mode", ["zeros", "reflect"])
+def test_translations_stay_within_the_padding(pad_mode):
     train = load_dataset("mnist_demo", "train").subset(64, seed=0)
-    raw = train.images.float()
-    x = Augment(crop_padding=2, hflip="alternate")(
+    raw = train.images.float() + torch.arange(28.0)  # a border that differs from its mirror
+    x = Augment(crop_padding=2, hflip="alternate", pad_mode=pad_mode)(
         raw, torch.Generator().manual_seed(0), torch.zeros(64, dtype=torch.bool))
-    padded = F.pad(raw, (2, 2, 2, 2))
+    padded = F.pad(raw, (2, 2, 2, 2), mode="constant" if pad_mode == "zeros" else "reflect")
+    seen = set()
     for i in range(64):
         offsets = [(dy, dx) for dy in range(5) for dx in range(5)
                    if torch.equal(padded[i, :, dy:dy + 28, dx:dx + 28], x[i])]
-        assert offsets, f"image {i} is not a translation by at most 2 px"
+        assert len(offsets) == 1, f"image {i} is not a translation by at most 2 px"
+        seen.update(offsets)
+    assert len(seen) > 15  # of the 25 offsets
 
 
 def test_linear_schedule_and_batch_scaled_lr():
@@ -178,6 +220,13 @@ def test_linear_schedule_and_batch_scaled_lr():
     assert lr_factor(19, 100, 20, "linear") == pytest.approx(1.0)
     assert lr_factor(60, 100, 20, "linear") == pytest.approx(0.5)
     assert lr_factor(100, 100, 20, "linear") == pytest.approx(0.0)
+    # airbench's triangle: 0.2 -> 1 over the warm-up, then -> 0.07 at the last step
+    assert lr_factor(0, 100, 20, "linear", start=0.2, end=0.07) == pytest.approx(0.2)
+    assert lr_factor(10, 100, 20, "linear", start=0.2, end=0.07) == pytest.approx(0.6)
+    assert lr_factor(20, 100, 20, "linear", start=0.2, end=0.07) == pytest.approx(1.0)
+    assert lr_factor(60, 100, 20, "linear", start=0.2, end=0.07) == pytest.approx(0.535)
+    assert lr_factor(100, 100, 20, "linear", start=0.2, end=0.07) == pytest.approx(0.07)
+    assert lr_factor(100, 100, 20, "cosine", end=0.1) == pytest.approx(0.1)
     cfg = TrainConfig().optim
     cfg.lr, cfg.reference_batch_size = 0.4, 512
     assert base_lr(cfg, 1024) == pytest.approx(0.8)
@@ -233,6 +282,22 @@ def test_frozen_batch_norm_scales_stay_at_their_value_while_biases_learn():
     assert all(not torch.equal(m.bias, b) for m, b in zip(norms, biases, strict=True))
     with pytest.raises(ConfigError, match="optim.norm_weight_lr_scale"):
         from_dict(TrainConfig, {"optim": {"norm_weight_lr_scale": -1}}).validate()
+
+
+def test_norm_momentum_sets_the_running_statistics_update():
+    torch.manual_seed(0)
+    model = create("cifarnet", widths=(8, 16, 16), in_channels=1, num_classes=10)
+    set_norm_momentum(model, 0.4)
+    x, _ = next(iter(BatchLoader(load_dataset("mnist_demo", "train").subset(32, seed=0), 32)))
+    features = model.features[:3]  # whitening conv, its activation, the first block's conv
+    bn = model.features[3]
+    model.train()(x)
+    # r <- (1 - m) r + m x̄ from r = 0, m = 0.4: airbench's 0.6 in its own convention
+    torch.testing.assert_close(bn.running_mean, 0.4 * features(x).mean((0, 2, 3)))
+    assert all(m.momentum == 0.4 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    for key, value in (("norm_momentum", 1.5), ("lr_start", -0.1), ("lr_end", 2.0)):
+        with pytest.raises(ConfigError, match=f"optim.{key}"):
+            from_dict(TrainConfig, {"optim": {key: value}}).validate()
 
 
 def test_bf16_only_where_the_cpu_does_it_natively(monkeypatch):
@@ -292,6 +357,36 @@ def test_recipe_trains_and_resumes_exactly(tmp_path, train_config, kill_and_resu
     for key in ("model", "trained_model"):
         for name, value in saved[key].items():
             torch.testing.assert_close(resumed[key][name], value, atol=0, rtol=0, msg=name)
+
+
+AIRBENCH_FORM = {  # RECIPE with airbench's remaining choices, the whitening bias never trained
+    **RECIPE,
+    "data": {**RECIPE["data"], "augment": {**RECIPE["data"]["augment"], "pad_mode": "reflect"}},
+    "optim": {**RECIPE["optim"], "ema": None, "lookahead_every": 5,
+              "lookahead_start_epochs": 0.5, "whiten_bias_epochs": 0, "lr_start": 0.2,
+              "lr_end": 0.07, "norm_momentum": 0.4},
+}
+
+
+def test_airbench_form_trains_freezes_the_whitening_bias_and_resumes_exactly(
+        tmp_path, train_config, kill_and_resume):
+    result = fit(train_config(tmp_path / "a", AIRBENCH_FORM))
+    assert result.test_accuracy > 30.0, result.history
+    saved = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    assert saved["lookahead"]["steps"] == 40
+    for name, value in saved["lookahead"]["slow"].items():  # the evaluated model is the slow one
+        torch.testing.assert_close(saved["model"][name], value, atol=0, rtol=0)
+    assert not saved["model"]["features.0.bias"].any()  # frozen at its initial zeros
+    kill_and_resume(train_config(tmp_path / "b", AIRBENCH_FORM), epoch=2)
+    resumed = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    for name, value in saved["model"].items():
+        torch.testing.assert_close(resumed["model"][name], value, atol=0, rtol=0, msg=name)
+    cfg = from_dict(TrainConfig, {"model": {"whiten": True}, "optim": {"whiten_bias_epochs": 3}})
+    model = create("cifarnet", widths=(8, 16, 16), in_channels=1, num_classes=10)
+    assert frozen_parameters(model, cfg, 2) == []
+    assert frozen_parameters(model, cfg, 3) == [model.features[0].bias]
+    with pytest.raises(ConfigError, match="exclude each other"):
+        from_dict(TrainConfig, {"optim": {"ema": 0.9, "lookahead_every": 5}}).validate()
 
 
 def _quantized(pool: str, head_scale: float = 1.0, head_pool: str = "avg") -> nn.Module:

@@ -21,11 +21,13 @@ from spikeforge.data.dataset import ImageDataset
 
 @dataclass
 class Augment:
-    """Random batch augmentation: crop after zero padding, horizontal flip, cutout.
+    """Random batch augmentation: crop after padding, horizontal flip, cutout.
 
     Attributes:
-        crop_padding: pad each side by this many zero pixels, then crop back to the original
-            size at a random offset (0 = off).
+        crop_padding: pad each side by this many pixels, then crop back to the original
+            size at a random offset (0 = off): a translation by up to ± this many pixels.
+        pad_mode: what the padding holds: ``"zeros"`` (black pixels) or ``"reflect"``
+            (the image mirrored at its border, without repeating the edge; airbench).
         hflip: mirror each image left-right with probability 1/2 (``True``), or
             ``"alternate"``: derandomised flips (airbench, Jordan 2024) — each image is
             mirrored in every other epoch, starting in epoch 0 or 1 at random, so that over
@@ -38,10 +40,13 @@ class Augment:
     crop_padding: int = 0
     hflip: bool | Literal["alternate"] = False
     cutout: int = 0
+    pad_mode: Literal["zeros", "reflect"] = "zeros"
 
     def __post_init__(self) -> None:
         if self.crop_padding < 0 or self.cutout < 0:
             raise ValueError(f"crop_padding and cutout must be >= 0, got {self}")
+        if self.pad_mode not in ("zeros", "reflect"):
+            raise ValueError(f"pad_mode must be 'zeros' or 'reflect', got {self.pad_mode!r}")
         if self.hflip not in (True, False, "alternate"):
             raise ValueError(f"hflip must be true, false or 'alternate', got {self.hflip!r}")
 
@@ -74,7 +79,11 @@ class Augment:
                         else flip.view(b, 1).to(generator.device))
                 cols = torch.where(flip, cols.flip(1), cols)
             rows, cols = rows.to(x.device), cols.to(x.device)
-            source = F.pad(x, (p, p, p, p)) if p else x
+            source = x
+            if p and self.pad_mode == "reflect":  # padded index i is pixel |i − p| mirrored
+                rows, cols = _reflect(rows - p, h), _reflect(cols - p, w)
+            elif p:
+                source = F.pad(x, (p, p, p, p))
             batch = torch.arange(b, device=x.device).view(b, 1, 1, 1)
             channel = torch.arange(c, device=x.device).view(1, c, 1, 1)
             x = source[batch, channel, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
@@ -89,6 +98,13 @@ class Augment:
             mask = inside_y[:, None, :, None] & inside_x[:, None, None, :]
             x = x.masked_fill(mask.to(x.device), 0)
         return x
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices in [−size + 1, 2·size − 2] mirrored into [0, size) without repeating the
+    border pixel (``F.pad(..., mode="reflect")``)."""
+    index = index.abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
 
 
 def alternating_flips(coins: torch.Tensor, epoch: int) -> torch.Tensor:

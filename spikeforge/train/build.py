@@ -19,7 +19,7 @@ from spikeforge.train.checkpoint import load_model
 from spikeforge.train.config import TrainConfig
 from spikeforge.train.recipe import dirac_init, first_conv, whiten_first_conv
 
-__all__ = ["build_model", "freeze_whitening", "initialise", "load_data"]
+__all__ = ["build_model", "freeze_whitening", "initialise", "load_data", "set_norm_momentum"]
 
 
 def load_data(cfg: TrainConfig) -> tuple[ImageDataset, ImageDataset]:
@@ -84,3 +84,14 @@ def freeze_whitening(model: nn.Module, cfg: TrainConfig) -> None:
     ``requires_grad`` is not saved in a checkpoint)."""
     if cfg.model.whiten:
         first_conv(model).weight.requires_grad_(False)
+
+
+def set_norm_momentum(model: nn.Module, momentum: float | None) -> None:
+    """Every batch norm's running statistics follow r ← (1 − m)·r + m·x̄ with m = ``momentum``
+    (``optim.norm_momentum``; None keeps the layers' own). Not part of a checkpoint, so
+    set on every (re)start."""
+    if momentum is None:
+        return
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum

@@ -18,6 +18,7 @@ class AugmentConfig:
     crop_padding: int = 0
     hflip: bool | Literal["alternate"] = False  # "alternate": derandomised flips (airbench)
     cutout: int = 0
+    pad_mode: Literal["zeros", "reflect"] = "zeros"  # what crop_padding pads with
 
 
 @dataclass
@@ -64,8 +65,12 @@ class OptimConfig:
     norm_weight_lr_scale: float = 1.0
     epochs: int = 10
     warmup_epochs: float = 0.0
-    # after the linear warm-up: cosine or linear decay to 0, or constant
+    # after the linear warm-up: cosine or linear decay to lr_end, or constant
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    # the schedule's first and last factor of the peak lr (airbench: 0.2 and 0.07); null
+    # lr_start: 1 / warm-up steps
+    lr_start: float | None = None
+    lr_end: float = 0.0
     label_smoothing: float = 0.0
     # training loss: cross-entropy, or mse = Σ_c (out_c − 1[c = label])² averaged over the batch
     # (Lee et al. 2020, whose readout is trained towards one-hot targets)
@@ -76,6 +81,18 @@ class OptimConfig:
     reference_batch_size: int | None = None
     # exponential moving average of the weights, evaluated and saved (null: off)
     ema: float | None = None
+    # Lookahead (airbench's form, spikeforge.train.recipe.Lookahead): slow weights updated
+    # every lookahead_every steps (null: off) from lookahead_start_epochs on, with decay
+    # lookahead_decay^every · (step / total)^3; evaluated and saved
+    lookahead_every: int | None = None
+    lookahead_decay: float = 0.95
+    lookahead_start_epochs: float = 0.0
+    # with model.whiten: the whitening conv's bias trains for this many epochs, then stays
+    # (airbench: 3); null: it trains throughout
+    whiten_bias_epochs: int | None = None
+    # momentum of the batch-norm running statistics, PyTorch's convention (new-value weight;
+    # airbench: 0.4); null: the layers' own (0.1)
+    norm_momentum: float | None = None
 
 
 @dataclass
@@ -154,6 +171,20 @@ class TrainConfig:
         if self.optim.ema is not None and not 0.0 < self.optim.ema < 1.0:
             raise ConfigError(f"config key {prefix + 'optim.ema'!r} must be in (0, 1) or null, "
                               f"got {self.optim.ema!r}")
+        if self.optim.lookahead_every is not None:
+            if self.optim.ema is not None:
+                raise ConfigError(f"config keys {prefix + 'optim.ema'!r} and "
+                                  f"{prefix + 'optim.lookahead_every'!r} exclude each other: "
+                                  "both choose the weights that are evaluated; set one")
+            if self.optim.lookahead_every < 1:
+                raise ConfigError(f"config key {prefix + 'optim.lookahead_every'!r} must be "
+                                  f">= 1 or null, got {self.optim.lookahead_every!r}")
+        unit = [("optim.lr_start", self.optim.lr_start), ("optim.lr_end", self.optim.lr_end),
+                ("optim.norm_momentum", self.optim.norm_momentum),
+                ("optim.lookahead_decay", self.optim.lookahead_decay)]
+        for key, value in unit:
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ConfigError(f"config key {prefix + key!r} must be in [0, 1], got {value!r}")
         if self.run.checkpoint_minutes < 0:
             raise ConfigError(f"config key {prefix + 'run.checkpoint_minutes'!r} must be >= 0 "
                               f"(0: only after each epoch), got {self.run.checkpoint_minutes!r}")

@@ -46,10 +46,16 @@ from spikeforge.runtime import (
     write_jsonl,
 )
 from spikeforge.train import distributed
-from spikeforge.train.build import build_model, freeze_whitening, initialise, load_data
+from spikeforge.train.build import (
+    build_model,
+    freeze_whitening,
+    initialise,
+    load_data,
+    set_norm_momentum,
+)
 from spikeforge.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from spikeforge.train.config import OptimConfig, TrainConfig
-from spikeforge.train.recipe import WeightAverage, flip_averaged
+from spikeforge.train.recipe import Lookahead, WeightAverage, first_conv, flip_averaged
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -157,22 +163,26 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float | None = None
     return torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str,
+              start: float | None = None, end: float = 0.0) -> float:
     """Multiplier of the base learning rate at optimizer step ``step`` (0-based).
 
-    Linear warm-up from 1/warmup to 1 over ``warmup_steps``, then constant, cosine decay to 0
-    at ``total_steps``, f = ½(1 + cos(π p)) (Loshchilov & Hutter 2017), or linear decay to 0,
-    f = 1 − p (with the warm-up: the triangular schedule of fast CIFAR training), where
-    p = (s − w)/(S − w).
+    Linear warm-up over ``warmup_steps`` from ``start`` (default 1/warmup_steps) to 1, then
+    constant, cosine decay to ``end``, f = e + (1 − e)·½(1 + cos(π p)) (Loshchilov & Hutter
+    2017), or linear decay to ``end``, f = 1 − (1 − e)·p (with the warm-up: the triangular
+    schedule of fast CIFAR training; airbench: start 0.2, end 0.07, warm-up 23% of the steps),
+    where p = (s − w)/(S − w).
     """
     if step < warmup_steps:
-        return (step + 1) / warmup_steps
+        if start is None:
+            return (step + 1) / warmup_steps
+        return start + (1.0 - start) * step / warmup_steps
     if schedule == "constant":
         return 1.0
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     if schedule == "linear":
-        return 1.0 - progress
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - (1.0 - end) * progress
+    return end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
@@ -180,7 +190,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
     total = cfg.epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total, warmup, cfg.schedule))
+        optimizer, lambda step: lr_factor(step, total, warmup, cfg.schedule, cfg.lr_start,
+                                          cfg.lr_end))
 
 
 def _apply_optim_config(optimizer: torch.optim.Optimizer,
@@ -290,12 +301,13 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                                                           and cfg.snn.init_from):
             initialise(model, cfg, train_set)  # a hybrid SNN has its ANN's weights
         freeze_whitening(model, cfg)
+        set_norm_momentum(model, cfg.optim.norm_momentum)
         memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
         model = model.to(memory_format=memory_format)
         aug = cfg.data.augment
         train_loader = BatchLoader(
             train_set, cfg.data.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
-            augment=Augment(aug.crop_padding, aug.hflip, aug.cutout),
+            augment=Augment(aug.crop_padding, aug.hflip, aug.cutout, aug.pad_mode),
             rank=ctx.rank, world_size=ctx.world_size, device=device,
             channels_last=cfg.run.channels_last)
         test_loader = BatchLoader(test_set, cfg.data.eval_batch_size, device=device,
@@ -307,6 +319,12 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         # gradients in float32 (SpikingNeuron upcasts), and spikes are exact in bf16
         autocast, scaler, precision = _amp(device, cfg.run.amp)
         average = WeightAverage(model, cfg.optim.ema) if cfg.optim.ema else None
+        steps = len(train_loader)
+        lookahead = (Lookahead(cfg.optim.epochs * steps, cfg.optim.lookahead_every,
+                               cfg.optim.lookahead_decay,
+                               start=round(cfg.optim.lookahead_start_epochs * steps))
+                     if cfg.optim.lookahead_every else None)
+        averages = [a for a in (average, lookahead) if a is not None]  # updated every step
         evaluated = average.model if average else model  # the model reported and saved
         history: list[dict[str, Any]] = []
         start_epoch = 0
@@ -319,6 +337,8 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             if average is not None:
                 average.load_state_dict({"model": saved["model"],
                                          "updates": saved.get("average_updates", 0)})
+            if lookahead is not None and saved.get("lookahead"):
+                lookahead.load_state_dict(saved["lookahead"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
             _apply_optim_config(optimizer, scheduler, cfg.optim, lr)
@@ -346,6 +366,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                                                    "average_updates": average.updates}
             save_checkpoint({
                 "model": evaluated.state_dict(), **averaged,
+                **({"lookahead": lookahead.state_dict()} if lookahead else {}),
                 "model_spec": model.spikeforge_spec,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "epoch": epochs_done, "history": history,
@@ -359,7 +380,9 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             done = _train_epoch(net, train_loader, optimizer, scheduler, scaler, autocast, cfg,
                                 epoch, ctx, progress,
                                 (lambda p, e=epoch: checkpoint(e, p)) if ctx.is_main else None,
-                                average)
+                                averages, frozen_parameters(model, cfg, epoch))
+            if lookahead is not None:
+                lookahead.sync(model)
             progress = EpochProgress()
             test_loss, test_acc = loss_and_accuracy(evaluated, test_loader, autocast)
             views = {}
@@ -427,10 +450,12 @@ def _train_epoch(net: nn.Module, loader: BatchLoader, optimizer: torch.optim.Opt
                  scheduler: Any, scaler: torch.amp.GradScaler, autocast: Any,
                  cfg: TrainConfig, epoch: int, ctx: distributed.DistContext,
                  start: EpochProgress, save: Callable[[EpochProgress], None] | None,
-                 average: WeightAverage | None = None) -> EpochProgress:
+                 averages: Iterable[WeightAverage | Lookahead] = (),
+                 frozen: Iterable[nn.Parameter] = ()) -> EpochProgress:
     """Train one epoch from ``start`` (a checkpoint's progress within it, or zeros); every
-    ``cfg.run.checkpoint_minutes`` hand the progress to ``save``; after every step update
-    ``average``. Returns the whole epoch's."""
+    ``cfg.run.checkpoint_minutes`` hand the progress to ``save``; keep the ``frozen``
+    parameters' gradients out of the step, and after every step update each of ``averages``
+    (the weight average, Lookahead). Returns the whole epoch's."""
     net.train()
     loss_sum = torch.tensor(start.loss_sum, dtype=torch.float64)
     correct = torch.tensor(start.correct, dtype=torch.int64)
@@ -462,13 +487,15 @@ def _train_epoch(net: nn.Module, loader: BatchLoader, optimizer: torch.optim.Opt
                 f"{cfg.run.out_dir}. Lower optim.lr or set optim.grad_clip.")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        for parameter in frozen:  # no gradient: SGD neither moves nor decays it
+            parameter.grad = None
         if cfg.optim.grad_clip:
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        if average is not None:
+        for average in averages:
             average.update(model_of(net))
         loss_sum += loss.detach().double().cpu() * y.numel()
         correct += (logits.detach().argmax(1) == y).sum().cpu()
@@ -488,6 +515,16 @@ def _train_epoch(net: nn.Module, loader: BatchLoader, optimizer: torch.optim.Opt
             save(so_far(step + 1))
             saved_at, last_save = f"epoch {epoch + 1}, step {step + 1}", time.perf_counter()
     return so_far(len(loader))
+
+
+def frozen_parameters(model: nn.Module, cfg: TrainConfig, epoch: int) -> list[nn.Parameter]:
+    """Parameters that do not train in ``epoch`` (0-based): with ``model.whiten`` and
+    ``optim.whiten_bias_epochs`` n, the whitening conv's bias from epoch n on (airbench: 3)."""
+    n = cfg.optim.whiten_bias_epochs
+    if not cfg.model.whiten or n is None or epoch < n:
+        return []
+    bias = first_conv(model).bias
+    return [bias] if bias is not None else []
 
 
 def model_of(net: nn.Module) -> nn.Module:

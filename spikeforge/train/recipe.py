@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["WeightAverage", "dirac_init", "first_conv", "flip_averaged", "patch_whitening",
-           "whiten_first_conv"]
+__all__ = ["Lookahead", "WeightAverage", "dirac_init", "first_conv", "flip_averaged",
+           "patch_whitening", "whiten_first_conv"]
 
 
 def patch_whitening(images: Tensor, kernel: int, eps: float = 5e-4) -> Tensor:
@@ -126,6 +126,68 @@ class WeightAverage:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.updates = int(state["updates"])
+
+
+class Lookahead:
+    """Lookahead (Zhang et al. 2019) as airbench uses it: slow weights θ̄ that every ``every``
+    optimizer steps, from step ``start`` on, move towards the model's weights θ and pull them
+    back, θ̄ ← d·θ̄ + (1 − d)·θ, θ ← θ̄, with a decay that grows over the run,
+    d = decay^every · (n / total)^power at step n (averaging little early and strongly at the
+    end); :meth:`sync` (after every epoch) sets θ ← θ̄ again, so the model that is evaluated
+    and saved is the slow one. Parameters and floating-point buffers (BN statistics) take
+    part.
+
+    Args:
+        total: the run's optimizer steps.
+        every: steps between updates. Default 5.
+        decay: per-step decay base. Default 0.95.
+        power: exponent of the ramp. Default 3.
+        start: the first step that may update (the slow weights are taken at the first
+            update; earlier steps train θ alone). Default 0.
+    """
+
+    def __init__(self, total: int, every: int = 5, decay: float = 0.95, power: float = 3.0,
+                 start: int = 0) -> None:
+        if every < 1 or total < 1 or not 0.0 < decay <= 1.0:
+            raise ValueError(f"Lookahead needs every >= 1, total >= 1 and decay in (0, 1], "
+                             f"got every={every}, total={total}, decay={decay}")
+        self.total, self.every, self.decay, self.power, self.start = (
+            total, every, decay, power, start)
+        self.steps = 0
+        self.slow: dict[str, Tensor] | None = None
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Call after every optimizer step."""
+        self.steps += 1
+        if self.steps < self.start or self.steps % self.every:
+            return
+        current = _floating(model)
+        if self.slow is None:
+            self.slow = {name: value.detach().clone() for name, value in current.items()}
+            return
+        d = self.decay ** self.every * (self.steps / self.total) ** self.power
+        for name, slow in self.slow.items():
+            slow.lerp_(current[name], 1.0 - d)
+            current[name].copy_(slow)
+
+    @torch.no_grad()
+    def sync(self, model: nn.Module) -> None:
+        """θ ← θ̄ (nothing before the first update)."""
+        if self.slow is not None:
+            current = _floating(model)
+            for name, slow in self.slow.items():
+                current[name].copy_(slow)
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "slow": self.slow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps, self.slow = int(state["steps"]), state["slow"]
+
+
+def _floating(model: nn.Module) -> dict[str, Tensor]:
+    return {name: value for name, value in _tensors(model) if value.is_floating_point()}
 
 
 def _tensors(model: nn.Module):
