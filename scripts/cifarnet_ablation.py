@@ -32,10 +32,9 @@ def gelu(channels: int) -> nn.Module:
     return nn.GELU()
 
 
-@functools.wraps(cifarnet_module.cifarnet)
-def cifarnet_poolfirst(**options) -> nn.Module:
-    """cifarnet with each [conv, BN, act, pool] run reordered to [conv, pool, BN, act]."""
-    model = cifarnet_module.cifarnet(**options)
+def pool_first(model: nn.Module) -> nn.Module:
+    """``model`` with each [conv, BN, act, pool] run of ``model.features`` reordered to
+    [conv, pool, BN, act] (the same modules)."""
     layers, reordered, i = list(model.features), [], 0
     while i < len(layers):
         run = layers[i:i + 4]
@@ -48,6 +47,12 @@ def cifarnet_poolfirst(**options) -> nn.Module:
             i += 1
     model.features = nn.Sequential(*reordered)
     return model
+
+
+@functools.wraps(cifarnet_module.cifarnet)
+def cifarnet_poolfirst(**options) -> nn.Module:
+    """cifarnet in airbench's block order (:func:`pool_first`)."""
+    return pool_first(cifarnet_module.cifarnet(**options))
 
 
 if __name__ == "__main__":

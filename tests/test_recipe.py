@@ -4,6 +4,7 @@ cifarnet that uses them."""
 
 from __future__ import annotations
 
+import copy
 import json
 import operator
 
@@ -471,3 +472,33 @@ def test_hybrid_cifarnet_starts_as_its_conversion_and_keeps_its_max_pools(tmp_pa
     hybrid(x).square().sum().backward()  # BPTT runs through the rate-coded max-pools
     convs = [m for m in hybrid.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in convs)
+
+
+def test_ablation_script_pool_first_cifarnet_is_the_same_function_after_training():
+    """scripts/cifarnet_ablation.py's block order conv → max-pool → BN → act equals
+    conv → BN → act → max-pool in eval mode when the BN scales are positive."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "cifarnet_ablation.py"
+    spec = importlib.util.spec_from_file_location("cifarnet_ablation", path)
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    torch.manual_seed(0)
+    options = {"num_classes": 10, "in_channels": 3, "activation": "relu", "pool": "max",
+               "widths": (8, 16, 16), "head_pool": "max"}
+    reference = create("cifarnet", **options).eval()
+    for module in reference.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_()
+    reordered = ablation.pool_first(copy.deepcopy(reference))
+    kinds = [type(m) for m in reordered.features]
+    assert kinds[2:6] == [nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, nn.ReLU]
+    assert kinds.count(nn.MaxPool2d) == 3
+    x = torch.randn(4, 3, 32, 32)
+    out = reordered.features(x)
+    torch.testing.assert_close(out, reference.features(x))
+    assert out.abs().sum() > 0
