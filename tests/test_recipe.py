@@ -22,14 +22,13 @@ from spikeforge.neurons import SpikingMaxPool
 from spikeforge.nn import CSQCFS, QCFS
 from spikeforge.runtime import native_bf16
 from spikeforge.train import TrainConfig, fit, load_checkpoint, load_model
-from spikeforge.train.build import set_norm_momentum
+from spikeforge.train.build import frozen_parameters, set_norm_momentum
 from spikeforge.train.checkpoint import save_checkpoint
 from spikeforge.train.loop import (
     _amp,
     base_lr,
     build_optimizer,
     build_scheduler,
-    frozen_parameters,
     lr_factor,
 )
 from spikeforge.train.recipe import (

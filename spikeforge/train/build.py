@@ -19,7 +19,8 @@ from spikeforge.train.checkpoint import load_model
 from spikeforge.train.config import TrainConfig
 from spikeforge.train.recipe import dirac_init, first_conv, whiten_first_conv
 
-__all__ = ["build_model", "freeze_whitening", "initialise", "load_data", "set_norm_momentum"]
+__all__ = ["build_model", "freeze_whitening", "frozen_parameters", "initialise", "load_data",
+           "set_norm_momentum"]
 
 
 def load_data(cfg: TrainConfig) -> tuple[ImageDataset, ImageDataset]:
@@ -84,6 +85,16 @@ def freeze_whitening(model: nn.Module, cfg: TrainConfig) -> None:
     ``requires_grad`` is not saved in a checkpoint)."""
     if cfg.model.whiten:
         first_conv(model).weight.requires_grad_(False)
+
+
+def frozen_parameters(model: nn.Module, cfg: TrainConfig, epoch: int) -> list[nn.Parameter]:
+    """Parameters that do not train in ``epoch`` (0-based): with ``model.whiten`` and
+    ``optim.whiten_bias_epochs`` n, the whitening conv's bias from epoch n on (airbench: 3)."""
+    n = cfg.optim.whiten_bias_epochs
+    if not cfg.model.whiten or n is None or epoch < n:
+        return []
+    bias = first_conv(model).bias
+    return [bias] if bias is not None else []
 
 
 def set_norm_momentum(model: nn.Module, momentum: float | None) -> None:

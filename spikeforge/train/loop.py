@@ -49,13 +49,14 @@ from spikeforge.train import distributed
 from spikeforge.train.build import (
     build_model,
     freeze_whitening,
+    frozen_parameters,
     initialise,
     load_data,
     set_norm_momentum,
 )
 from spikeforge.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from spikeforge.train.config import OptimConfig, TrainConfig
-from spikeforge.train.recipe import Lookahead, WeightAverage, first_conv, flip_averaged
+from spikeforge.train.recipe import Lookahead, WeightAverage, flip_averaged
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -515,16 +516,6 @@ def _train_epoch(net: nn.Module, loader: BatchLoader, optimizer: torch.optim.Opt
             save(so_far(step + 1))
             saved_at, last_save = f"epoch {epoch + 1}, step {step + 1}", time.perf_counter()
     return so_far(len(loader))
-
-
-def frozen_parameters(model: nn.Module, cfg: TrainConfig, epoch: int) -> list[nn.Parameter]:
-    """Parameters that do not train in ``epoch`` (0-based): with ``model.whiten`` and
-    ``optim.whiten_bias_epochs`` n, the whitening conv's bias from epoch n on (airbench: 3)."""
-    n = cfg.optim.whiten_bias_epochs
-    if not cfg.model.whiten or n is None or epoch < n:
-        return []
-    bias = first_conv(model).bias
-    return [bias] if bias is not None else []
 
 
 def model_of(net: nn.Module) -> nn.Module:
