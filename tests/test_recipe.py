@@ -308,6 +308,11 @@ def test_bf16_only_where_the_cpu_does_it_natively(monkeypatch):
     assert precision == "float32"
     with autocast:
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
+    with pytest.warns(UserWarning, match="run.amp='bfloat16'.*emulated"):
+        autocast, _, precision = _amp(cpu, "bfloat16")  # asked for: bf16 all the same
+    assert precision == "bfloat16"
+    with autocast:
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
     monkeypatch.setattr("spikeforge.train.loop.native_bf16", lambda device: True)
     autocast, scaler, precision = _amp(cpu, True)
     assert precision == "bfloat16" and not scaler.is_enabled()

@@ -102,7 +102,7 @@ def test_snn_trains_with_bf16_autocast_where_the_cpu_has_it(tmp_path, train_conf
     changes = {**CONFIG, "snn": {**CONFIG["snn"], "encoder": "direct", "timesteps": 2},
                "optim": {**CONFIG["optim"], "epochs": 1}}
     f32 = fit(train_config(tmp_path / "f32", {**changes, "run": {"amp": False}}))
-    monkeypatch.setattr(loop, "native_bf16", lambda device: True)
+    monkeypatch.setattr(loop, "native_bf16", lambda device: True)  # run.amp: true chooses it
     bf16 = fit(train_config(tmp_path / "bf16", changes))
     record = json.loads((tmp_path / "bf16" / "results.json").read_text())
     assert record["precision"] == "bfloat16"

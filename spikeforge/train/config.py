@@ -129,9 +129,11 @@ class RunConfig:
     out_dir: str = "runs/train"
     device: str = "auto"
     threads: int | None = None
-    # mixed precision: bf16 autocast on a CUDA GPU (fp16 where it lacks bf16) and on a CPU
-    # with native bf16 (AVX512-BF16 / AMX); float32 elsewhere
-    amp: bool = True
+    # mixed precision: true: bf16 autocast on a CUDA GPU (fp16 where it lacks bf16) and on a
+    # CPU with native bf16 (AVX512-BF16 / AMX), float32 elsewhere; "bfloat16": bf16 autocast on
+    # any device (emulated, several times slower, on other CPUs: the arithmetic of bf16
+    # hardware, to check its accuracy); false: float32
+    amp: bool | Literal["bfloat16"] = True
     channels_last: bool = True
     # true: a tqdm bar; false: a log line every 10% of an epoch; null: bar on a terminal only
     progress: bool | None = None

@@ -18,6 +18,7 @@ import itertools
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -212,14 +213,20 @@ def _apply_optim_config(optimizer: torch.optim.Optimizer,
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
-def _amp(device: torch.device, enabled: bool) -> tuple[Any, torch.amp.GradScaler, str]:
-    """Autocast context, grad scaler and the precision's name: bf16 where the device does it
-    in hardware (CUDA, or a CPU with AVX512-BF16 / AMX), fp16 with loss scaling on a GPU
-    without bf16, else float32 (a CPU that would emulate bf16 runs it slower than float32)."""
+def _amp(device: torch.device, amp: bool | str) -> tuple[Any, torch.amp.GradScaler, str]:
+    """Autocast context, grad scaler and the precision's name for ``run.amp``: with ``True``,
+    bf16 where the device does it in hardware (CUDA, or a CPU with AVX512-BF16 / AMX), fp16
+    with loss scaling on a GPU without bf16, else float32 (a CPU that would emulate bf16 runs
+    it slower than float32); with ``"bfloat16"``, bf16 on any CUDA or CPU device (a warning
+    where it is emulated); with ``False``, float32."""
     off = torch.amp.GradScaler("cuda", enabled=False)
-    if not enabled or device.type not in ("cuda", "cpu"):
+    if not amp or device.type not in ("cuda", "cpu"):
         return nullcontext(), off, "float32"
-    if native_bf16(device):
+    if amp == "bfloat16" or native_bf16(device):
+        if not native_bf16(device):
+            warnings.warn(f"run.amp='bfloat16' on a {device.type} without native bfloat16: "
+                          "it is emulated, several times slower than float32", UserWarning,
+                          stacklevel=2)
         return torch.autocast(device.type, dtype=torch.bfloat16), off, "bfloat16"
     if device.type == "cuda":
         return (torch.autocast("cuda", dtype=torch.float16),
