@@ -101,10 +101,16 @@ def test_lif_scan_matches_autograd_through_the_steps(surrogate, reset, detach_re
 @pytest.mark.parametrize(("reset", "surrogate", "detach_reset"),
                          [("zero", "atan", False), ("subtract", "sigmoid", True),
                           ("zero", "lee", False)])
+@pytest.mark.parametrize("channels_last", [False, True])
 def test_compiled_lif_backward_matches_the_in_place_one(reset, surrogate, detach_reset,
-                                                         monkeypatch, no_compile_fallback):
+                                                         channels_last, monkeypatch,
+                                                         no_compile_fallback):
+    """Also for channels-last currents (the compiled loop runs in memory order) with a
+    per-channel θ and an incoming gradient in the other layout."""
     gen = torch.Generator().manual_seed(1)
     z = torch.randn(5, 3, 4, 3, 3, generator=gen, dtype=torch.float64) * 0.8 + 0.4
+    if channels_last:  # (T, B, C, H, W) with (T, B, H, W, C) in memory
+        z = z.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
     theta = torch.tensor([0.7, 1.0, 1.3, 2.0], dtype=torch.float64).view(4, 1, 1)
     weights = torch.randn(5, 3, 4, 3, 3, generator=gen, dtype=torch.float64)
     grads = []

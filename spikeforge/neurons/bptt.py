@@ -86,10 +86,26 @@ class _LIFScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor, _grad_fired: Tensor | None = None):
         membrane, fired, theta = ctx.saved_tensors
-        backward = _lif_backward_fused if compile_enabled() else _lif_backward
-        grad_z = backward(grad_out, membrane, fired, theta, ctx.leak, ctx.reset == "subtract",
-                          ctx.surrogate, ctx.width, ctx.detach_reset, ctx.unit_grad)
-        return grad_z, None, None, None, None, None, None, None, None
+        options = (ctx.leak, ctx.reset == "subtract", ctx.surrogate, ctx.width,
+                   ctx.detach_reset, ctx.unit_grad)
+        if not compile_enabled():
+            return _lif_backward(grad_out, membrane, fired, theta, *options), *(None,) * 8
+        # the compiled loop runs on every tensor viewed in memory order (contiguous, as a
+        # channels-last layer's are as (T, B, H, W, C)): inductor vectorises that, not the
+        # strided (T, B, C, H, W) view
+        order = _memory_order(membrane)
+        back = [order.index(d) for d in range(membrane.ndim)]
+        theta = theta.expand(membrane.shape[1:]).permute([d - 1 for d in order[1:]])
+        grad_z = _lif_backward_fused(grad_out.permute(order).contiguous(),
+                                     membrane.permute(order), fired.permute(order), theta,
+                                     *options)
+        return grad_z.permute(back), *(None,) * 8
+
+
+def _memory_order(x: Tensor) -> list[int]:
+    """The dims of ``x`` from the largest stride to the smallest, time first:
+    ``x.permute(order)`` is contiguous for a dense ``x`` in any memory format."""
+    return [0, *sorted(range(1, x.ndim), key=lambda d: -x.stride(d))]
 
 
 def _lee_scale(fired: Tensor, theta: Tensor, leak: float, surrogate: str, unit_grad: bool,
