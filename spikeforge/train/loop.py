@@ -222,8 +222,9 @@ def _amp(device: torch.device, amp: bool | str) -> tuple[Any, torch.amp.GradScal
     off = torch.amp.GradScaler("cuda", enabled=False)
     if not amp or device.type not in ("cuda", "cpu"):
         return nullcontext(), off, "float32"
-    if amp == "bfloat16" or native_bf16(device):
-        if not native_bf16(device):
+    native = native_bf16(device)
+    if amp == "bfloat16" or native:
+        if not native:
             warnings.warn(f"run.amp='bfloat16' on a {device.type} without native bfloat16: "
                           "it is emulated, several times slower than float32", UserWarning,
                           stacklevel=2)
