@@ -36,7 +36,7 @@ def main() -> int:
     parser.add_argument("config", help="a training config (YAML)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     parser.add_argument("--out-dir", type=Path, required=True,
-                        help="the runs go into OUT_DIR/float32 and OUT_DIR/bfloat16")
+                        help="each run goes into OUT_DIR/<its name in RUNS>")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
