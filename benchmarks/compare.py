@@ -23,7 +23,8 @@ A. Converted-SNN inference: IF neurons, reset by subtraction, v(0) = 0, direct i
    auto row repeats it and says so in ``same_as``).
 B. One BPTT training step of the same VGG with LIF neurons (leak 0.9, reset to zero, atan
    surrogate, θ = 1; weights ×3 so that every layer fires), T in {4, 8}, batch 32: forward,
-   cross-entropy on the mean readout, backward, SGD step.
+   cross-entropy on the mean readout, backward, SGD step. spikeforge runs its LIF layers on
+   the fused CPU kernels (``spikeforge``) and on the eager scan (``spikeforge-eager``).
 C. The dense ANN forward of the same network (channels-last, batch 64): the per-step floor;
    shown as images/s ÷ T beside the SNNs.
 
@@ -49,6 +50,7 @@ import argparse
 import copy
 import json
 import multiprocessing as mp
+import os
 import platform
 import resource
 import statistics
@@ -64,6 +66,7 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from spikeforge.neurons.native import NATIVE_ENV  # noqa: E402
 from spikeforge.runtime import (  # noqa: E402
     compile_enabled,
     keep_freed_memory,
@@ -76,7 +79,8 @@ PEERS = ("spikingjelly-m", "spikingjelly-s", "snntorch")
 PRECISION_OF = {"spikeforge": "float32", "spikeforge-bf16": "bf16", "spikeforge-int8": "int8",
                 "spikeforge-auto": "auto"}
 INFERENCE = (*PRECISION_OF, *PEERS, "ann")
-TRAINING = ("spikeforge", "spikingjelly-m", "snntorch")
+#: ``spikeforge-eager``: spikeforge without its fused LIF kernels (``SPIKEFORGE_NATIVE=0``)
+TRAINING = ("spikeforge", "spikeforge-eager", "spikingjelly-m", "snntorch")
 LIF = {"leak": 0.9, "threshold": 1.0}
 #: B scales the seeded weights so that every layer fires (4-21% of neurons per step, as in
 #: a trained network; with PyTorch's default init the deeper layers stay silent)
@@ -238,7 +242,7 @@ def training(impl: str, timesteps: int, batch: int) -> Case:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             m.weight.data.mul_(TRAINING_GAIN)
     layers = [LIF["threshold"] if isinstance(m, nn.ReLU) else m for m in ann.train()]
-    if impl == "spikeforge":
+    if impl.startswith("spikeforge"):
         net = SpikingModel(nn.Sequential(*[
             SfLIF(m, leak=LIF["leak"], reset="zero", surrogate="atan")
             if isinstance(m, float) else m for m in layers]), timesteps)
@@ -249,7 +253,7 @@ def training(impl: str, timesteps: int, batch: int) -> Case:
         forward = lambda x: peer_forward(net, impl, x, timesteps).mean(0)  # noqa: E731
     torch.manual_seed(2)
     x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    if impl == "spikeforge" and CHANNELS_LAST:  # as `spikeforge train` runs it (run.channels_last)
+    if impl.startswith("spikeforge") and CHANNELS_LAST:  # as `spikeforge train` (channels_last)
         net, x = net.to(memory_format=torch.channels_last), x.contiguous(
             memory_format=torch.channels_last)
     optimiser = torch.optim.SGD(net.parameters(), lr=0.01)
@@ -296,6 +300,8 @@ def _worker(conn, kind: str, bench: str, impl: str, timesteps: int, batch: int, 
     try:
         if keep_memory:
             keep_freed_memory()
+        if impl == "spikeforge-eager":
+            os.environ[NATIVE_ENV] = "0"
         torch.set_num_threads(threads)
         mode = torch.enable_grad if kind == "training" else torch.inference_mode
         with mode():

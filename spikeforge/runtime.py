@@ -229,7 +229,10 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
 def machine_info(device: torch.device | None = None) -> dict[str, Any]:
     """What ran a job: host, CPU count and vector instruction set (``"AVX2"``,
     ``"AVX512"``, ...: throughputs differ by 2x between them), torch version, device, threads
-    and whether :func:`compilable` functions were compiled."""
+    and whether :func:`compilable` functions were compiled and the fused LIF kernels built
+    (:func:`spikeforge.neurons.native.native_status`)."""
+    from spikeforge.neurons.native import native_status  # the neurons import this module
+
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
@@ -238,6 +241,7 @@ def machine_info(device: torch.device | None = None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "compile": compile_enabled(),
+        "native_lif": native_status(),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }

@@ -34,11 +34,15 @@ unscaled).
 
 Only m (in bfloat16 for float32 inputs, see ``SAVED_MEMBRANE``) and s (one byte) are kept for
 backward — autograd through a Python loop of step functions keeps several full-precision
-tensors per step.
+tensors per step. For float32 on a CPU both directions run as fused C++ loops
+(:mod:`spikeforge.neurons.native`; the ``sigmoid`` backward excepted), one pass over memory
+where the eager scan below makes several per step; elsewhere the eager scan runs, or with
+``SPIKEFORGE_COMPILE=1`` its backward through ``torch.compile`` (Triton on a GPU).
 """
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Literal
 
 import torch
@@ -50,6 +54,7 @@ from spikeforge.neurons.functional import (
     check_choice,
     check_params,
 )
+from spikeforge.neurons.native import lif_kernels
 from spikeforge.neurons.surrogate import _DERIVATIVES, check_surrogate, lee_factor
 from spikeforge.runtime import compilable, compile_enabled
 
@@ -72,11 +77,21 @@ class _LIFScan(torch.autograd.Function):
     def forward(ctx, z: Tensor, theta: Tensor, v0: Tensor, leak: float, reset: str,
                 surrogate: str, width: float | None, detach_reset: bool,
                 unit_grad: bool) -> Tensor:
+        kernels = _kernels_for(z)
+        if kernels is not None and not z.permute(_memory_order(z)).is_contiguous():
+            z = z.contiguous()  # not dense in any order (a slice): the kernels need it dense
         out = torch.empty_like(z)
         fired = torch.empty_like(z, dtype=torch.bool)  # same strides as z (channels-last)
         membrane = torch.empty_like(z, dtype=SAVED_MEMBRANE.get(z.dtype, z.dtype))
-        v = torch.empty_like(z[0]).copy_(v0.expand_as(z[0]))
-        binary_scan_into(z, v, theta, leak, reset, out, fired, membrane)
+        if kernels is not None:
+            order = _memory_order(z)
+            kernels.scan_forward(z.permute(order), _per_neuron(theta, z, order),
+                                 _per_neuron(v0, z, order).clone(), leak, reset == "subtract",
+                                 out.permute(order), fired.permute(order),
+                                 membrane.permute(order))
+        else:
+            v = torch.empty_like(z[0]).copy_(v0.expand_as(z[0]))
+            binary_scan_into(z, v, theta, leak, reset, out, fired, membrane)
         ctx.save_for_backward(membrane, fired, theta)
         ctx.leak, ctx.reset, ctx.surrogate, ctx.width = leak, reset, surrogate, width
         ctx.detach_reset, ctx.unit_grad = detach_reset, unit_grad
@@ -88,6 +103,11 @@ class _LIFScan(torch.autograd.Function):
         membrane, fired, theta = ctx.saved_tensors
         options = (ctx.leak, ctx.reset == "subtract", ctx.surrogate, ctx.width,
                    ctx.detach_reset, ctx.unit_grad)
+        kernels = _kernels_for(grad_out)
+        if (kernels is not None and membrane.dtype == torch.bfloat16
+                and ctx.surrogate in _KERNEL_SURROGATES):
+            return _lif_backward_native(kernels, grad_out, membrane, fired, theta,
+                                        *options), *(None,) * 8
         if not compile_enabled():
             return _lif_backward(grad_out, membrane, fired, theta, *options), *(None,) * 8
         # the compiled loop runs on every tensor viewed in memory order (contiguous, as a
@@ -100,6 +120,20 @@ class _LIFScan(torch.autograd.Function):
                                      membrane.permute(order), fired.permute(order), theta,
                                      *options)
         return grad_z.permute(back), *(None,) * 8
+
+
+def _kernels_for(x: Tensor) -> ModuleType | None:
+    """The fused kernels (:mod:`spikeforge.neurons.native`) if they run ``x``: float32 on a
+    CPU, where they are built."""
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        return None
+    return lif_kernels()
+
+
+def _per_neuron(x: Tensor, z: Tensor, order: list[int]) -> Tensor:
+    """``x`` (broadcastable to one step of ``z``) as one contiguous value per neuron, in the
+    memory order of ``z.permute(order)``'s steps."""
+    return x.expand(z.shape[1:]).permute([d - 1 for d in order[1:]]).contiguous()
 
 
 def _memory_order(x: Tensor) -> list[int]:
@@ -174,13 +208,37 @@ def _lif_backward(grad_out: Tensor, membrane: Tensor, fired: Tensor, theta: Tens
     return grad_z
 
 
+#: the surrogates the backward kernel computes, by its numbering (``enum Kind`` in
+#: ``lif_kernels.cpp``); ``sigmoid`` runs the eager backward
+_KERNEL_SURROGATES = {"atan": 0, "triangle": 1, "rectangle": 2, "lee": 3}
+
+
+def _lif_backward_native(kernels: ModuleType, grad_out: Tensor, membrane: Tensor,
+                         fired: Tensor, theta: Tensor, leak: float, subtract: bool,
+                         surrogate: str, width: float | None, detach_reset: bool,
+                         unit_grad: bool = False) -> Tensor:
+    """:func:`_lif_backward` by the fused kernel (float32 on a CPU, the membrane in
+    bfloat16): the same arithmetic in one pass over memory, equal to float rounding."""
+    order = _memory_order(membrane)
+    carry, detach_reset = _backward_options(leak, surrogate, detach_reset)
+    scale = _lee_scale(fired, theta, leak, surrogate, unit_grad, grad_out.dtype)
+    scale = theta.new_empty(0) if scale is None else _per_neuron(scale, membrane, order)
+    grad_z = torch.empty_like(membrane, dtype=grad_out.dtype)
+    kernels.scan_backward(grad_out.permute(order).contiguous(), membrane.permute(order),
+                          fired.permute(order), _per_neuron(theta, membrane, order), scale,
+                          carry, subtract, detach_reset, unit_grad,
+                          _KERNEL_SURROGATES[surrogate], width or 1.0, grad_z.permute(order))
+    return grad_z
+
+
 @compilable
 def _lif_backward_fused(grad_out: Tensor, membrane: Tensor, fired: Tensor, theta: Tensor,
                         leak: float, subtract: bool, surrogate: str, width: float | None,
                         detach_reset: bool, unit_grad: bool = False) -> Tensor:
     """:func:`_lif_backward` written out of place, the form ``torch.compile`` fuses into one
     loop over the neurons (writes into views of a buffer compile badly). Used with
-    ``SPIKEFORGE_COMPILE=1``; equal to float rounding (tested). ``benchmarks/compile_gain.py``
+    ``SPIKEFORGE_COMPILE=1`` where the fused kernels do not run (a GPU, float64, the
+    ``sigmoid`` surrogate); equal to float rounding (tested). ``benchmarks/compile_gain.py``
     measures what it gains."""
     lee_scale = _lee_scale(fired, theta, leak, surrogate, unit_grad, grad_out.dtype)
     carry, detach_reset = _backward_options(leak, surrogate, detach_reset)

@@ -1,0 +1,212 @@
+// The BPTT scan of spikeforge.neurons.bptt for float32 on a CPU, each direction one loop over
+// the neurons with the time loop inside: every input is read once and every output written
+// once, where the eager scan makes several passes over memory per step. The arithmetic is the
+// eager scan's, operation for operation (built with -ffp-contract=off, so no multiply-add is
+// fused): the forward gives the same spikes and membrane bit for bit, the backward the same
+// gradients to float rounding (ATen's addcmul may fuse a multiply-add).
+//
+// Tensors are (T, N) and contiguous: one step of N neurons in memory order (the Python side
+// permutes a channels-last (T, B, C, H, W) into (T, B, H, W, C)); theta, v and scale are (N).
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+// neurons per block: the block's state (v or ε, and θ) stays in L1 across the time loop
+constexpr int64_t BLOCK = 512;
+
+// float -> bfloat16 bits rounded to nearest even, and back (as torch converts finite values)
+inline uint16_t to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+inline float from_bf16(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// the surrogates with a kernel (sigmoid's exp does not vectorise without -ffast-math: it runs
+// the eager scan)
+enum Kind : int64_t { ATAN = 0, TRIANGLE = 1, RECTANGLE = 2, LEE = 3 };
+
+struct Surrogate {
+  float width, inv_w, a, b;  // a = π / 2w, b = 1 / 2w (atan)
+};
+
+// g(x) of spikeforge.neurons.surrogate, in the order its in-place chains compute it
+template <int64_t Kind>
+inline float surrogate(float x, const Surrogate& g) {
+  if constexpr (Kind == ATAN) {
+    float y = x * g.a;
+    y = y * y + 1.0f;
+    return (1.0f / y) * g.b;
+  } else if constexpr (Kind == TRIANGLE) {
+    return std::max(std::abs(x) * -g.inv_w + 1.0f, 0.0f) * g.inv_w;
+  } else {  // RECTANGLE
+    return static_cast<float>(std::abs(x) < g.width * 0.5f) * g.inv_w;
+  }
+}
+
+void check(const torch::Tensor& x, at::ScalarType dtype, int64_t numel, const char* name) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == dtype && x.is_contiguous() &&
+                  x.numel() == numel,
+              "lif_kernels: ", name, " must be a contiguous CPU tensor of ", numel, " ",
+              c10::toString(dtype), " values");
+}
+
+template <bool Subtract, bool Leaky>
+void forward_loop(int64_t T, int64_t N, const float* __restrict__ zp,
+                  const float* __restrict__ th, float* __restrict__ vp, float l,
+                  float* __restrict__ op, bool* __restrict__ fp, uint16_t* __restrict__ mp) {
+  at::parallel_for(0, N, BLOCK, [&](int64_t begin, int64_t end) {
+    for (int64_t b0 = begin; b0 < end; b0 += BLOCK) {
+      const int64_t b1 = std::min(end, b0 + BLOCK);
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t o = t * N;
+        for (int64_t n = b0; n < b1; ++n) {
+          const float m = (Leaky ? vp[n] * l : vp[n]) + zp[o + n];
+          const float theta_n = th[n];
+          const bool spike = m >= theta_n;
+          const float s = static_cast<float>(static_cast<int>(spike));
+          mp[o + n] = to_bf16(m);
+          op[o + n] = s;
+          fp[o + n] = spike;
+          // m − s·m of the eager scan is a select for finite m (a branch would not vectorise)
+          if constexpr (Subtract) {
+            vp[n] = m - s * theta_n;
+          } else {
+            vp[n] = spike ? 0.0f : m;
+          }
+        }
+      }
+    }
+  });
+}
+
+template <int64_t Kind, bool Subtract, bool Detach, bool Unit>
+void backward_loop(int64_t T, int64_t N, const float* __restrict__ gp,
+                   const uint16_t* __restrict__ mp, const uint8_t* __restrict__ fp,
+                   const float* __restrict__ th, const float* __restrict__ sc, float c,
+                   Surrogate g, float* __restrict__ dz) {
+  at::parallel_for(0, N, BLOCK, [&](int64_t begin, int64_t end) {
+    float eps[BLOCK];
+    for (int64_t b0 = begin; b0 < end; b0 += BLOCK) {
+      const int64_t len = std::min(end, b0 + BLOCK) - b0;
+      std::fill(eps, eps + len, 0.0f);
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const int64_t o = t * N + b0;
+        for (int64_t i = 0; i < len; ++i) {
+          const float theta_n = th[b0 + i];
+          const bool spike = fp[o + i] != 0;
+          const float s = spike ? 1.0f : 0.0f;
+          const float m = from_bf16(mp[o + i]);
+          float sigma;
+          if constexpr (Kind == LEE) {
+            sigma = s * sc[b0 + i];
+          } else {
+            const float inv = 1.0f / theta_n;
+            sigma = surrogate<Kind>((m - theta_n) * inv, g);
+            if constexpr (!Unit) sigma = sigma * inv;
+          }
+          float delta = gp[o + i];
+          if constexpr (!Detach) {
+            if constexpr (Subtract) {
+              delta = delta - eps[i] * theta_n;
+            } else {
+              delta = delta - eps[i] * m;
+            }
+          }
+          delta = delta * sigma;
+          float e = eps[i];
+          if constexpr (!Subtract) e = spike ? 0.0f : e;  // ε − s·ε
+          delta = delta + e;
+          dz[o + i] = delta;
+          eps[i] = delta * c;
+        }
+      }
+    }
+  });
+}
+
+using BackwardLoop = void (*)(int64_t, int64_t, const float*, const uint16_t*, const uint8_t*,
+                              const float*, const float*, float, Surrogate, float*);
+
+template <int64_t Kind>
+BackwardLoop backward_for(bool subtract, bool detach, bool unit) {
+  const int64_t i = subtract * 4 + detach * 2 + unit;
+  static const BackwardLoop loops[8] = {
+      backward_loop<Kind, false, false, false>, backward_loop<Kind, false, false, true>,
+      backward_loop<Kind, false, true, false>,  backward_loop<Kind, false, true, true>,
+      backward_loop<Kind, true, false, false>,  backward_loop<Kind, true, false, true>,
+      backward_loop<Kind, true, true, false>,   backward_loop<Kind, true, true, true>};
+  return loops[i];
+}
+
+}  // namespace
+
+// m(t) = l·v + z(t); s(t) = [m(t) >= θ]; v = m − θ s (subtract) or m − m s (zero).
+// Writes out (the spikes as floats), fired (as booleans), membrane (m in bfloat16); updates v.
+void scan_forward(const torch::Tensor& z, const torch::Tensor& theta, torch::Tensor& v,
+                  double leak, bool subtract, torch::Tensor& out, torch::Tensor& fired,
+                  torch::Tensor& membrane) {
+  const int64_t T = z.size(0), N = T ? z.numel() / T : 0;
+  check(z, at::kFloat, T * N, "z");
+  check(out, at::kFloat, T * N, "out");
+  check(fired, at::kBool, T * N, "fired");
+  check(membrane, at::kBFloat16, T * N, "membrane");
+  check(theta, at::kFloat, N, "theta");
+  check(v, at::kFloat, N, "v");
+  const bool leaky = leak != 1.0;
+  const auto loop = subtract ? (leaky ? forward_loop<true, true> : forward_loop<true, false>)
+                             : (leaky ? forward_loop<false, true> : forward_loop<false, false>);
+  loop(T, N, z.data_ptr<float>(), theta.data_ptr<float>(), v.data_ptr<float>(),
+       static_cast<float>(leak), out.data_ptr<float>(), fired.data_ptr<bool>(),
+       reinterpret_cast<uint16_t*>(membrane.data_ptr<at::BFloat16>()));
+}
+
+// ∂L/∂z from ∂L/∂s by the reverse recurrence of spikeforge.neurons.bptt (ε(T) = 0):
+//   σ = g((m − θ)/θ)/θ (no last /θ if unit), or s·scale (lee)
+//   δ = (∂L/∂s − ε·θ)·σ (subtract), (∂L/∂s − ε·m)·σ (zero), ∂L/∂s·σ (detach)
+//   ε ← ε − s·ε (zero);  δ ← δ + ε;  ε ← c·δ
+void scan_backward(const torch::Tensor& grad_out, const torch::Tensor& membrane,
+                   const torch::Tensor& fired, const torch::Tensor& theta,
+                   const torch::Tensor& scale, double carry, bool subtract, bool detach,
+                   bool unit, int64_t kind, double width, torch::Tensor& grad_z) {
+  const int64_t T = grad_out.size(0), N = T ? grad_out.numel() / T : 0;
+  check(grad_out, at::kFloat, T * N, "grad_out");
+  check(grad_z, at::kFloat, T * N, "grad_z");
+  check(membrane, at::kBFloat16, T * N, "membrane");
+  check(fired, at::kBool, T * N, "fired");
+  check(theta, at::kFloat, N, "theta");
+  TORCH_CHECK(kind >= ATAN && kind <= LEE, "lif_kernels: no kernel for surrogate ", kind);
+  if (kind == LEE) check(scale, at::kFloat, N, "scale");
+  const Surrogate g{static_cast<float>(width), static_cast<float>(1.0 / width),
+                    static_cast<float>(M_PI / (2.0 * width)), static_cast<float>(0.5 / width)};
+  const BackwardLoop loop =
+      kind == ATAN ? backward_for<ATAN>(subtract, detach, unit)
+      : kind == TRIANGLE ? backward_for<TRIANGLE>(subtract, detach, unit)
+      : kind == RECTANGLE ? backward_for<RECTANGLE>(subtract, detach, unit)
+                          : backward_for<LEE>(subtract, detach, unit);
+  loop(T, N, grad_out.data_ptr<float>(),
+       reinterpret_cast<const uint16_t*>(membrane.data_ptr<at::BFloat16>()),
+       reinterpret_cast<const uint8_t*>(fired.data_ptr<bool>()), theta.data_ptr<float>(),
+       kind == LEE ? scale.data_ptr<float>() : nullptr, static_cast<float>(carry), g,
+       grad_z.data_ptr<float>());
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("scan_forward", &scan_forward, "the binary LIF scan forward (see the source)");
+  module.def("scan_backward", &scan_backward, "its backward (see the source)");
+}

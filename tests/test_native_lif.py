@@ -1,0 +1,105 @@
+"""The fused CPU kernels of the BPTT scan against the eager scan they replace: the same spikes,
+membrane and state bit for bit, the same gradients to float rounding, in every neuron and
+surrogate setting and memory layout; and the fallback where they cannot be built."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from spikeforge.neurons import native
+from spikeforge.neurons.bptt import _LIFScan, lif_scan
+from spikeforge.neurons.surrogate import SURROGATES
+
+needs_compiler = pytest.mark.skipif(shutil.which("c++") is None,
+                                    reason="no C++ compiler to build the kernels with")
+
+
+def _currents(layout: str) -> torch.Tensor:
+    """(T, B, C, H, W) currents, float32, in a memory layout: dense NCHW steps, channels-last
+    steps, or a non-dense slice."""
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(7, 3, 5, 4, 6, generator=gen) * 0.8 + 0.35
+    if layout == "channels_last":
+        z = z.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    elif layout == "slice":
+        z = torch.cat([z, z], dim=-1)[..., ::2]
+    return z
+
+
+def _run(z: torch.Tensor, enabled: bool, monkeypatch, **options):
+    monkeypatch.setenv(native.NATIVE_ENV, "1" if enabled else "0")
+    zz = z.clone().requires_grad_(True)
+    theta = torch.tensor([0.6, 0.9, 1.0, 1.4, 2.0]).view(5, 1, 1)
+    s = lif_scan(zz, theta, initial=0.25, **options)
+    weights = torch.randn(s.shape, generator=torch.Generator().manual_seed(4))
+    (s * weights).sum().backward()
+    return s.detach(), s._spikeforge_bits, zz.grad
+
+
+@needs_compiler
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "slice"])
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+@pytest.mark.parametrize("surrogate", list(SURROGATES))
+def test_kernels_match_the_eager_scan(layout, reset, surrogate, monkeypatch):
+    assert native.lif_kernels() is not None, "the kernels did not build"
+    z = _currents(layout)
+    for leak, detach_reset, grad_scale in [(0.9, False, "threshold"), (1.0, True, "unit")]:
+        options = dict(leak=leak, reset=reset, surrogate=surrogate,
+                       detach_reset=detach_reset, grad_scale=grad_scale)
+        eager = _run(z, False, monkeypatch, **options)
+        fused = _run(z, True, monkeypatch, **options)
+        assert 0.05 < eager[0].mean() < 0.6  # neurons fire and stay silent
+        assert torch.equal(fused[0], eager[0]) and torch.equal(fused[1], eager[1])
+        assert fused[0].stride() == eager[0].stride() or layout == "slice"
+        assert fused[2].abs().sum() > 1
+        torch.testing.assert_close(fused[2], eager[2], rtol=1e-5, atol=1e-6)
+
+
+@needs_compiler
+def test_forward_kernel_keeps_the_eager_membrane_and_state(monkeypatch):
+    """What backward reads: the membrane in bfloat16 and the spikes as booleans."""
+    z = _currents("channels_last")
+    theta, v0 = torch.full((5, 1, 1), 0.8), torch.zeros(())
+    saved = []
+    for enabled in (False, True):
+        monkeypatch.setenv(native.NATIVE_ENV, "1" if enabled else "0")
+
+        class Ctx:  # what autograd's ctx receives
+            def save_for_backward(self, *tensors):
+                self.saved = tensors
+
+            def mark_non_differentiable(self, *tensors):
+                pass
+
+        ctx = Ctx()
+        _LIFScan.forward(ctx, z, theta, v0, 0.8, "subtract", "atan", 0.5, False, False)
+        saved.append(ctx.saved)
+    for eager, fused in zip(*saved, strict=True):
+        assert eager.dtype == fused.dtype and torch.equal(eager, fused)
+
+
+def test_fallback_when_the_kernels_cannot_be_built(monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("Error building extension: no compiler")
+
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(cpp_extension, "load", fail)
+    native._build.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="could not be built .*no compiler.*eager scan"):
+            assert native.lif_kernels() is None
+        assert native.native_status() == "failed"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # warned once, not at every call
+            z = _currents("contiguous").requires_grad_(True)
+            lif_scan(z, 1.0, leak=0.9).sum().backward()
+        assert z.grad.abs().sum() > 1
+    finally:
+        native._build.cache_clear()
+    monkeypatch.setenv(native.NATIVE_ENV, "0")
+    assert native.lif_kernels() is None and native.native_status() == "off"
