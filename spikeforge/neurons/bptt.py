@@ -85,8 +85,8 @@ class _LIFScan(torch.autograd.Function):
         membrane = torch.empty_like(z, dtype=SAVED_MEMBRANE.get(z.dtype, z.dtype))
         if kernels is not None:
             order = _memory_order(z)
-            kernels.scan_forward(z.permute(order), _per_neuron(theta, z, order),
-                                 _per_neuron(v0, z, order).clone(), leak, reset == "subtract",
+            kernels.scan_forward(z.permute(order), _repeating(theta, z, order),
+                                 _repeating(v0, z, order), leak, reset == "subtract",
                                  out.permute(order), fired.permute(order),
                                  membrane.permute(order))
         else:
@@ -134,6 +134,15 @@ def _per_neuron(x: Tensor, z: Tensor, order: list[int]) -> Tensor:
     """``x`` (broadcastable to one step of ``z``) as one contiguous value per neuron, in the
     memory order of ``z.permute(order)``'s steps."""
     return x.expand(z.shape[1:]).permute([d - 1 for d in order[1:]]).contiguous()
+
+
+def _repeating(x: Tensor, z: Tensor, order: list[int]) -> Tensor:
+    """The shortest contiguous run of values that, repeated, is :func:`_per_neuron`: the values
+    of ``x`` along the dims after its outermost broadcast ones (a per-channel θ of a
+    channels-last layer: its C values; a scalar: one value)."""
+    step = x.expand(z.shape[1:]).permute([d - 1 for d in order[1:]])
+    outer = next((d for d in range(step.ndim) if step.stride(d) != 0), step.ndim)
+    return step[(0,) * outer].contiguous()
 
 
 def _memory_order(x: Tensor) -> list[int]:
@@ -225,7 +234,7 @@ def _lif_backward_native(kernels: ModuleType, grad_out: Tensor, membrane: Tensor
     scale = theta.new_empty(0) if scale is None else _per_neuron(scale, membrane, order)
     grad_z = torch.empty_like(membrane, dtype=grad_out.dtype)
     kernels.scan_backward(grad_out.permute(order).contiguous(), membrane.permute(order),
-                          fired.permute(order), _per_neuron(theta, membrane, order), scale,
+                          fired.permute(order), _repeating(theta, membrane, order), scale,
                           carry, subtract, detach_reset, unit_grad,
                           _KERNEL_SURROGATES[surrogate], width or 1.0, grad_z.permute(order))
     return grad_z

@@ -6,7 +6,9 @@
 // gradients to float rounding (ATen's addcmul may fuse a multiply-add).
 //
 // Tensors are (T, N) and contiguous: one step of N neurons in memory order (the Python side
-// permutes a channels-last (T, B, C, H, W) into (T, B, H, W, C)); theta, v and scale are (N).
+// permutes a channels-last (T, B, C, H, W) into (T, B, H, W, C)); scale is (N); theta and v0
+// are the shortest run of values that repeats over a step (C values for a per-channel θ of a
+// channels-last layer, one for a scalar), read once per block of neurons.
 
 #include <torch/extension.h>
 
@@ -66,28 +68,47 @@ void check(const torch::Tensor& x, at::ScalarType dtype, int64_t numel, const ch
               c10::toString(dtype), " values");
 }
 
+// a per-neuron quantity as a run of values repeating over the N neurons of a step
+int64_t check_period(const torch::Tensor& x, int64_t N, const char* name) {
+  const int64_t period = x.numel();
+  TORCH_CHECK(period > 0 && N % period == 0, "lif_kernels: ", name, " has ", period,
+              " values, which do not repeat over a step of ", N, " neurons");
+  check(x, at::kFloat, period, name);
+  return period;
+}
+
+// dst[i] = src[(b0 + i) mod period], i < len: a block's values of a per-neuron quantity
+// given as the run of `period` values that repeats over a step (one per channel, say)
+inline void gather_block(const float* src, int64_t period, int64_t b0, int64_t len, float* dst) {
+  for (int64_t i = 0, j = b0 % period; i < len; ++i, j = j + 1 == period ? 0 : j + 1) {
+    dst[i] = src[j];
+  }
+}
+
 template <bool Subtract, bool Leaky>
-void forward_loop(int64_t T, int64_t N, const float* __restrict__ zp,
-                  const float* __restrict__ th, float* __restrict__ vp, float l,
+void forward_loop(int64_t T, int64_t N, const float* __restrict__ zp, const float* th,
+                  int64_t th_period, const float* v0, int64_t v0_period, float l,
                   float* __restrict__ op, bool* __restrict__ fp, uint16_t* __restrict__ mp) {
   at::parallel_for(0, N, BLOCK, [&](int64_t begin, int64_t end) {
+    float v[BLOCK], theta[BLOCK];
     for (int64_t b0 = begin; b0 < end; b0 += BLOCK) {
-      const int64_t b1 = std::min(end, b0 + BLOCK);
+      const int64_t len = std::min(end, b0 + BLOCK) - b0;
+      gather_block(th, th_period, b0, len, theta);
+      gather_block(v0, v0_period, b0, len, v);
       for (int64_t t = 0; t < T; ++t) {
-        const int64_t o = t * N;
-        for (int64_t n = b0; n < b1; ++n) {
-          const float m = (Leaky ? vp[n] * l : vp[n]) + zp[o + n];
-          const float theta_n = th[n];
-          const bool spike = m >= theta_n;
-          const float s = static_cast<float>(static_cast<int>(spike));
-          mp[o + n] = to_bf16(m);
-          op[o + n] = s;
-          fp[o + n] = spike;
+        const int64_t o = t * N + b0;
+        for (int64_t i = 0; i < len; ++i) {
+          const float m = (Leaky ? v[i] * l : v[i]) + zp[o + i];
+          const bool spike = m >= theta[i];
+          const float s = static_cast<float>(static_cast<int>(spike));  // GCC vectorises this form
+          mp[o + i] = to_bf16(m);
+          op[o + i] = s;
+          fp[o + i] = spike;
           // m − s·m of the eager scan is a select for finite m (a branch would not vectorise)
           if constexpr (Subtract) {
-            vp[n] = m - s * theta_n;
+            v[i] = m - s * theta[i];
           } else {
-            vp[n] = spike ? 0.0f : m;
+            v[i] = spike ? 0.0f : m;
           }
         }
       }
@@ -98,17 +119,18 @@ void forward_loop(int64_t T, int64_t N, const float* __restrict__ zp,
 template <int64_t Kind, bool Subtract, bool Detach, bool Unit>
 void backward_loop(int64_t T, int64_t N, const float* __restrict__ gp,
                    const uint16_t* __restrict__ mp, const uint8_t* __restrict__ fp,
-                   const float* __restrict__ th, const float* __restrict__ sc, float c,
+                   const float* th, int64_t th_period, const float* __restrict__ sc, float c,
                    Surrogate g, float* __restrict__ dz) {
   at::parallel_for(0, N, BLOCK, [&](int64_t begin, int64_t end) {
-    float eps[BLOCK];
+    float eps[BLOCK], theta[BLOCK];
     for (int64_t b0 = begin; b0 < end; b0 += BLOCK) {
       const int64_t len = std::min(end, b0 + BLOCK) - b0;
       std::fill(eps, eps + len, 0.0f);
+      gather_block(th, th_period, b0, len, theta);
       for (int64_t t = T - 1; t >= 0; --t) {
         const int64_t o = t * N + b0;
         for (int64_t i = 0; i < len; ++i) {
-          const float theta_n = th[b0 + i];
+          const float theta_n = theta[i];
           const bool spike = fp[o + i] != 0;
           const float s = spike ? 1.0f : 0.0f;
           const float m = from_bf16(mp[o + i]);
@@ -141,7 +163,7 @@ void backward_loop(int64_t T, int64_t N, const float* __restrict__ gp,
 }
 
 using BackwardLoop = void (*)(int64_t, int64_t, const float*, const uint16_t*, const uint8_t*,
-                              const float*, const float*, float, Surrogate, float*);
+                              const float*, int64_t, const float*, float, Surrogate, float*);
 
 template <int64_t Kind>
 BackwardLoop backward_for(bool subtract, bool detach, bool unit) {
@@ -156,9 +178,9 @@ BackwardLoop backward_for(bool subtract, bool detach, bool unit) {
 
 }  // namespace
 
-// m(t) = l·v + z(t); s(t) = [m(t) >= θ]; v = m − θ s (subtract) or m − m s (zero).
-// Writes out (the spikes as floats), fired (as booleans), membrane (m in bfloat16); updates v.
-void scan_forward(const torch::Tensor& z, const torch::Tensor& theta, torch::Tensor& v,
+// m(t) = l·v + z(t) from v = v0; s(t) = [m(t) >= θ]; v = m − θ s (subtract) or m − m s
+// (zero). Writes out (the spikes as floats), fired (as booleans), membrane (m in bfloat16).
+void scan_forward(const torch::Tensor& z, const torch::Tensor& theta, const torch::Tensor& v0,
                   double leak, bool subtract, torch::Tensor& out, torch::Tensor& fired,
                   torch::Tensor& membrane) {
   const int64_t T = z.size(0), N = T ? z.numel() / T : 0;
@@ -166,13 +188,13 @@ void scan_forward(const torch::Tensor& z, const torch::Tensor& theta, torch::Ten
   check(out, at::kFloat, T * N, "out");
   check(fired, at::kBool, T * N, "fired");
   check(membrane, at::kBFloat16, T * N, "membrane");
-  check(theta, at::kFloat, N, "theta");
-  check(v, at::kFloat, N, "v");
+  const int64_t th_period = check_period(theta, N, "theta");
+  const int64_t v0_period = check_period(v0, N, "v0");
   const bool leaky = leak != 1.0;
   const auto loop = subtract ? (leaky ? forward_loop<true, true> : forward_loop<true, false>)
                              : (leaky ? forward_loop<false, true> : forward_loop<false, false>);
-  loop(T, N, z.data_ptr<float>(), theta.data_ptr<float>(), v.data_ptr<float>(),
-       static_cast<float>(leak), out.data_ptr<float>(), fired.data_ptr<bool>(),
+  loop(T, N, z.data_ptr<float>(), theta.data_ptr<float>(), th_period, v0.data_ptr<float>(),
+       v0_period, static_cast<float>(leak), out.data_ptr<float>(), fired.data_ptr<bool>(),
        reinterpret_cast<uint16_t*>(membrane.data_ptr<at::BFloat16>()));
 }
 
@@ -189,7 +211,7 @@ void scan_backward(const torch::Tensor& grad_out, const torch::Tensor& membrane,
   check(grad_z, at::kFloat, T * N, "grad_z");
   check(membrane, at::kBFloat16, T * N, "membrane");
   check(fired, at::kBool, T * N, "fired");
-  check(theta, at::kFloat, N, "theta");
+  const int64_t th_period = check_period(theta, N, "theta");
   TORCH_CHECK(kind >= ATAN && kind <= LEE, "lif_kernels: no kernel for surrogate ", kind);
   if (kind == LEE) check(scale, at::kFloat, N, "scale");
   const Surrogate g{static_cast<float>(width), static_cast<float>(1.0 / width),
@@ -202,7 +224,7 @@ void scan_backward(const torch::Tensor& grad_out, const torch::Tensor& membrane,
   loop(T, N, grad_out.data_ptr<float>(),
        reinterpret_cast<const uint16_t*>(membrane.data_ptr<at::BFloat16>()),
        reinterpret_cast<const uint8_t*>(fired.data_ptr<bool>()), theta.data_ptr<float>(),
-       kind == LEE ? scale.data_ptr<float>() : nullptr, static_cast<float>(carry), g,
+       th_period, kind == LEE ? scale.data_ptr<float>() : nullptr, static_cast<float>(carry), g,
        grad_z.data_ptr<float>());
 }
 
