@@ -66,7 +66,7 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from spikeforge.neurons.native import NATIVE_ENV  # noqa: E402
+from spikeforge.neurons.native import NATIVE_ENV, native_status  # noqa: E402
 from spikeforge.runtime import (  # noqa: E402
     compile_enabled,
     keep_freed_memory,
@@ -309,8 +309,10 @@ def _worker(conn, kind: str, bench: str, impl: str, timesteps: int, batch: int, 
                     else inference(bench, impl, timesteps, batch))
             before = _rss_mib()
             out = case.output()
+        native = ({"native_lif": native_status()}
+                  if kind == "training" and impl.startswith("spikeforge") else {})
         conn.send({"output": None if out is None else out.double().tolist(),
-                   **_precision_info(case, impl)})
+                   **_precision_info(case, impl), **native})
         while repeats := conn.recv():
             times = []
             with mode():

@@ -1,5 +1,5 @@
 """Where the time of spikeforge's benchmark-B training step (or benchmark-A inference) goes:
-per layer, forward and backward, from ``torch.profiler`` (issue 7, item 5).
+per layer, forward and backward, from ``torch.profiler``.
 
     python benchmarks/profile_step.py --timesteps 8 --threads 1 \
         --json benchmarks/results/profile_training_T8.json
@@ -32,6 +32,7 @@ from torch.autograd.profiler import record_function
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare  # noqa: E402
 
+from spikeforge.neurons.native import native_status  # noqa: E402
 from spikeforge.runtime import compile_enabled, keep_freed_memory  # noqa: E402
 
 PREFIX = "layer "
@@ -146,7 +147,8 @@ def main() -> int:
         args.json.write_text(json.dumps({
             "command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "compile": compile_enabled(), "kind": args.kind, "timesteps": args.timesteps,
+            "compile": compile_enabled(), "native_lif": native_status(),
+            "kind": args.kind, "timesteps": args.timesteps,
             "batch": args.batch, "threads": args.threads, "seconds_per_call": step,
             "seconds_per_call_profiled": total / args.repeats, "layers": rows,
             "share_by_type": dict(by_type)}, indent=2))

@@ -1,5 +1,5 @@
 """What a conversion method costs: images per second at the smallest T whose accuracy is
-within 0.5 points of the ANN (issue 7, item 4), for spikeforge's methods and SpikingJelly's
+within 0.5 points of the ANN, for spikeforge's methods and SpikingJelly's
 own converter (its default recipe: ``RateCodingRecipe(mode="99.9%")``, IF neurons with soft
 reset, single-step loop), on the same trained ANN and the same test images, in one run.
 

@@ -1,5 +1,5 @@
 """Re-run a published experiment from its config and compare every accuracy with the
-committed one (acceptance of issue 4: within ±0.3 points).
+committed one (within ±0.3 points).
 
     python scripts/check_reproduction.py results/mnist_qcfs --only qcfs_L1 --out runs/repro
 
