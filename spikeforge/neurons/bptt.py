@@ -115,7 +115,7 @@ class _LIFScan(torch.autograd.Function):
         # strided (T, B, C, H, W) view
         order = _memory_order(membrane)
         back = [order.index(d) for d in range(membrane.ndim)]
-        theta = theta.expand(membrane.shape[1:]).permute([d - 1 for d in order[1:]])
+        theta = _step_in_order(theta, membrane, order)
         grad_z = _lif_backward_fused(grad_out.permute(order).contiguous(),
                                      membrane.permute(order), fired.permute(order), theta,
                                      *options)
@@ -130,17 +130,18 @@ def _kernels_for(x: Tensor) -> ModuleType | None:
     return lif_kernels()
 
 
-def _per_neuron(x: Tensor, z: Tensor, order: list[int]) -> Tensor:
-    """``x`` (broadcastable to one step of ``z``) as one contiguous value per neuron, in the
-    memory order of ``z.permute(order)``'s steps."""
-    return x.expand(z.shape[1:]).permute([d - 1 for d in order[1:]]).contiguous()
+def _step_in_order(x: Tensor, z: Tensor, order: list[int]) -> Tensor:
+    """``x`` (broadcastable to one step of ``z``) as a view of one step in the memory order
+    of ``z.permute(order)``'s steps."""
+    return x.expand(z.shape[1:]).permute([d - 1 for d in order[1:]])
 
 
 def _repeating(x: Tensor, z: Tensor, order: list[int]) -> Tensor:
-    """The shortest contiguous run of values that, repeated, is :func:`_per_neuron`: the values
-    of ``x`` along the dims after its outermost broadcast ones (a per-channel θ of a
-    channels-last layer: its C values; a scalar: one value)."""
-    step = x.expand(z.shape[1:]).permute([d - 1 for d in order[1:]])
+    """The shortest contiguous run of values that, repeated, gives ``x``'s value for every
+    neuron of a step in memory order: its values along the dims after its outermost broadcast
+    ones (a per-channel θ of a channels-last layer: its C values; a scalar: one value; a
+    tensor of one step's size: all of it)."""
+    step = _step_in_order(x, z, order)
     outer = next((d for d in range(step.ndim) if step.stride(d) != 0), step.ndim)
     return step[(0,) * outer].contiguous()
 
@@ -231,7 +232,7 @@ def _lif_backward_native(kernels: ModuleType, grad_out: Tensor, membrane: Tensor
     order = _memory_order(membrane)
     carry, detach_reset = _backward_options(leak, surrogate, detach_reset)
     scale = _lee_scale(fired, theta, leak, surrogate, unit_grad, grad_out.dtype)
-    scale = theta.new_empty(0) if scale is None else _per_neuron(scale, membrane, order)
+    scale = theta.new_empty(0) if scale is None else _repeating(scale, membrane, order)
     grad_z = torch.empty_like(membrane, dtype=grad_out.dtype)
     kernels.scan_backward(grad_out.permute(order).contiguous(), membrane.permute(order),
                           fired.permute(order), _repeating(theta, membrane, order), scale,
