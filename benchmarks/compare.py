@@ -24,7 +24,9 @@ A. Converted-SNN inference: IF neurons, reset by subtraction, v(0) = 0, direct i
 B. One BPTT training step of the same VGG with LIF neurons (leak 0.9, reset to zero, atan
    surrogate, θ = 1; weights ×3 so that every layer fires), T in {4, 8}, batch 32: forward,
    cross-entropy on the mean readout, backward, SGD step. spikeforge runs its LIF layers on
-   the fused CPU kernels (``spikeforge``) and on the eager scan (``spikeforge-eager``).
+   the fused CPU kernels (``spikeforge``), on the eager scan (``spikeforge-eager``) and under
+   bf16 autocast (``spikeforge-bf16``: convolutions in bf16, membranes and surrogate
+   gradients in float32, as ``spikeforge train`` runs where bf16 is native).
 C. The dense ANN forward of the same network (channels-last, batch 64): the per-step floor;
    shown as images/s ÷ T beside the SNNs.
 
@@ -79,8 +81,9 @@ PEERS = ("spikingjelly-m", "spikingjelly-s", "snntorch")
 PRECISION_OF = {"spikeforge": "float32", "spikeforge-bf16": "bf16", "spikeforge-int8": "int8",
                 "spikeforge-auto": "auto"}
 INFERENCE = (*PRECISION_OF, *PEERS, "ann")
-#: ``spikeforge-eager``: spikeforge without its fused LIF kernels (``SPIKEFORGE_NATIVE=0``)
-TRAINING = ("spikeforge", "spikeforge-eager", "spikingjelly-m", "snntorch")
+#: ``spikeforge-eager``: spikeforge without its fused LIF kernels (``SPIKEFORGE_NATIVE=0``);
+#: ``spikeforge-bf16``: the step under bf16 autocast, as ``run.amp`` trains
+TRAINING = ("spikeforge", "spikeforge-eager", "spikeforge-bf16", "spikingjelly-m", "snntorch")
 LIF = {"leak": 0.9, "threshold": 1.0}
 #: B scales the seeded weights so that every layer fires (4-21% of neurons per step, as in
 #: a trained network; with PyTorch's default init the deeper layers stay silent)
@@ -258,9 +261,12 @@ def training(impl: str, timesteps: int, batch: int) -> Case:
             memory_format=torch.channels_last)
     optimiser = torch.optim.SGD(net.parameters(), lr=0.01)
 
+    bf16 = impl == "spikeforge-bf16"
+
     def step():
-        out = forward(x)
-        loss = nn.functional.cross_entropy(out, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = forward(x)
+            loss = nn.functional.cross_entropy(out, y)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

@@ -103,3 +103,55 @@ def test_fallback_when_the_kernels_cannot_be_built(monkeypatch):
         native._build.cache_clear()
     monkeypatch.setenv(native.NATIVE_ENV, "0")
     assert native.lif_kernels() is None and native.native_status() == "off"
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "slice"])
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+def test_inference_kernel_matches_the_eager_scan(dtype, layout, reset, monkeypatch):
+    """The scan without gradient (a converted network's neurons): the same spikes and final
+    membranes bit for bit, in float32 and with bfloat16 currents (float32 membranes), also
+    when a run is cut in two with the state carried over."""
+    from spikeforge.neurons.functional import NeuronParams, init_state, neuron_scan
+
+    assert native.lif_kernels() is not None, "the kernels did not build"
+    z = _currents(layout).to(dtype)
+    theta = torch.tensor([0.6, 0.9, 1.0, 1.4, 2.0]).view(5, 1, 1)
+    for leak in (1.0, 0.9):
+        params = NeuronParams(theta, "binary", reset, leak, False, None)
+        runs = {}
+        for enabled in (False, True):
+            monkeypatch.setenv(native.NATIVE_ENV, "1" if enabled else "0")
+            state = init_state(torch.empty_like(z[0], dtype=torch.float32), params, "half")
+            whole, end = neuron_scan(z, params, state=state)
+            first, mid = neuron_scan(z[:3], params, state=state)
+            second, end_cut = neuron_scan(z[3:], params, state=mid)
+            assert torch.equal(torch.cat([first, second]), whole)
+            assert torch.equal(end_cut.v, end.v)
+            runs[enabled] = whole, end.v
+        (eager, v_eager), (fused, v_fused) = runs[False], runs[True]
+        assert fused.dtype == dtype and 0.05 < eager.float().mean() < 0.6
+        assert torch.equal(fused, eager) and torch.equal(v_fused, v_eager)
+
+
+@needs_compiler
+def test_inference_kernel_runs_where_the_layout_allows(monkeypatch):
+    """A dense sequence is scanned by the kernel, a non-dense one by the eager loop (both
+    give the same spikes, above): the kernel is really used."""
+    from spikeforge.neurons import functional
+
+    calls = []
+    kernels = native.lif_kernels()
+
+    class Counting:
+        def scan_infer(self, *args):
+            calls.append(1)
+            return kernels.scan_infer(*args)
+
+    monkeypatch.setattr(functional, "lif_kernels", lambda: Counting())
+    params = functional.NeuronParams(1.0, "binary", "subtract", 1.0, False, None)
+    for layout, expected in [("channels_last", 1), ("slice", 0)]:
+        calls.clear()
+        functional.neuron_scan(_currents(layout), params)
+        assert len(calls) == expected, layout

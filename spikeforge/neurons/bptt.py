@@ -54,7 +54,7 @@ from spikeforge.neurons.functional import (
     check_choice,
     check_params,
 )
-from spikeforge.neurons.native import lif_kernels
+from spikeforge.neurons.native import lif_kernels, memory_order, repeating, step_in_order
 from spikeforge.neurons.surrogate import _DERIVATIVES, check_surrogate, lee_factor
 from spikeforge.runtime import compilable, compile_enabled
 
@@ -78,15 +78,15 @@ class _LIFScan(torch.autograd.Function):
                 surrogate: str, width: float | None, detach_reset: bool,
                 unit_grad: bool) -> Tensor:
         kernels = _kernels_for(z)
-        if kernels is not None and not z.permute(_memory_order(z)).is_contiguous():
+        if kernels is not None and not z.permute(memory_order(z)).is_contiguous():
             z = z.contiguous()  # not dense in any order (a slice): the kernels need it dense
         out = torch.empty_like(z)
         fired = torch.empty_like(z, dtype=torch.bool)  # same strides as z (channels-last)
         membrane = torch.empty_like(z, dtype=SAVED_MEMBRANE.get(z.dtype, z.dtype))
         if kernels is not None:
-            order = _memory_order(z)
-            kernels.scan_forward(z.permute(order), _repeating(theta, z, order),
-                                 _repeating(v0, z, order), leak, reset == "subtract",
+            order = memory_order(z)
+            kernels.scan_forward(z.permute(order), repeating(theta, z, order),
+                                 repeating(v0, z, order), leak, reset == "subtract",
                                  out.permute(order), fired.permute(order),
                                  membrane.permute(order))
         else:
@@ -113,9 +113,9 @@ class _LIFScan(torch.autograd.Function):
         # the compiled loop runs on every tensor viewed in memory order (contiguous, as a
         # channels-last layer's are as (T, B, H, W, C)): inductor vectorises that, not the
         # strided (T, B, C, H, W) view
-        order = _memory_order(membrane)
+        order = memory_order(membrane)
         back = [order.index(d) for d in range(membrane.ndim)]
-        theta = _step_in_order(theta, membrane, order)
+        theta = step_in_order(theta, membrane, order)
         grad_z = _lif_backward_fused(grad_out.permute(order).contiguous(),
                                      membrane.permute(order), fired.permute(order), theta,
                                      *options)
@@ -128,28 +128,6 @@ def _kernels_for(x: Tensor) -> ModuleType | None:
     if x.dtype != torch.float32 or x.device.type != "cpu":
         return None
     return lif_kernels()
-
-
-def _step_in_order(x: Tensor, z: Tensor, order: list[int]) -> Tensor:
-    """``x`` (broadcastable to one step of ``z``) as a view of one step in the memory order
-    of ``z.permute(order)``'s steps."""
-    return x.expand(z.shape[1:]).permute([d - 1 for d in order[1:]])
-
-
-def _repeating(x: Tensor, z: Tensor, order: list[int]) -> Tensor:
-    """The shortest contiguous run of values that, repeated, gives ``x``'s value for every
-    neuron of a step in memory order: its values along the dims after its outermost broadcast
-    ones (a per-channel θ of a channels-last layer: its C values; a scalar: one value; a
-    tensor of one step's size: all of it)."""
-    step = _step_in_order(x, z, order)
-    outer = next((d for d in range(step.ndim) if step.stride(d) != 0), step.ndim)
-    return step[(0,) * outer].contiguous()
-
-
-def _memory_order(x: Tensor) -> list[int]:
-    """The dims of ``x`` from the largest stride to the smallest, time first:
-    ``x.permute(order)`` is contiguous for a dense ``x`` in any memory format."""
-    return [0, *sorted(range(1, x.ndim), key=lambda d: -x.stride(d))]
 
 
 def _lee_scale(fired: Tensor, theta: Tensor, leak: float, surrogate: str, unit_grad: bool,
@@ -229,13 +207,13 @@ def _lif_backward_native(kernels: ModuleType, grad_out: Tensor, membrane: Tensor
                          unit_grad: bool = False) -> Tensor:
     """:func:`_lif_backward` by the fused kernel (float32 on a CPU, the membrane in
     bfloat16): the same arithmetic in one pass over memory, equal to float rounding."""
-    order = _memory_order(membrane)
+    order = memory_order(membrane)
     carry, detach_reset = _backward_options(leak, surrogate, detach_reset)
     scale = _lee_scale(fired, theta, leak, surrogate, unit_grad, grad_out.dtype)
-    scale = theta.new_empty(0) if scale is None else _repeating(scale, membrane, order)
+    scale = theta.new_empty(0) if scale is None else repeating(scale, membrane, order)
     grad_z = torch.empty_like(membrane, dtype=grad_out.dtype)
     kernels.scan_backward(grad_out.permute(order).contiguous(), membrane.permute(order),
-                          fired.permute(order), _repeating(theta, membrane, order), scale,
+                          fired.permute(order), repeating(theta, membrane, order), scale,
                           carry, subtract, detach_reset, unit_grad,
                           _KERNEL_SURROGATES[surrogate], width or 1.0, grad_z.permute(order))
     return grad_z

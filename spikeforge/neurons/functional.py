@@ -31,6 +31,8 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from spikeforge.neurons.native import lif_kernels, memory_order, repeating, step_in_order
+
 SpikeRule = Literal["binary", "ternary", "augmented"]
 Reset = Literal["subtract", "zero"]
 Initial = Literal["zero", "half"]
@@ -175,7 +177,8 @@ def _binary_scan_inplace(z: Tensor, state: NeuronState, params: NeuronParams
     evaluated with in-place updates of one membrane buffer and one spike mask (no tensors
     allocated per step). Bit-identical to the step-function loop (tested)."""
     theta = torch.as_tensor(params.threshold, dtype=state.v.dtype, device=z.device)
-    v = state.v.expand_as(z[0]).clone()  # the state's dtype: float32 for bfloat16 currents
+    # in the state's dtype (float32 for bfloat16 currents), laid out as a step of z
+    v = torch.empty_like(z[0], dtype=state.v.dtype).copy_(state.v.expand_as(z[0]))
     out = torch.empty_like(z)
     binary_scan_into(z, v, theta, params.leak, params.reset, out)
     return out, NeuronState(v, state.count)
@@ -218,7 +221,14 @@ def binary_scan_into(z: Tensor, v: Tensor, theta: Tensor, leak: float, reset: Re
     """The binary neuron's equations over the time axis of ``z``, written into buffers:
     ``v`` (the membrane, updated in place) and ``out`` (T, ...) the spikes s; when given,
     ``fired`` (T, ...) the spike masks and ``membrane`` (T, ...) m(t) before firing (what
-    BPTT keeps for backward). No tensor is allocated per step."""
+    BPTT keeps for backward). No tensor is allocated per step.
+
+    Without ``fired`` and ``membrane``, on a CPU, the fused kernel
+    (:mod:`spikeforge.neurons.native`) runs it when the tensors allow (float32 or bfloat16
+    ``z`` and ``out`` laid out alike, a float32 ``v`` laid out as a step of ``z``): the same
+    result bit for bit in one pass over memory."""
+    if fired is None and membrane is None and _scan_natively(z, v, theta, leak, reset, out):
+        return
     for t in range(z.shape[0]):
         if leak != 1.0:
             v.mul_(leak)
@@ -232,3 +242,20 @@ def binary_scan_into(z: Tensor, v: Tensor, theta: Tensor, leak: float, reset: Re
             fired[t].copy_(out[t])
         # v − θ·s, or v − v·s (reset to zero): exact, and much faster than masked_fill_
         v.addcmul_(out[t], theta if reset == "subtract" else v, value=-1)
+
+
+def _scan_natively(z: Tensor, v: Tensor, theta: Tensor, leak: float, reset: Reset,
+                   out: Tensor) -> bool:
+    """:func:`binary_scan_into` by the fused kernel, if it runs these tensors; whether it ran."""
+    if (z.device.type != "cpu" or z.dtype not in (torch.float32, torch.bfloat16)
+            or out.dtype != z.dtype or v.dtype != torch.float32 or theta.dtype != v.dtype
+            or z.shape[0] == 0 or out.stride() != z.stride() or v.stride() != z.stride()[1:]):
+        return False
+    order = memory_order(z)
+    kernels = lif_kernels() if z.permute(order).is_contiguous() else None
+    if kernels is None:
+        return False
+    kernels.scan_infer(z.permute(order), repeating(theta, z, order),
+                       step_in_order(v, z, order), float(leak), reset == "subtract",
+                       out.permute(order))
+    return True

@@ -1,14 +1,16 @@
-// The BPTT scan of spikeforge.neurons.bptt for float32 on a CPU, each direction one loop over
-// the neurons with the time loop inside: every input is read once and every output written
-// once, where the eager scan makes several passes over memory per step. The arithmetic is the
-// eager scan's, operation for operation (built with -ffp-contract=off, so no multiply-add is
-// fused): the forward gives the same spikes and membrane bit for bit, the backward the same
-// gradients to float rounding (ATen's addcmul may fuse a multiply-add).
+// The binary LIF scan of spikeforge.neurons for a CPU, each direction one loop over the
+// neurons with the time loop inside: every input is read once and every output written once,
+// where the eager scan makes several passes over memory per step. The arithmetic is the eager
+// scan's, operation for operation (built with -ffp-contract=off, so no multiply-add is fused):
+// the forwards give the same spikes, membranes and final state bit for bit, the backward the
+// same gradients to float rounding (ATen's addcmul may fuse a multiply-add).
 //
 // Tensors are (T, N) and contiguous: one step of N neurons in memory order (the Python side
 // permutes a channels-last (T, B, C, H, W) into (T, B, H, W, C)); scale is (N); theta and v0
 // are the shortest run of values that repeats over a step (C values for a per-channel θ of a
-// channels-last layer, one for a scalar), read once per block of neurons.
+// channels-last layer, one for a scalar), read once per block of neurons. The BPTT scan is
+// float32; the inference scan takes float32 or bfloat16 currents (the bf16 simulation), with
+// the membrane in float32 either way.
 
 #include <torch/extension.h>
 
@@ -18,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace {
 
@@ -85,10 +88,25 @@ inline void gather_block(const float* src, int64_t period, int64_t b0, int64_t l
   }
 }
 
-template <bool Subtract, bool Leaky>
-void forward_loop(int64_t T, int64_t N, const float* __restrict__ zp, const float* th,
+// currents and spikes as stored: float32, or bfloat16 as its bits
+inline float load(float x) { return x; }
+inline float load(uint16_t x) { return from_bf16(x); }
+template <typename In>
+inline In store(float x) {
+  if constexpr (std::is_same_v<In, float>) {
+    return x;
+  } else {
+    return to_bf16(x);  // exact for a spike (0 or 1)
+  }
+}
+
+// Keep: write the spikes as booleans (fp) and m in bfloat16 (mp), what BPTT keeps; v_end
+// (may be null): the N membranes after the last step
+template <typename In, bool Subtract, bool Leaky, bool Keep>
+void forward_loop(int64_t T, int64_t N, const In* __restrict__ zp, const float* th,
                   int64_t th_period, const float* v0, int64_t v0_period, float l,
-                  float* __restrict__ op, bool* __restrict__ fp, uint16_t* __restrict__ mp) {
+                  In* __restrict__ op, bool* __restrict__ fp, uint16_t* __restrict__ mp,
+                  float* v_end) {
   at::parallel_for(0, N, BLOCK, [&](int64_t begin, int64_t end) {
     float v[BLOCK], theta[BLOCK];
     for (int64_t b0 = begin; b0 < end; b0 += BLOCK) {
@@ -98,12 +116,14 @@ void forward_loop(int64_t T, int64_t N, const float* __restrict__ zp, const floa
       for (int64_t t = 0; t < T; ++t) {
         const int64_t o = t * N + b0;
         for (int64_t i = 0; i < len; ++i) {
-          const float m = (Leaky ? v[i] * l : v[i]) + zp[o + i];
+          const float m = (Leaky ? v[i] * l : v[i]) + load(zp[o + i]);
           const bool spike = m >= theta[i];
           const float s = static_cast<float>(static_cast<int>(spike));  // GCC vectorises this form
-          mp[o + i] = to_bf16(m);
-          op[o + i] = s;
-          fp[o + i] = spike;
+          op[o + i] = store<In>(s);
+          if constexpr (Keep) {
+            mp[o + i] = to_bf16(m);
+            fp[o + i] = spike;
+          }
           // m − s·m of the eager scan is a select for finite m (a branch would not vectorise)
           if constexpr (Subtract) {
             v[i] = m - s * theta[i];
@@ -112,8 +132,20 @@ void forward_loop(int64_t T, int64_t N, const float* __restrict__ zp, const floa
           }
         }
       }
+      if (v_end != nullptr) std::copy(v, v + len, v_end + b0);
     }
   });
+}
+
+template <typename In, bool Keep>
+void run_forward(bool subtract, bool leaky, int64_t T, int64_t N, const In* zp, const float* th,
+                 int64_t th_period, const float* v0, int64_t v0_period, float l, In* op,
+                 bool* fp, uint16_t* mp, float* v_end) {
+  const auto loop = subtract ? (leaky ? forward_loop<In, true, true, Keep>
+                                      : forward_loop<In, true, false, Keep>)
+                             : (leaky ? forward_loop<In, false, true, Keep>
+                                      : forward_loop<In, false, false, Keep>);
+  loop(T, N, zp, th, th_period, v0, v0_period, l, op, fp, mp, v_end);
 }
 
 template <int64_t Kind, bool Subtract, bool Detach, bool Unit>
@@ -190,12 +222,39 @@ void scan_forward(const torch::Tensor& z, const torch::Tensor& theta, const torc
   check(membrane, at::kBFloat16, T * N, "membrane");
   const int64_t th_period = check_period(theta, N, "theta");
   const int64_t v0_period = check_period(v0, N, "v0");
-  const bool leaky = leak != 1.0;
-  const auto loop = subtract ? (leaky ? forward_loop<true, true> : forward_loop<true, false>)
-                             : (leaky ? forward_loop<false, true> : forward_loop<false, false>);
-  loop(T, N, z.data_ptr<float>(), theta.data_ptr<float>(), th_period, v0.data_ptr<float>(),
-       v0_period, static_cast<float>(leak), out.data_ptr<float>(), fired.data_ptr<bool>(),
-       reinterpret_cast<uint16_t*>(membrane.data_ptr<at::BFloat16>()));
+  run_forward<float, true>(subtract, leak != 1.0, T, N, z.data_ptr<float>(),
+                           theta.data_ptr<float>(), th_period, v0.data_ptr<float>(), v0_period,
+                           static_cast<float>(leak), out.data_ptr<float>(),
+                           fired.data_ptr<bool>(),
+                           reinterpret_cast<uint16_t*>(membrane.data_ptr<at::BFloat16>()),
+                           nullptr);
+}
+
+// The same scan without gradient: from the membranes v (N float32 values), which it leaves
+// at their state after the last step; z and out float32, or both bfloat16.
+void scan_infer(const torch::Tensor& z, const torch::Tensor& theta, torch::Tensor& v,
+                double leak, bool subtract, torch::Tensor& out) {
+  const int64_t T = z.size(0), N = T ? z.numel() / T : 0;
+  const auto dtype = z.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16,
+              "lif_kernels: z must be float32 or bfloat16, got ", c10::toString(dtype));
+  check(z, dtype, T * N, "z");
+  check(out, dtype, T * N, "out");
+  check(v, at::kFloat, N, "v");
+  const int64_t th_period = check_period(theta, N, "theta");
+  float* vp = v.data_ptr<float>();
+  const float l = static_cast<float>(leak);
+  if (dtype == at::kFloat) {
+    run_forward<float, false>(subtract, leak != 1.0, T, N, z.data_ptr<float>(),
+                              theta.data_ptr<float>(), th_period, vp, N, l,
+                              out.data_ptr<float>(), nullptr, nullptr, vp);
+  } else {
+    run_forward<uint16_t, false>(
+        subtract, leak != 1.0, T, N,
+        reinterpret_cast<const uint16_t*>(z.data_ptr<at::BFloat16>()),
+        theta.data_ptr<float>(), th_period, vp, N, l,
+        reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()), nullptr, nullptr, vp);
+  }
 }
 
 // ∂L/∂z from ∂L/∂s by the reverse recurrence of spikeforge.neurons.bptt (ε(T) = 0):
@@ -230,5 +289,6 @@ void scan_backward(const torch::Tensor& grad_out, const torch::Tensor& membrane,
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("scan_forward", &scan_forward, "the binary LIF scan forward (see the source)");
+  module.def("scan_infer", &scan_infer, "the scan without gradient (see the source)");
   module.def("scan_backward", &scan_backward, "its backward (see the source)");
 }

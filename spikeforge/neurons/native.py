@@ -18,8 +18,10 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+from torch import Tensor
 
-__all__ = ["NATIVE_ENV", "lif_kernels", "native_enabled", "native_status"]
+__all__ = ["NATIVE_ENV", "lif_kernels", "memory_order", "native_enabled", "native_status",
+           "repeating", "step_in_order"]
 
 NATIVE_ENV = "SPIKEFORGE_NATIVE"
 _SOURCE = Path(__file__).with_name("lif_kernels.cpp")
@@ -66,3 +68,27 @@ def native_status() -> str:
     if not _build.cache_info().currsize:
         return "unused"
     return "built" if _build() is not None else "failed"
+
+
+# --- how tensors are laid out for the kernels ------------------------------------------------
+
+def step_in_order(x: Tensor, z: Tensor, order: list[int]) -> Tensor:
+    """``x`` (broadcastable to one step of ``z``) as a view of one step in the memory order
+    of ``z.permute(order)``'s steps."""
+    return x.expand(z.shape[1:]).permute([d - 1 for d in order[1:]])
+
+
+def repeating(x: Tensor, z: Tensor, order: list[int]) -> Tensor:
+    """The shortest contiguous run of values that, repeated, gives ``x``'s value for every
+    neuron of a step in memory order: its values along the dims after its outermost broadcast
+    ones (a per-channel θ of a channels-last layer: its C values; a scalar: one value; a
+    tensor of one step's size: all of it)."""
+    step = step_in_order(x, z, order)
+    outer = next((d for d in range(step.ndim) if step.stride(d) != 0), step.ndim)
+    return step[(0,) * outer].contiguous()
+
+
+def memory_order(x: Tensor) -> list[int]:
+    """The dims of ``x`` from the largest stride to the smallest, time first:
+    ``x.permute(order)`` is contiguous for a dense ``x`` in any memory format."""
+    return [0, *sorted(range(1, x.ndim), key=lambda d: -x.stride(d))]
