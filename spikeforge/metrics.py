@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from spikeforge.encoding import encode
 from spikeforge.neurons import SpikingNeuron
 from spikeforge.neurons.modules import broadcast_threshold
+from spikeforge.runtime import exact_float32
 from spikeforge.simulate import SpikingMaxPool, SpikingNetwork
 
 __all__ = ["ENERGY_PER_MAC", "ENERGY_PER_SOP", "Connectivity", "EvaluationResult",
@@ -356,7 +357,7 @@ def evaluate(snn: SpikingNetwork, loader: Iterable[tuple[Tensor, Tensor]],
                     monitor.paused = False
                 correct_flip += (out.argmax(dim=-1) == y).sum(dim=1).cpu()
             if ann is not None:
-                with torch.inference_mode():
+                with torch.inference_mode(), exact_float32():  # as the SNN computes
                     logits = ann.eval()(x)
                     reference = logits.argmax(dim=-1)
                     if flip:

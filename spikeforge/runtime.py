@@ -42,6 +42,32 @@ def compile_enabled() -> bool:
     return os.environ.get(COMPILE_ENV, "0") == "1"
 
 
+@contextlib.contextmanager
+def exact_float32() -> Iterator[None]:
+    """Float32 convolutions and matrix products in IEEE float32 on CUDA within the block.
+
+    PyTorch lets cuDNN compute float32 convolutions in TF32 (a 10-bit mantissa) by default.
+    A simulation in float32 promises the arithmetic of its ANN: AugMapping on learned
+    thresholds at T = 1 is the quantized ANN, decision for decision, and a TF32 rounding of
+    a pre-activation that lies on a quantization level moves it to the next one. CPU
+    computations are IEEE float32 either way. The switches are process-wide and restored on
+    exit."""
+    switches = [(torch.backends.cudnn.conv, "fp32_precision", "ieee"),
+                (torch.backends.cuda.matmul, "fp32_precision", "ieee")]
+    switches = [(obj, name, value) for obj, name, value in switches if hasattr(obj, name)]
+    if not switches:  # torch < 2.9: the older switches
+        switches = [(torch.backends.cudnn, "allow_tf32", False),
+                    (torch.backends.cuda.matmul, "allow_tf32", False)]
+    saved = [getattr(obj, name) for obj, name, _ in switches]
+    try:
+        for obj, name, value in switches:
+            setattr(obj, name, value)
+        yield
+    finally:
+        for (obj, name, _), value in zip(switches, saved, strict=True):
+            setattr(obj, name, value)
+
+
 def compilable(fn: Fn) -> Fn:
     """``fn``, run through ``torch.compile`` when :func:`compile_enabled`.
 

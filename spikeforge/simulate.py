@@ -30,6 +30,7 @@ ran a CIFAR VGG faster with the same result (``benchmarks/README.md``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from typing import Any
@@ -41,7 +42,7 @@ from spikeforge.encoding import ENCODERS, encode
 from spikeforge.int8 import int8_kernels_available, use_int8_kernels
 from spikeforge.neurons import SpikingMaxPool, SpikingNeuron
 from spikeforge.registry import Registry
-from spikeforge.runtime import native_bf16
+from spikeforge.runtime import exact_float32, native_bf16
 
 #: precision name → dtype the synaptic layers compute in ("int8": the weights rounded to 8
 #: bits, :func:`quantize_weights_`, with float32 results, see :mod:`spikeforge.int8`;
@@ -324,7 +325,8 @@ class SpikingNetwork(nn.Module):
             sample = inputs[:1] if constant else inputs[0, :1]
             self.bytes_per_sample_step = activation_bytes(self.graph, self._cast(sample), 1)
         graph = self.constant_graph if constant else self.graph
-        with torch.inference_mode():
+        exact = exact_float32() if self.dtype != torch.bfloat16 else contextlib.nullcontext()
+        with torch.inference_mode(), exact:
             outs = []
             for chunk in inputs.split(self.chunk_size(steps, inputs.device), dim=batch_dim):
                 rows = self._cast(chunk if constant else chunk.flatten(0, 1))

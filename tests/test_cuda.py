@@ -113,3 +113,18 @@ def test_training_selects_the_gpu_with_bf16_autocast(tmp_path):
     assert summary["provenance"]["machine"]["device"].startswith("cuda")
     assert summary["precision"] == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
     assert result.history[-1]["test_accuracy"] > 50.0  # percent
+
+
+def test_augmapping_at_t1_is_the_quantized_ann_on_cuda(cnn):
+    """At T = 1, AugMapping on learned thresholds is the CS-QCFS ANN decision for decision —
+    on a GPU too, where float32 convolutions would run in TF32 unless the simulation asks
+    for IEEE float32 (spikeforge.runtime.exact_float32)."""
+    _, x, _ = cnn
+    torch.manual_seed(1)
+    ann = sf.models.create("cnn_small", num_classes=10, in_channels=1, activation="csqcfs",
+                           activation_options={"levels": 8, "threshold": 2.0}).eval().cuda()
+    snn = sf.convert(ann, None, "augmapping", thresholds="learned", timesteps=1)
+    xs = x.cuda()
+    with torch.no_grad():
+        expected = ann(xs).argmax(1)
+    assert torch.equal(snn(xs)[0].argmax(1), expected)

@@ -100,3 +100,18 @@ def test_the_commands_default_to_auto_and_the_library_to_float32(tmp_path, monke
     assert cli.main(["run", str(config), "conversion.precision=int8",
                      "--out-dir", str(tmp_path / "out")]) == 0
     assert seen == [{"precision": "auto"}, {"precision": "int8"}]
+
+
+def test_exact_float32_turns_tf32_off_and_restores_it():
+    """The switch that keeps a float32 simulation in IEEE float32 on CUDA (see
+    tests/test_cuda.py for its effect there): set inside the block, restored after it, also
+    when the block raises."""
+    from spikeforge.runtime import exact_float32
+
+    conv = torch.backends.cudnn.conv
+    before = conv.fp32_precision
+    with pytest.raises(RuntimeError), exact_float32():
+        assert conv.fp32_precision == "ieee"
+        assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+        raise RuntimeError
+    assert conv.fp32_precision == before
