@@ -1,16 +1,17 @@
-// The binary LIF scan of spikeforge.neurons for a CPU, each direction one loop over the
-// neurons with the time loop inside: every input is read once and every output written once,
-// where the eager scan makes several passes over memory per step. The arithmetic is the eager
-// scan's, operation for operation (built with -ffp-contract=off, so no multiply-add is fused):
-// the forwards give the same spikes, membranes and final state bit for bit, the backward the
-// same gradients to float rounding (ATen's addcmul may fuse a multiply-add).
+// The binary LIF scan of spikeforge.neurons for a CPU. BPTT's forward and backward are each
+// one loop over blocks of neurons with the time loop inside (every input read once, every
+// output written once); the scan without gradient (a converted network's neurons) is one
+// fused pass per step. The eager scan makes several passes over memory per step. The
+// arithmetic is the eager scan's, operation for operation (built with -ffp-contract=off, so
+// no multiply-add is fused): the forwards give the same spikes, membranes and final state bit
+// for bit, the backward the same gradients to float rounding (ATen's addcmul may fuse a
+// multiply-add).
 //
 // Tensors are (T, N) and contiguous: one step of N neurons in memory order (the Python side
 // permutes a channels-last (T, B, C, H, W) into (T, B, H, W, C)); scale is (N); theta and v0
 // are the shortest run of values that repeats over a step (C values for a per-channel θ of a
-// channels-last layer, one for a scalar), read once per block of neurons. The BPTT scan is
-// float32; the inference scan takes float32 or bfloat16 currents (the bf16 simulation), with
-// the membrane in float32 either way.
+// channels-last layer, one for a scalar). The BPTT scan is float32; the scan without gradient
+// takes float32 or bfloat16 currents (the bf16 simulation), its membrane float32 either way.
 
 #include <torch/extension.h>
 
@@ -21,6 +22,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 namespace {
 
@@ -100,13 +102,10 @@ inline In store(float x) {
   }
 }
 
-// Keep: write the spikes as booleans (fp) and m in bfloat16 (mp), what BPTT keeps; v_end
-// (may be null): the N membranes after the last step
-template <typename In, bool Subtract, bool Leaky, bool Keep>
-void forward_loop(int64_t T, int64_t N, const In* __restrict__ zp, const float* th,
+template <bool Subtract, bool Leaky>
+void forward_loop(int64_t T, int64_t N, const float* __restrict__ zp, const float* th,
                   int64_t th_period, const float* v0, int64_t v0_period, float l,
-                  In* __restrict__ op, bool* __restrict__ fp, uint16_t* __restrict__ mp,
-                  float* v_end) {
+                  float* __restrict__ op, bool* __restrict__ fp, uint16_t* __restrict__ mp) {
   at::parallel_for(0, N, BLOCK, [&](int64_t begin, int64_t end) {
     float v[BLOCK], theta[BLOCK];
     for (int64_t b0 = begin; b0 < end; b0 += BLOCK) {
@@ -116,14 +115,12 @@ void forward_loop(int64_t T, int64_t N, const In* __restrict__ zp, const float* 
       for (int64_t t = 0; t < T; ++t) {
         const int64_t o = t * N + b0;
         for (int64_t i = 0; i < len; ++i) {
-          const float m = (Leaky ? v[i] * l : v[i]) + load(zp[o + i]);
+          const float m = (Leaky ? v[i] * l : v[i]) + zp[o + i];
           const bool spike = m >= theta[i];
           const float s = static_cast<float>(static_cast<int>(spike));  // GCC vectorises this form
-          op[o + i] = store<In>(s);
-          if constexpr (Keep) {
-            mp[o + i] = to_bf16(m);
-            fp[o + i] = spike;
-          }
+          mp[o + i] = to_bf16(m);
+          op[o + i] = s;
+          fp[o + i] = spike;
           // m − s·m of the eager scan is a select for finite m (a branch would not vectorise)
           if constexpr (Subtract) {
             v[i] = m - s * theta[i];
@@ -132,20 +129,8 @@ void forward_loop(int64_t T, int64_t N, const In* __restrict__ zp, const float* 
           }
         }
       }
-      if (v_end != nullptr) std::copy(v, v + len, v_end + b0);
     }
   });
-}
-
-template <typename In, bool Keep>
-void run_forward(bool subtract, bool leaky, int64_t T, int64_t N, const In* zp, const float* th,
-                 int64_t th_period, const float* v0, int64_t v0_period, float l, In* op,
-                 bool* fp, uint16_t* mp, float* v_end) {
-  const auto loop = subtract ? (leaky ? forward_loop<In, true, true, Keep>
-                                      : forward_loop<In, true, false, Keep>)
-                             : (leaky ? forward_loop<In, false, true, Keep>
-                                      : forward_loop<In, false, false, Keep>);
-  loop(T, N, zp, th, th_period, v0, v0_period, l, op, fp, mp, v_end);
 }
 
 template <int64_t Kind, bool Subtract, bool Detach, bool Unit>
@@ -208,6 +193,39 @@ BackwardLoop backward_for(bool subtract, bool detach, bool unit) {
   return loops[i];
 }
 
+// The scan without gradient, step by step over all N neurons (each step's currents and
+// spikes one contiguous stream, v and θ per neuron): fewer concurrent memory streams than
+// the blocked loop of BPTT, which writes three outputs per step
+template <typename In, bool Subtract, bool Leaky>
+void infer_loop(int64_t T, int64_t N, const In* __restrict__ zp, const float* __restrict__ th,
+                float l, In* __restrict__ op, float* __restrict__ v) {
+  for (int64_t t = 0; t < T; ++t) {
+    const In* __restrict__ z = zp + t * N;
+    In* __restrict__ o = op + t * N;
+    at::parallel_for(0, N, 16384, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const float m = (Leaky ? v[i] * l : v[i]) + load(z[i]);
+        const bool spike = m >= th[i];
+        const float s = static_cast<float>(static_cast<int>(spike));
+        o[i] = store<In>(s);
+        if constexpr (Subtract) {
+          v[i] = m - s * th[i];
+        } else {
+          v[i] = spike ? 0.0f : m;
+        }
+      }
+    });
+  }
+}
+
+template <typename In>
+void run_infer(bool subtract, bool leaky, int64_t T, int64_t N, const In* zp, const float* th,
+               float l, In* op, float* v) {
+  const auto loop = subtract ? (leaky ? infer_loop<In, true, true> : infer_loop<In, true, false>)
+                             : (leaky ? infer_loop<In, false, true> : infer_loop<In, false, false>);
+  loop(T, N, zp, th, l, op, v);
+}
+
 }  // namespace
 
 // m(t) = l·v + z(t) from v = v0; s(t) = [m(t) >= θ]; v = m − θ s (subtract) or m − m s
@@ -222,12 +240,12 @@ void scan_forward(const torch::Tensor& z, const torch::Tensor& theta, const torc
   check(membrane, at::kBFloat16, T * N, "membrane");
   const int64_t th_period = check_period(theta, N, "theta");
   const int64_t v0_period = check_period(v0, N, "v0");
-  run_forward<float, true>(subtract, leak != 1.0, T, N, z.data_ptr<float>(),
-                           theta.data_ptr<float>(), th_period, v0.data_ptr<float>(), v0_period,
-                           static_cast<float>(leak), out.data_ptr<float>(),
-                           fired.data_ptr<bool>(),
-                           reinterpret_cast<uint16_t*>(membrane.data_ptr<at::BFloat16>()),
-                           nullptr);
+  const bool leaky = leak != 1.0;
+  const auto loop = subtract ? (leaky ? forward_loop<true, true> : forward_loop<true, false>)
+                             : (leaky ? forward_loop<false, true> : forward_loop<false, false>);
+  loop(T, N, z.data_ptr<float>(), theta.data_ptr<float>(), th_period, v0.data_ptr<float>(),
+       v0_period, static_cast<float>(leak), out.data_ptr<float>(), fired.data_ptr<bool>(),
+       reinterpret_cast<uint16_t*>(membrane.data_ptr<at::BFloat16>()));
 }
 
 // The same scan without gradient: from the membranes v (N float32 values), which it leaves
@@ -244,16 +262,18 @@ void scan_infer(const torch::Tensor& z, const torch::Tensor& theta, torch::Tenso
   const int64_t th_period = check_period(theta, N, "theta");
   float* vp = v.data_ptr<float>();
   const float l = static_cast<float>(leak);
+  std::vector<float> th(N);  // θ of every neuron of a step
+  at::parallel_for(0, N, BLOCK, [&](int64_t begin, int64_t end) {
+    gather_block(theta.data_ptr<float>(), th_period, begin, end - begin, th.data() + begin);
+  });
   if (dtype == at::kFloat) {
-    run_forward<float, false>(subtract, leak != 1.0, T, N, z.data_ptr<float>(),
-                              theta.data_ptr<float>(), th_period, vp, N, l,
-                              out.data_ptr<float>(), nullptr, nullptr, vp);
+    run_infer<float>(subtract, leak != 1.0, T, N, z.data_ptr<float>(), th.data(), l,
+                     out.data_ptr<float>(), vp);
   } else {
-    run_forward<uint16_t, false>(
-        subtract, leak != 1.0, T, N,
-        reinterpret_cast<const uint16_t*>(z.data_ptr<at::BFloat16>()),
-        theta.data_ptr<float>(), th_period, vp, N, l,
-        reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()), nullptr, nullptr, vp);
+    run_infer<uint16_t>(subtract, leak != 1.0, T, N,
+                        reinterpret_cast<const uint16_t*>(z.data_ptr<at::BFloat16>()),
+                        th.data(), l, reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()),
+                        vp);
   }
 }
 

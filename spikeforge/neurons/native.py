@@ -1,10 +1,12 @@
-"""The fused CPU kernels of the BPTT scan (``lif_kernels.cpp``), built on first use.
+"""The fused CPU kernels of the binary LIF scan (``lif_kernels.cpp``): BPTT's forward and
+backward, and the scan without gradient of a converted network; built on first use.
 
 :func:`lif_kernels` compiles the C++ source with PyTorch's extension builder (a C++ compiler
 and ninja are needed) for the CPU it runs on, once per user (torch caches the build in
 ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), and returns the loaded
-module. Where it cannot be built it warns once and returns None, and
-:mod:`spikeforge.neurons.bptt` runs its eager scan, the same arithmetic several times slower.
+module. Where it cannot be built it warns once and returns None, and the scans run eagerly
+(:mod:`spikeforge.neurons.bptt`, :mod:`spikeforge.neurons.functional`), the same arithmetic
+several times slower. The layout helpers at the end give the kernels their (T, N) views.
 ``SPIKEFORGE_NATIVE=0`` turns the kernels off.
 """
 
@@ -28,7 +30,9 @@ _SOURCE = Path(__file__).with_name("lif_kernels.cpp")
 # -march=native: the build is for this CPU, so its vector ISA is in the module's name (a home
 # directory shared by machines of different kinds keeps one build per kind);
 # -ffp-contract=off: no fused multiply-adds, so the forward equals the eager scan bit for bit
-_FLAGS = ["-O3", "-march=native", "-ffp-contract=off"]
+# -fopenmp: at::parallel_for spreads the loops over torch's threads, as its own ops do
+# (without it the loops run on one thread)
+_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"]
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +49,12 @@ def _build() -> ModuleType | None:
     name = f"spikeforge_lif_{torch.backends.cpu.get_cpu_capability().lower()}"
     log.info("building the fused LIF kernels (%s, once per machine)", name)
     try:
-        return cpp_extension.load(name, [str(_SOURCE)], extra_cflags=_FLAGS)
+        return cpp_extension.load(name, [str(_SOURCE)], extra_cflags=_FLAGS,
+                                     extra_ldflags=["-fopenmp"])
     except Exception as err:  # noqa: BLE001 - no compiler, no ninja, a failed build
         warnings.warn(f"the fused LIF kernels could not be built ({type(err).__name__}: "
                       f"{str(err).strip().splitlines()[-1] if str(err).strip() else ''}); "
-                      f"training runs the eager scan (slower). Set {NATIVE_ENV}=0 to skip "
+                      f"spiking layers run the eager scan (slower). Set {NATIVE_ENV}=0 to skip "
                       "the build.", stacklevel=3)
         return None
 
