@@ -19,8 +19,8 @@ A. Converted-SNN inference: IF neurons, reset by subtraction, v(0) = 0, direct i
    spikeforge runs in float32 (``spikeforge``), bfloat16 (``spikeforge-bf16``), on the int8
    model with integer kernels (``spikeforge-int8``: 8-bit weights, so its readout differs from
    float32 by the weights' rounding) and with ``precision="auto"`` (``spikeforge-auto``: bf16
-   where the CPU has AMX, else int8 where its integer kernels run, else float32: see
-   ``spikeforge.simulate.resolve_precision``; when that is a row already measured, the
+   where the CPU has it natively, else int8 where its integer kernels run, else float32;
+   when that is a row already measured, the
    auto row repeats it and says so in ``same_as``).
 B. One BPTT training step of the same VGG with LIF neurons (leak 0.9, reset to zero, atan
    surrogate, θ = 1; weights ×3 so that every layer fires), T in {4, 8}, batch 32: forward,

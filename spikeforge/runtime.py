@@ -252,21 +252,6 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
         return False
 
 
-def bf16_matrix_units(device: torch.device | str = "cpu") -> bool:
-    """Whether ``device`` has bfloat16 matrix units, which make bf16 convolutions several
-    times faster than float32: a CUDA GPU with bf16 (tensor cores), or a CPU with AMX-BF16.
-    A CPU with AVX512-BF16 alone computes bf16 natively (:func:`native_bf16`), but a
-    converted network's convolutions run no faster in bf16 than in float32 there
-    (``benchmarks/results/compare_quick_avx512.json``)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return native_bf16(device)
-    try:
-        return bool(torch.cpu.get_capabilities().get("amx_bf16"))
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def machine_info(device: torch.device | None = None) -> dict[str, Any]:
     """What ran a job: host, CPU count and vector instruction set (``"AVX2"``,
     ``"AVX512"``, ...: throughputs differ by 2x between them), torch version, device, threads
@@ -279,7 +264,6 @@ def machine_info(device: torch.device | None = None) -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "native_bf16": native_bf16("cpu"),
-        "bf16_matrix_units": bf16_matrix_units("cpu"),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "compile": compile_enabled(),

@@ -42,7 +42,7 @@ from spikeforge.encoding import ENCODERS, encode
 from spikeforge.int8 import int8_kernels_available, use_int8_kernels
 from spikeforge.neurons import SpikingMaxPool, SpikingNeuron
 from spikeforge.registry import Registry
-from spikeforge.runtime import bf16_matrix_units, exact_float32, native_bf16
+from spikeforge.runtime import exact_float32, native_bf16
 
 #: precision name → dtype the synaptic layers compute in ("int8": the weights rounded to 8
 #: bits, :func:`quantize_weights_`, with float32 results, see :mod:`spikeforge.int8`;
@@ -60,14 +60,13 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> tup
     """The precision a network on ``device`` runs in, and why.
 
     ``"auto"`` is the fastest precision that ``device`` computes in hardware: ``"bf16"``
-    where it has bfloat16 matrix units (a GPU with bf16; a CPU with AMX-BF16,
-    :func:`spikeforge.runtime.bf16_matrix_units`); else, on a CPU where oneDNN's integer
-    kernels run (:func:`spikeforge.int8.int8_kernels_available`), ``"int8"`` (8-bit weights,
-    the spike-fed layers on integer kernels); else ``"float32"``. (A CPU with AVX512-BF16
-    but no AMX computes bf16 natively, no faster than float32: ``"int8"``.) bf16 and int8
-    each move the accuracy by up to about one point at any t (``benchmarks/precision.py``);
-    ``"float32"`` is the exact simulation. Any other name is returned as asked; asking for
-    ``"bf16"`` on a CPU that emulates it warns (``UserWarning``).
+    where it has native bfloat16 (a GPU that supports it; a CPU with AVX512-BF16 or AMX,
+    :func:`spikeforge.runtime.native_bf16`); else, on a CPU where oneDNN's integer kernels
+    run (:func:`spikeforge.int8.int8_kernels_available`), ``"int8"`` (8-bit weights, the
+    spike-fed layers on integer kernels); else ``"float32"``. bf16 and int8 each move the
+    accuracy by up to about one point at any t (``benchmarks/precision.py``); ``"float32"``
+    is the exact simulation. Any other name is returned as asked; asking for ``"bf16"`` on a
+    CPU that emulates it warns (``UserWarning``).
 
     Raises:
         ValueError: an unknown precision.
@@ -75,15 +74,13 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> tup
     PRECISIONS.lookup(precision)
     device = torch.device(device)
     native = precision in ("auto", "bf16") and native_bf16(device)
-    matrix = native and bf16_matrix_units(device)
     if device.type == "cpu":
-        hardware = ("AMX-BF16" if matrix else "AVX512-BF16 without AMX" if native
-                    else "no AVX512-BF16/AMX: bf16 is emulated")
+        hardware = "AVX512-BF16/AMX" if native else "no AVX512-BF16/AMX: bf16 is emulated"
     else:
         hardware = "bf16 in hardware" if native else "no native bf16"
-    integer = (precision in ("auto", "bf16") and device.type == "cpu" and not matrix
+    integer = (precision in ("auto", "bf16") and device.type == "cpu" and not native
                and int8_kernels_available() is None)
-    auto = "bf16" if matrix else "int8" if integer else "float32"
+    auto = "bf16" if native else "int8" if integer else "float32"
     if precision == "auto":
         if integer:
             hardware += "; integer kernels"

@@ -53,7 +53,6 @@ def test_the_auto_row_repeats_the_row_it_resolves_to(monkeypatch):
     assert out[1]["same_as"] == "spikeforge" and out[1]["images_per_s"] == 3.0
     assert out[1]["precision_requested"] == "auto" and "float32" in out[1]["precision_reason"]
     monkeypatch.setattr(simulate, "native_bf16", lambda device: True)
-    monkeypatch.setattr(simulate, "bf16_matrix_units", lambda device: True)
     assert compare.auto_alias(["spikeforge-bf16", "spikeforge-auto"]) == "spikeforge-bf16"
 
 
