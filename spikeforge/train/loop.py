@@ -35,6 +35,7 @@ from spikeforge.config import to_dict
 from spikeforge.data import Augment, BatchLoader
 from spikeforge.runtime import (
     append_jsonl,
+    exact_float32,
     git_commit,
     machine_info,
     native_bf16,
@@ -248,14 +249,16 @@ def training_loss(logits: torch.Tensor, y: torch.Tensor, cfg: OptimConfig) -> to
 
 @torch.no_grad()
 def loss_and_accuracy(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                      autocast: Any = None, flip: bool = False) -> tuple[float, float]:
+                      flip: bool = False) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (%) of ``model`` over ``loader``; with ``flip``, of
     its outputs averaged over each image and its mirror image
-    (:func:`~spikeforge.train.recipe.flip_averaged`)."""
+    (:func:`~spikeforge.train.recipe.flip_averaged`). In the model's own precision, also
+    after a run trained under autocast: the accuracy a run reports is that of the weights
+    it saves, as ``spikeforge convert`` and ``evaluate`` compute with them."""
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for x, y in loader:
-        with autocast or nullcontext():
+        with exact_float32():
             logits = flip_averaged(model, x) if flip else model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
@@ -362,7 +365,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         elif ctx.is_main and (out_dir / METRICS).exists():
             (out_dir / METRICS).unlink()
         if cfg.kind == "snn" and cfg.snn.init_from and not extra:
-            loss, acc = loss_and_accuracy(model, test_loader, autocast)
+            loss, acc = loss_and_accuracy(model, test_loader)
             extra = {"initial_test_accuracy": acc, "initial_test_loss": loss}
             if ctx.is_main:
                 print(f"converted SNN before fine-tuning: test {acc:.2f}%", file=sys.stderr)
@@ -393,11 +396,11 @@ def fit(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             if lookahead is not None:
                 lookahead.sync(model)
             progress = EpochProgress()
-            test_loss, test_acc = loss_and_accuracy(evaluated, test_loader, autocast)
+            test_loss, test_acc = loss_and_accuracy(evaluated, test_loader)
             views = {}
             if cfg.data.test_flip:
                 views["test_loss_flip"], views["test_accuracy_flip"] = loss_and_accuracy(
-                    evaluated, test_loader, autocast, flip=True)
+                    evaluated, test_loader, flip=True)
             record = {
                 "epoch": epoch + 1, "train_loss": done.loss, "train_accuracy": done.accuracy,
                 "test_loss": test_loss, "test_accuracy": test_acc, **views,
