@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import spikeforge as sf
-from spikeforge.data import load_dataset
+from spikeforge.data import BatchLoader, load_dataset
 from spikeforge.neurons.bptt import lif_scan
 from spikeforge.simulate import resolve_precision
 
@@ -23,7 +23,7 @@ def _trained_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     images with their labels (normalised)."""
     torch.manual_seed(0)
     train, test = load_dataset("mnist_demo", "train"), load_dataset("mnist_demo", "test")
-    x, y = _normalised(train, 2000), train.labels[:2000]
+    x, y = _normalised(train, 2000)
     net = sf.models.create("cnn_small", num_classes=10, in_channels=1, activation="relu")
     optimiser = torch.optim.Adam(net.parameters(), lr=2e-3)
     for _ in range(2):
@@ -32,13 +32,12 @@ def _trained_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-    return net.eval(), _normalised(test, 500), test.labels[:500]
+    return net.eval(), *_normalised(test, 500)
 
 
-def _normalised(data, n: int) -> torch.Tensor:
-    mean = torch.tensor(data.mean).view(-1, 1, 1)
-    std = torch.tensor(data.std).view(-1, 1, 1)
-    return (data.images[:n].float() / 255 - mean) / std
+def _normalised(data, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` seeded images of ``data`` as the loaders give them, with their labels."""
+    return next(iter(BatchLoader(data.subset(n, seed=0), n)))
 
 
 @pytest.fixture(scope="module")
