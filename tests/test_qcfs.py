@@ -62,6 +62,36 @@ def test_qcfs_function_matches_the_autograd_composition(per_channel, compiled, m
     torch.testing.assert_close(gl1, gl2)
 
 
+def test_qcfs_runs_in_the_inputs_dtype_with_float32_threshold_gradients():
+    # under bf16 autocast the activation gets bf16 inputs: it computes in bf16 (as ReLU
+    # does), returns bf16, and gives the float32 thresholds float32 gradients
+    gen = torch.Generator().manual_seed(1)
+    x64 = torch.randn(8, 3, 6, 6, generator=gen, dtype=torch.float64) * 2
+    x = x64.to(torch.bfloat16).requires_grad_()
+    act = CSQCFS(3, levels=4, threshold=1.5)
+    grad_out = torch.randn(8, 3, 6, 6, generator=gen)
+    y = act(x)
+    y.backward(grad_out.to(torch.bfloat16))
+    assert y.dtype == x.grad.dtype == torch.bfloat16 and act.rho.grad.dtype == torch.float32
+    lam16 = act.lam().detach().to(torch.bfloat16).view(-1, 1, 1)
+    assert torch.equal(y.detach(), _qcfs_by_autograd(x.detach(), lam16, 4))
+    # the gradients in float64 from the same (bf16-valued) x and λ, to bf16 rounding
+    x_ref = x.detach().double().requires_grad_()
+    lam_ref = lam16.double().requires_grad_()
+    _qcfs_by_autograd(x_ref, lam_ref, 4).backward(grad_out.to(torch.bfloat16).double())
+    assert torch.equal(x.grad.double(), x_ref.grad)  # the clip's mask: 0 or the gradient
+    dsoftplus = torch.sigmoid(act.rho.detach().double())
+    grad_rho = lam_ref.grad.flatten() * dsoftplus
+    # each summand is rounded to bf16 (relative 2^-9); the sum may cancel, so the bound is
+    # on the sum of the summands' magnitudes
+    u = x_ref.detach() / lam16.double()
+    q = torch.floor(u * 4 + 0.5)
+    summands = (q.clamp(0, 4) / 4 - u * ((q >= 0) & (q <= 4))) * grad_out.double()
+    bound = summands.abs().sum((0, 2, 3)) * dsoftplus * 2.0 ** -6
+    assert ((act.rho.grad.double() - grad_rho).abs() <= bound).all()
+    assert (grad_rho.abs() > 4 * bound).any()  # a bound that says something
+
+
 def test_a_failing_compile_warns_and_runs_uncompiled(monkeypatch):
     def broken(fn):
         def call(*args):

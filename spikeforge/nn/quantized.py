@@ -56,14 +56,18 @@ class _QCFSFunction(torch.autograd.Function):
         \\frac{\\partial a}{\\partial \\lambda} = \\frac{\\mathrm{clip}(q, 0, L)}{L}
             - m \\frac{x}{\\lambda}.
 
-    ``q`` is recomputed in backward (the composition of elementwise autograd ops this replaces
-    kept three tensors of the activations' size per layer). With ``SPIKEFORGE_COMPILE=1``
-    forward and backward each run as one fused loop (:func:`spikeforge.runtime.compilable`;
-    what it gains per training step: ``benchmarks/compile_gain.py``).
+    The function runs in ``x``'s dtype, as ReLU does (bfloat16 under autocast: each
+    operation one pass in one dtype, not a mixed-precision one; ∂a/∂λ is summed with a
+    float32 accumulator). ``q`` is recomputed in backward (the composition of elementwise
+    autograd ops this replaces kept three tensors of the activations' size per layer). With
+    ``SPIKEFORGE_COMPILE=1`` forward and backward each run as one fused loop
+    (:func:`spikeforge.runtime.compilable`; what it gains per training step:
+    ``benchmarks/compile_gain.py``).
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, lam: Tensor, levels: int) -> Tensor:  # noqa: D102
+        ctx.lam_dtype, lam = lam.dtype, lam.to(x.dtype)
         ctx.save_for_backward(x, lam)
         ctx.levels = levels
         return _qcfs_forward(x, lam, levels)
@@ -71,8 +75,8 @@ class _QCFSFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # noqa: D102
         x, lam = ctx.saved_tensors
-        grad_x, grad_lam = _qcfs_backward(x, lam, grad, ctx.levels)
-        return grad_x, grad_lam, None
+        grad_x, grad_lam = _qcfs_backward(x, lam, grad.to(x.dtype), ctx.levels)
+        return grad_x, grad_lam.to(ctx.lam_dtype), None
 
 
 def qcfs(x: Tensor, threshold: Tensor, levels: int) -> Tensor:
