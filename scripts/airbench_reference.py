@@ -31,6 +31,7 @@ import json
 import math
 import pickle
 import platform
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -290,6 +291,7 @@ def main() -> None:
         runs.append(run)
     if args.json:
         record = {
+            "command": " ".join(["python", *sys.argv]),
             "config": config,
             "runs": runs,
             "mean": {
