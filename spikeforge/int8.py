@@ -190,7 +190,11 @@ class _Int8Layer:
         unit = self.grid.unit
         bias = None if self.bias is None else self.bias.detach().float()
         if kind == "codes":
-            return self._kernel(spike_codes(x, unit, zero_point), zero_point, bias)
+            if (self.grid.low, self.grid.high) == (0, 1):  # binary spikes: n = [x ≥ u/2]
+                codes = torch.ge(x, 0.5 * unit).view(torch.uint8)  # one pass, no float temp
+            else:
+                codes = spike_codes(x, unit, zero_point)
+            return self._kernel(codes, zero_point, bias)
         positive = self._kernel(spike_codes(x.clamp(min=0), unit, 0), 0, bias)
         return positive.sub_(self._kernel(spike_codes(x.clamp(max=0).neg_(), unit, 0), 0,
                                           None))

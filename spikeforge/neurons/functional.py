@@ -147,13 +147,14 @@ def neuron_step(z: Tensor, state: NeuronState, params: NeuronParams
 
 
 def neuron_scan(z: Tensor, params: NeuronParams, initial: Initial = "zero",
-                state: NeuronState | None = None) -> tuple[Tensor, NeuronState]:
+                state: NeuronState | None = None, values: bool = False
+                ) -> tuple[Tensor, NeuronState]:
     """Run :func:`neuron_step` over the leading time axis of ``z`` (T, B, ...).
 
     Returns:
-        The spike counts s, shaped like ``z``, and the final state. (The net count of a
-        binary neuron is not tracked — its rule never reads it — and stays at its initial
-        value.)
+        The spike counts s (``values``: θ·s, what a neuron emitting values sends on),
+        shaped like ``z``, and the final state. (The net count of a binary neuron is not
+        tracked — its rule never reads it — and stays at its initial value.)
     """
     if z.ndim < 1 or z.shape[0] == 0:
         raise ValueError(f"expected a (T, ...) sequence with T >= 1, got shape {tuple(z.shape)}")
@@ -161,17 +162,23 @@ def neuron_scan(z: Tensor, params: NeuronParams, initial: Initial = "zero",
         state = init_state(z[0], params, initial)
     if not (torch.is_grad_enabled() and z.requires_grad):
         if params.rule == "binary":
-            return _binary_scan_inplace(z, state, params)
+            return _binary_scan_inplace(z, state, params, values)
         if params.rule == "ternary":
-            return _ternary_scan_inplace(z, state, params)
+            out, state = _ternary_scan_inplace(z, state, params)
+            return (_times_threshold(out, params) if values else out), state
     out = torch.empty_like(z)
     for t in range(z.shape[0]):
         s, state = neuron_step(z[t], state, params)
         out[t] = s
-    return out, state
+    return (_times_threshold(out, params) if values else out), state
 
 
-def _binary_scan_inplace(z: Tensor, state: NeuronState, params: NeuronParams
+def _times_threshold(s: Tensor, params: NeuronParams) -> Tensor:
+    """θ·s in place where s carries no gradient (s in its dtype, θ as given)."""
+    return s.mul_(params.threshold) if not s.requires_grad else s * params.threshold
+
+
+def _binary_scan_inplace(z: Tensor, state: NeuronState, params: NeuronParams, values: bool
                          ) -> tuple[Tensor, NeuronState]:
     """:func:`neuron_scan` for binary neurons when no gradient is needed: the same equations,
     evaluated with in-place updates of one membrane buffer and one spike mask (no tensors
@@ -180,7 +187,7 @@ def _binary_scan_inplace(z: Tensor, state: NeuronState, params: NeuronParams
     # in the state's dtype (float32 for bfloat16 currents), laid out as a step of z
     v = torch.empty_like(z[0], dtype=state.v.dtype).copy_(state.v.expand_as(z[0]))
     out = torch.empty_like(z)
-    binary_scan_into(z, v, theta, params.leak, params.reset, out)
+    binary_scan_into(z, v, theta, params.leak, params.reset, out, values=values)
     return out, NeuronState(v, state.count)
 
 
@@ -217,17 +224,18 @@ def _ternary_scan_inplace(z: Tensor, state: NeuronState, params: NeuronParams
 
 def binary_scan_into(z: Tensor, v: Tensor, theta: Tensor, leak: float, reset: Reset,
                      out: Tensor, fired: Tensor | None = None,
-                     membrane: Tensor | None = None) -> None:
+                     membrane: Tensor | None = None, values: bool = False) -> None:
     """The binary neuron's equations over the time axis of ``z``, written into buffers:
-    ``v`` (the membrane, updated in place) and ``out`` (T, ...) the spikes s; when given,
-    ``fired`` (T, ...) the spike masks and ``membrane`` (T, ...) m(t) before firing (what
-    BPTT keeps for backward). No tensor is allocated per step.
+    ``v`` (the membrane, updated in place) and ``out`` (T, ...) the spikes s (``values``:
+    θ·s); when given, ``fired`` (T, ...) the spike masks and ``membrane`` (T, ...) m(t)
+    before firing (what BPTT keeps for backward). No tensor is allocated per step.
 
     Without ``fired`` and ``membrane``, on a CPU, the fused kernel
     (:mod:`spikeforge.neurons.native`) runs it when the tensors allow (float32 or bfloat16
     ``z`` and ``out`` laid out alike, a float32 ``v`` laid out as a step of ``z``): the same
     result bit for bit in one pass over memory."""
-    if fired is None and membrane is None and _scan_natively(z, v, theta, leak, reset, out):
+    if (fired is None and membrane is None
+            and _scan_natively(z, v, theta, leak, reset, out, values)):
         return
     for t in range(z.shape[0]):
         if leak != 1.0:
@@ -242,10 +250,12 @@ def binary_scan_into(z: Tensor, v: Tensor, theta: Tensor, leak: float, reset: Re
             fired[t].copy_(out[t])
         # v − θ·s, or v − v·s (reset to zero): exact, and much faster than masked_fill_
         v.addcmul_(out[t], theta if reset == "subtract" else v, value=-1)
+    if values:
+        out.mul_(theta)
 
 
 def _scan_natively(z: Tensor, v: Tensor, theta: Tensor, leak: float, reset: Reset,
-                   out: Tensor) -> bool:
+                   out: Tensor, values: bool) -> bool:
     """:func:`binary_scan_into` by the fused kernel, if it runs these tensors; whether it ran."""
     if (z.device.type != "cpu" or z.dtype not in (torch.float32, torch.bfloat16)
             or out.dtype != z.dtype or v.dtype != torch.float32 or theta.dtype != v.dtype
@@ -256,6 +266,6 @@ def _scan_natively(z: Tensor, v: Tensor, theta: Tensor, leak: float, reset: Rese
     if kernels is None:
         return False
     kernels.scan_infer(z.permute(order), repeating(theta, z, order),
-                       step_in_order(v, z, order), float(leak), reset == "subtract",
+                       step_in_order(v, z, order), float(leak), reset == "subtract", values,
                        out.permute(order))
     return True

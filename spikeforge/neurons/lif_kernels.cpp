@@ -196,7 +196,7 @@ BackwardLoop backward_for(bool subtract, bool detach, bool unit) {
 // The scan without gradient, step by step over all N neurons (each step's currents and
 // spikes one contiguous stream, v and θ per neuron): fewer concurrent memory streams than
 // the blocked loop of BPTT, which writes three outputs per step
-template <typename In, bool Subtract, bool Leaky>
+template <typename In, bool Subtract, bool Leaky, bool Value>
 void infer_loop(int64_t T, int64_t N, const In* __restrict__ zp, const float* __restrict__ th,
                 float l, In* __restrict__ op, float* __restrict__ v) {
   for (int64_t t = 0; t < T; ++t) {
@@ -207,7 +207,7 @@ void infer_loop(int64_t T, int64_t N, const In* __restrict__ zp, const float* __
         const float m = (Leaky ? v[i] * l : v[i]) + load(z[i]);
         const bool spike = m >= th[i];
         const float s = static_cast<float>(static_cast<int>(spike));
-        o[i] = store<In>(s);
+        o[i] = store<In>(Value ? s * th[i] : s);
         if constexpr (Subtract) {
           v[i] = m - s * th[i];
         } else {
@@ -218,12 +218,20 @@ void infer_loop(int64_t T, int64_t N, const In* __restrict__ zp, const float* __
   }
 }
 
-template <typename In>
-void run_infer(bool subtract, bool leaky, int64_t T, int64_t N, const In* zp, const float* th,
+template <typename In, bool Value>
+void run_infer_loop(bool subtract, bool leaky, int64_t T, int64_t N, const In* zp, const float* th,
                float l, In* op, float* v) {
-  const auto loop = subtract ? (leaky ? infer_loop<In, true, true> : infer_loop<In, true, false>)
-                             : (leaky ? infer_loop<In, false, true> : infer_loop<In, false, false>);
+  const auto loop = subtract ? (leaky ? infer_loop<In, true, true, Value>
+                                      : infer_loop<In, true, false, Value>)
+                             : (leaky ? infer_loop<In, false, true, Value>
+                                      : infer_loop<In, false, false, Value>);
   loop(T, N, zp, th, l, op, v);
+}
+
+template <typename In>
+void run_infer(bool subtract, bool leaky, bool value, int64_t T, int64_t N, const In* zp,
+               const float* th, float l, In* op, float* v) {
+  (value ? run_infer_loop<In, true> : run_infer_loop<In, false>)(subtract, leaky, T, N, zp, th, l, op, v);
 }
 
 }  // namespace
@@ -249,9 +257,10 @@ void scan_forward(const torch::Tensor& z, const torch::Tensor& theta, const torc
 }
 
 // The same scan without gradient: from the membranes v (N float32 values), which it leaves
-// at their state after the last step; z and out float32, or both bfloat16.
+// at their state after the last step; z and out float32, or both bfloat16; out holds the
+// spikes s, or θ·s where value (the eager scan's s, then s·θ, rounded alike).
 void scan_infer(const torch::Tensor& z, const torch::Tensor& theta, torch::Tensor& v,
-                double leak, bool subtract, torch::Tensor& out) {
+                double leak, bool subtract, bool value, torch::Tensor& out) {
   const int64_t T = z.size(0), N = T ? z.numel() / T : 0;
   const auto dtype = z.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16,
@@ -267,10 +276,10 @@ void scan_infer(const torch::Tensor& z, const torch::Tensor& theta, torch::Tenso
     gather_block(theta.data_ptr<float>(), th_period, begin, end - begin, th.data() + begin);
   });
   if (dtype == at::kFloat) {
-    run_infer<float>(subtract, leak != 1.0, T, N, z.data_ptr<float>(), th.data(), l,
+    run_infer<float>(subtract, leak != 1.0, value, T, N, z.data_ptr<float>(), th.data(), l,
                      out.data_ptr<float>(), vp);
   } else {
-    run_infer<uint16_t>(subtract, leak != 1.0, T, N,
+    run_infer<uint16_t>(subtract, leak != 1.0, value, T, N,
                         reinterpret_cast<const uint16_t*>(z.data_ptr<at::BFloat16>()),
                         th.data(), l, reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()),
                         vp);

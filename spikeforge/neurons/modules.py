@@ -148,11 +148,11 @@ class SpikingNeuron(nn.Module):
             bits = s._spikeforge_bits
             if s.dtype != seq.dtype:  # exact in any dtype; autocast keeps them as bytes
                 s = s.to(seq.dtype)
-        else:
-            s, _ = neuron_scan(seq, params, state=state)
+            if self.emit == "value":
+                s = s * theta
+        else:  # θ·s written by the scan itself where it emits values
+            s, _ = neuron_scan(seq, params, state=state, values=self.emit == "value")
             bits = None
-        if self.emit == "value":
-            s = s.mul_(theta) if not s.requires_grad else s * theta
         if steps is not None:
             s = s.flatten(0, 1)
             bits = None if bits is None else bits.flatten(0, 1)
