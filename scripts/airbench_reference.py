@@ -52,13 +52,7 @@ def load_cifar10(root: Path, device: torch.device) -> dict[str, torch.Tensor]:
     with tarfile.open(root / "CIFAR10" / "cifar-10-python.tar.gz") as tar:
         for member in sorted(tar.getmembers(), key=lambda m: m.name):
             name = Path(member.name).name
-            split = (
-                "train"
-                if name.startswith("data_batch")
-                else "test"
-                if name == "test_batch"
-                else None
-            )
+            split = {"test_batch": "test"}.get(name, "train" if "data_batch" in name else None)
             if split:
                 batch = pickle.load(tar.extractfile(member), encoding="latin1")
                 parts[split].append((batch["data"], batch["labels"]))
@@ -141,6 +135,16 @@ def init_whitening(conv: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4) -> 
     eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
     filters = (eigenvectors.T / torch.sqrt(eigenvalues + eps)[:, None]).flip(0).view(-1, 3, 2, 2)
     conv.weight.copy_(torch.cat([filters, -filters]).float())
+
+
+@torch.no_grad()
+def lookahead(net: nn.Module, slow: dict[str, torch.Tensor], decay: float) -> None:
+    """slow ← decay·slow + (1 − decay)·net, then net ← slow, for every float entry of the
+    state dict (the BN statistics included)."""
+    for k, v in net.state_dict().items():
+        if v.dtype.is_floating_point:
+            slow[k].lerp_(v, 1 - decay)
+            v.copy_(slow[k])
 
 
 def triangle(step: int, total: int, start=0.2, peak=0.23, end=0.07) -> float:
@@ -229,16 +233,8 @@ def train(
             opt.step()
             step += 1
             if step % 5 == 0:
-                decay = 0.95**5 * (step / total) ** 3
-                with torch.no_grad():
-                    for k, v in net.state_dict().items():
-                        if v.dtype.is_floating_point:
-                            slow[k].lerp_(v, 1 - decay)
-                            v.copy_(slow[k])
-    with torch.no_grad():
-        for k, v in net.state_dict().items():
-            if v.dtype.is_floating_point:
-                v.copy_(slow[k])
+                lookahead(net, slow, decay=0.95**5 * (step / total) ** 3)
+    lookahead(net, slow, decay=1.0)  # the slow weights are the result
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started

@@ -160,22 +160,19 @@ def neuron_scan(z: Tensor, params: NeuronParams, initial: Initial = "zero",
         raise ValueError(f"expected a (T, ...) sequence with T >= 1, got shape {tuple(z.shape)}")
     if state is None:
         state = init_state(z[0], params, initial)
-    if not (torch.is_grad_enabled() and z.requires_grad):
-        if params.rule == "binary":
-            return _binary_scan_inplace(z, state, params, values)
-        if params.rule == "ternary":
-            out, state = _ternary_scan_inplace(z, state, params)
-            return (_times_threshold(out, params) if values else out), state
-    out = torch.empty_like(z)
-    for t in range(z.shape[0]):
-        s, state = neuron_step(z[t], state, params)
-        out[t] = s
-    return (_times_threshold(out, params) if values else out), state
-
-
-def _times_threshold(s: Tensor, params: NeuronParams) -> Tensor:
-    """θ·s in place where s carries no gradient (s in its dtype, θ as given)."""
-    return s.mul_(params.threshold) if not s.requires_grad else s * params.threshold
+    in_place = not (torch.is_grad_enabled() and z.requires_grad)
+    if in_place and params.rule == "binary":  # θ·s written by the scan itself
+        return _binary_scan_inplace(z, state, params, values)
+    if in_place and params.rule == "ternary":
+        out, state = _ternary_scan_inplace(z, state, params)
+    else:
+        out = torch.empty_like(z)
+        for t in range(z.shape[0]):
+            s, state = neuron_step(z[t], state, params)
+            out[t] = s
+    if values:  # θ·s, in place where s carries no gradient
+        out = out.mul_(params.threshold) if not out.requires_grad else out * params.threshold
+    return out, state
 
 
 def _binary_scan_inplace(z: Tensor, state: NeuronState, params: NeuronParams, values: bool

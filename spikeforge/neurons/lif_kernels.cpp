@@ -219,8 +219,8 @@ void infer_loop(int64_t T, int64_t N, const In* __restrict__ zp, const float* __
 }
 
 template <typename In, bool Value>
-void run_infer_loop(bool subtract, bool leaky, int64_t T, int64_t N, const In* zp, const float* th,
-               float l, In* op, float* v) {
+void run_infer_loop(bool subtract, bool leaky, int64_t T, int64_t N, const In* zp,
+                    const float* th, float l, In* op, float* v) {
   const auto loop = subtract ? (leaky ? infer_loop<In, true, true, Value>
                                       : infer_loop<In, true, false, Value>)
                              : (leaky ? infer_loop<In, false, true, Value>
@@ -231,7 +231,8 @@ void run_infer_loop(bool subtract, bool leaky, int64_t T, int64_t N, const In* z
 template <typename In>
 void run_infer(bool subtract, bool leaky, bool value, int64_t T, int64_t N, const In* zp,
                const float* th, float l, In* op, float* v) {
-  (value ? run_infer_loop<In, true> : run_infer_loop<In, false>)(subtract, leaky, T, N, zp, th, l, op, v);
+  const auto loop = value ? run_infer_loop<In, true> : run_infer_loop<In, false>;
+  loop(subtract, leaky, T, N, zp, th, l, op, v);
 }
 
 }  // namespace

@@ -257,12 +257,12 @@ def loss_and_accuracy(model: nn.Module, loader: Iterable[tuple[torch.Tensor, tor
     it saves, as ``spikeforge convert`` and ``evaluate`` compute with them."""
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
-    for x, y in loader:
-        with exact_float32():
+    with exact_float32():
+        for x, y in loader:
             logits = flip_averaged(model, x) if flip else model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        count += y.numel()
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+            count += y.numel()
     return loss_sum / max(count, 1), 100.0 * correct / max(count, 1)
 
 
