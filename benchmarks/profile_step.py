@@ -97,15 +97,18 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=3, help="profiled (and timed) calls")
+    rows = sorted({*compare.PRECISION_OF, *compare.TRAINING} - {*compare.PEERS})
+    parser.add_argument("--impl", default="spikeforge", choices=rows,
+                        help="which spikeforge row of compare.py (its precision)")
     parser.add_argument("--json", type=Path, help="write the record here")
     args = parser.parse_args()
     keep_freed_memory()  # as every spikeforge command runs
     torch.set_num_threads(args.threads)
     if args.kind == "training":
-        run, _, net = compare.training("spikeforge", args.timesteps, args.batch)
+        run, _, net = compare.training(args.impl, args.timesteps, args.batch)
         grad = torch.enable_grad()
     else:
-        run, _, net = compare.inference("vgg_cifar", "spikeforge", args.timesteps, args.batch)
+        run, _, net = compare.inference("vgg_cifar", args.impl, args.timesteps, args.batch)
         grad = torch.inference_mode()
     label_layers(net)
     with grad:

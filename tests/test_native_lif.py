@@ -60,6 +60,28 @@ def test_kernels_match_the_eager_scan(layout, reset, surrogate, monkeypatch):
 
 
 @needs_compiler
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("surrogate", list(SURROGATES))
+def test_bfloat16_scan_is_the_float32_scan_rounded(layout, surrogate, monkeypatch):
+    """bfloat16 currents (autocast) run in the kernels with float32 membranes: the spikes and
+    gradients are those of the float32 scan of the same currents, rounded to bfloat16."""
+    z = _currents(layout).to(torch.bfloat16)
+    for reset, leak in [("zero", 0.9), ("subtract", 1.0)]:
+        options = dict(leak=leak, reset=reset, surrogate=surrogate)
+        half = _run(z, True, monkeypatch, **options)
+        zz = z.clone().requires_grad_(True)
+        monkeypatch.setenv(native.NATIVE_ENV, "1")
+        theta = torch.tensor([0.6, 0.9, 1.0, 1.4, 2.0]).view(5, 1, 1)
+        s = lif_scan(zz.float(), theta, initial=0.25, **options).to(torch.bfloat16)
+        weights = torch.randn(s.shape, generator=torch.Generator().manual_seed(4))
+        (s * weights).sum().backward()
+        assert half[0].dtype == half[2].dtype == torch.bfloat16
+        assert half[0].stride() == z.stride()
+        assert 0.05 < half[0].float().mean() < 0.6 and half[2].abs().sum() > 1
+        assert torch.equal(half[0], s) and torch.equal(half[2], zz.grad)
+
+
+@needs_compiler
 def test_forward_kernel_keeps_the_eager_membrane_and_state(monkeypatch):
     """What backward reads: the membrane in bfloat16 and the spikes as booleans."""
     z = _currents("channels_last")

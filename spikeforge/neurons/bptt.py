@@ -34,9 +34,10 @@ unscaled).
 
 Only m (in bfloat16 for float32 inputs, see ``SAVED_MEMBRANE``) and s (one byte) are kept for
 backward — autograd through a Python loop of step functions keeps several full-precision
-tensors per step. For float32 on a CPU both directions run as fused C++ loops
-(:mod:`spikeforge.neurons.native`; the ``sigmoid`` backward excepted), one pass over memory
-where the eager scan below makes several per step; elsewhere the eager scan runs, or with
+tensors per step. For float32 and bfloat16 currents on a CPU both directions run as fused
+C++ loops with float32 arithmetic (:mod:`spikeforge.neurons.native`; the ``sigmoid``
+backward excepted), one pass over memory where the eager scan below makes several per
+step; elsewhere the eager scan runs, or with
 ``SPIKEFORGE_COMPILE=1`` its backward through ``torch.compile`` (Triton on a GPU).
 """
 
@@ -123,9 +124,9 @@ class _LIFScan(torch.autograd.Function):
 
 
 def _kernels_for(x: Tensor) -> ModuleType | None:
-    """The fused kernels (:mod:`spikeforge.neurons.native`) if they run ``x``: float32 on a
-    CPU, where they are built."""
-    if x.dtype != torch.float32 or x.device.type != "cpu":
+    """The fused kernels (:mod:`spikeforge.neurons.native`) if they run ``x``: float32 or
+    bfloat16 on a CPU, where they are built."""
+    if x.dtype not in (torch.float32, torch.bfloat16) or x.device.type != "cpu":
         return None
     return lif_kernels()
 
@@ -205,11 +206,12 @@ def _lif_backward_native(kernels: ModuleType, grad_out: Tensor, membrane: Tensor
                          fired: Tensor, theta: Tensor, leak: float, subtract: bool,
                          surrogate: str, width: float | None, detach_reset: bool,
                          unit_grad: bool = False) -> Tensor:
-    """:func:`_lif_backward` by the fused kernel (float32 on a CPU, the membrane in
-    bfloat16): the same arithmetic in one pass over memory, equal to float rounding."""
+    """:func:`_lif_backward` by the fused kernel (float32 or bfloat16 gradients on a CPU,
+    the membrane in bfloat16, the arithmetic in float32): the same arithmetic in one pass
+    over memory, equal to float rounding."""
     order = memory_order(membrane)
     carry, detach_reset = _backward_options(leak, surrogate, detach_reset)
-    scale = _lee_scale(fired, theta, leak, surrogate, unit_grad, grad_out.dtype)
+    scale = _lee_scale(fired, theta, leak, surrogate, unit_grad, theta.dtype)
     scale = theta.new_empty(0) if scale is None else repeating(scale, membrane, order)
     grad_z = torch.empty_like(membrane, dtype=grad_out.dtype)
     kernels.scan_backward(grad_out.permute(order).contiguous(), membrane.permute(order),
@@ -292,8 +294,9 @@ def lif_scan(z: Tensor, threshold: Tensor | float = 1.0, leak: float = 1.0,
                          f"{tuple(z.shape)}")
     w = check_training(NeuronParams(threshold, "binary", reset, leak), surrogate, width,
                        grad_scale)
-    theta = torch.as_tensor(threshold, dtype=z.dtype, device=z.device)
-    v0 = torch.as_tensor(initial, dtype=z.dtype, device=z.device)
+    acc = torch.promote_types(z.dtype, torch.float32)  # membranes at least float32
+    theta = torch.as_tensor(threshold, dtype=acc, device=z.device)
+    v0 = torch.as_tensor(initial, dtype=acc, device=z.device)
     return bptt_scan(z, theta, v0, leak, reset, surrogate, w, detach_reset, grad_scale)
 
 
@@ -302,9 +305,21 @@ def bptt_scan(z: Tensor, theta: Tensor, v0: Tensor, leak: float, reset: str, sur
               ) -> Tensor:
     """:func:`lif_scan` for settings validated already (:func:`check_training`, as
     :class:`~spikeforge.neurons.SpikingNeuron` does once at construction): ``theta`` and
-    ``v0`` are tensors in ``z``'s dtype, ``width`` the resolved one. The spikes carry their
-    booleans for :func:`~spikeforge.neurons.modules.mark_spikes`."""
+    ``v0`` are tensors in float32 or wider, ``width`` the resolved one. The spikes carry
+    their booleans for :func:`~spikeforge.neurons.modules.mark_spikes`.
+
+    bfloat16 currents (autocast) run in the fused kernels as they are, with float32
+    membranes, and give bfloat16 spikes and gradients: the float32 scan of the same currents
+    with its outputs rounded to bfloat16, without the float32 copies. Elsewhere, and for a
+    surrogate without a kernel, the scan runs on ``z`` converted to θ's dtype, its spikes
+    converted back (exact)."""
+    dtype = z.dtype
+    if dtype != theta.dtype and not (dtype == torch.bfloat16 and theta.dtype == torch.float32
+                                     and surrogate in _KERNEL_SURROGATES
+                                     and _kernels_for(z) is not None):
+        z = z.to(theta.dtype)
     spikes, fired = _LIFScan.apply(z, theta, v0, leak, reset, surrogate, width, detach_reset,
                                    grad_scale == "unit")
+    spikes = spikes.to(dtype)
     spikes._spikeforge_bits = fired  # the same spikes as booleans (see mark_spikes)
     return spikes

@@ -10,8 +10,10 @@
 // Tensors are (T, N) and contiguous: one step of N neurons in memory order (the Python side
 // permutes a channels-last (T, B, C, H, W) into (T, B, H, W, C)); scale is (N); theta and v0
 // are the shortest run of values that repeats over a step (C values for a per-channel θ of a
-// channels-last layer, one for a scalar). The BPTT scan is float32; the scan without gradient
-// takes float32 or bfloat16 currents (the bf16 simulation), its membrane float32 either way.
+// channels-last layer, one for a scalar). Currents, spikes and their gradients are float32 or
+// bfloat16 (the bf16 simulation; training under bf16 autocast); membranes, the backward's ε
+// and all arithmetic are float32 either way, so a bfloat16 scan equals the float32 scan of
+// the same currents with its outputs rounded to bfloat16.
 
 #include <torch/extension.h>
 
@@ -102,10 +104,10 @@ inline In store(float x) {
   }
 }
 
-template <bool Subtract, bool Leaky>
-void forward_loop(int64_t T, int64_t N, const float* __restrict__ zp, const float* th,
+template <typename In, bool Subtract, bool Leaky>
+void forward_loop(int64_t T, int64_t N, const In* __restrict__ zp, const float* th,
                   int64_t th_period, const float* v0, int64_t v0_period, float l,
-                  float* __restrict__ op, bool* __restrict__ fp, uint16_t* __restrict__ mp) {
+                  In* __restrict__ op, bool* __restrict__ fp, uint16_t* __restrict__ mp) {
   at::parallel_for(0, N, BLOCK, [&](int64_t begin, int64_t end) {
     float v[BLOCK], theta[BLOCK];
     for (int64_t b0 = begin; b0 < end; b0 += BLOCK) {
@@ -115,11 +117,11 @@ void forward_loop(int64_t T, int64_t N, const float* __restrict__ zp, const floa
       for (int64_t t = 0; t < T; ++t) {
         const int64_t o = t * N + b0;
         for (int64_t i = 0; i < len; ++i) {
-          const float m = (Leaky ? v[i] * l : v[i]) + zp[o + i];
+          const float m = (Leaky ? v[i] * l : v[i]) + load(zp[o + i]);
           const bool spike = m >= theta[i];
           const float s = static_cast<float>(static_cast<int>(spike));  // GCC vectorises this form
           mp[o + i] = to_bf16(m);
-          op[o + i] = s;
+          op[o + i] = store<In>(s);
           fp[o + i] = spike;
           // m − s·m of the eager scan is a select for finite m (a branch would not vectorise)
           if constexpr (Subtract) {
@@ -133,11 +135,11 @@ void forward_loop(int64_t T, int64_t N, const float* __restrict__ zp, const floa
   });
 }
 
-template <int64_t Kind, bool Subtract, bool Detach, bool Unit>
-void backward_loop(int64_t T, int64_t N, const float* __restrict__ gp,
+template <typename In, int64_t Kind, bool Subtract, bool Detach, bool Unit>
+void backward_loop(int64_t T, int64_t N, const In* __restrict__ gp,
                    const uint16_t* __restrict__ mp, const uint8_t* __restrict__ fp,
                    const float* th, int64_t th_period, const float* __restrict__ sc, float c,
-                   Surrogate g, float* __restrict__ dz) {
+                   Surrogate g, In* __restrict__ dz) {
   at::parallel_for(0, N, BLOCK, [&](int64_t begin, int64_t end) {
     float eps[BLOCK], theta[BLOCK];
     for (int64_t b0 = begin; b0 < end; b0 += BLOCK) {
@@ -159,7 +161,7 @@ void backward_loop(int64_t T, int64_t N, const float* __restrict__ gp,
             sigma = surrogate<Kind>((m - theta_n) * inv, g);
             if constexpr (!Unit) sigma = sigma * inv;
           }
-          float delta = gp[o + i];
+          float delta = load(gp[o + i]);
           if constexpr (!Detach) {
             if constexpr (Subtract) {
               delta = delta - eps[i] * theta_n;
@@ -171,26 +173,67 @@ void backward_loop(int64_t T, int64_t N, const float* __restrict__ gp,
           float e = eps[i];
           if constexpr (!Subtract) e = spike ? 0.0f : e;  // ε − s·ε
           delta = delta + e;
-          dz[o + i] = delta;
-          eps[i] = delta * c;
+          dz[o + i] = store<In>(delta);
+          eps[i] = delta * c;  // carried in float32 also for bfloat16 gradients
         }
       }
     }
   });
 }
 
-using BackwardLoop = void (*)(int64_t, int64_t, const float*, const uint16_t*, const uint8_t*,
-                              const float*, int64_t, const float*, float, Surrogate, float*);
+template <typename In>
+using BackwardLoop = void (*)(int64_t, int64_t, const In*, const uint16_t*, const uint8_t*,
+                              const float*, int64_t, const float*, float, Surrogate, In*);
 
-template <int64_t Kind>
-BackwardLoop backward_for(bool subtract, bool detach, bool unit) {
+template <typename In, int64_t Kind>
+BackwardLoop<In> backward_for(bool subtract, bool detach, bool unit) {
   const int64_t i = subtract * 4 + detach * 2 + unit;
-  static const BackwardLoop loops[8] = {
-      backward_loop<Kind, false, false, false>, backward_loop<Kind, false, false, true>,
-      backward_loop<Kind, false, true, false>,  backward_loop<Kind, false, true, true>,
-      backward_loop<Kind, true, false, false>,  backward_loop<Kind, true, false, true>,
-      backward_loop<Kind, true, true, false>,   backward_loop<Kind, true, true, true>};
+  static const BackwardLoop<In> loops[8] = {
+      backward_loop<In, Kind, false, false, false>, backward_loop<In, Kind, false, false, true>,
+      backward_loop<In, Kind, false, true, false>,  backward_loop<In, Kind, false, true, true>,
+      backward_loop<In, Kind, true, false, false>,  backward_loop<In, Kind, true, false, true>,
+      backward_loop<In, Kind, true, true, false>,   backward_loop<In, Kind, true, true, true>};
   return loops[i];
+}
+
+template <typename In>
+BackwardLoop<In> backward_of(int64_t kind, bool subtract, bool detach, bool unit) {
+  return kind == ATAN        ? backward_for<In, ATAN>(subtract, detach, unit)
+         : kind == TRIANGLE  ? backward_for<In, TRIANGLE>(subtract, detach, unit)
+         : kind == RECTANGLE ? backward_for<In, RECTANGLE>(subtract, detach, unit)
+                             : backward_for<In, LEE>(subtract, detach, unit);
+}
+
+// float32 stays float*, bfloat16 is read and written as its bits
+template <typename In>
+In* bits_of(const torch::Tensor& x) {
+  if constexpr (std::is_same_v<In, float>) {
+    return x.data_ptr<float>();
+  } else {
+    return reinterpret_cast<uint16_t*>(x.data_ptr<at::BFloat16>());
+  }
+}
+
+// float32 or bfloat16, the dtypes of currents, spikes and their gradients
+at::ScalarType current_dtype(const torch::Tensor& z, const char* name) {
+  const auto dtype = z.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "lif_kernels: ", name,
+              " must be float32 or bfloat16, got ", c10::toString(dtype));
+  return dtype;
+}
+
+template <typename In>
+void run_forward(bool subtract, bool leaky, int64_t T, int64_t N, const torch::Tensor& z,
+                 const torch::Tensor& theta, int64_t th_period, const torch::Tensor& v0,
+                 int64_t v0_period, float l, torch::Tensor& out, torch::Tensor& fired,
+                 torch::Tensor& membrane) {
+  const auto loop = subtract ? (leaky ? forward_loop<In, true, true>
+                                      : forward_loop<In, true, false>)
+                             : (leaky ? forward_loop<In, false, true>
+                                      : forward_loop<In, false, false>);
+  loop(T, N, bits_of<In>(z), theta.data_ptr<float>(), th_period, v0.data_ptr<float>(),
+       v0_period, l, bits_of<In>(out), fired.data_ptr<bool>(),
+       reinterpret_cast<uint16_t*>(membrane.data_ptr<at::BFloat16>()));
 }
 
 // The scan without gradient, step by step over all N neurons (each step's currents and
@@ -238,23 +281,21 @@ void run_infer(bool subtract, bool leaky, bool value, int64_t T, int64_t N, cons
 }  // namespace
 
 // m(t) = l·v + z(t) from v = v0; s(t) = [m(t) >= θ]; v = m − θ s (subtract) or m − m s
-// (zero). Writes out (the spikes as floats), fired (as booleans), membrane (m in bfloat16).
+// (zero). Writes out (the spikes, in z's dtype), fired (as booleans), membrane (m in bfloat16).
 void scan_forward(const torch::Tensor& z, const torch::Tensor& theta, const torch::Tensor& v0,
                   double leak, bool subtract, torch::Tensor& out, torch::Tensor& fired,
                   torch::Tensor& membrane) {
   const int64_t T = z.size(0), N = T ? z.numel() / T : 0;
-  check(z, at::kFloat, T * N, "z");
-  check(out, at::kFloat, T * N, "out");
+  const auto dtype = current_dtype(z, "z");
+  check(z, dtype, T * N, "z");
+  check(out, dtype, T * N, "out");
   check(fired, at::kBool, T * N, "fired");
   check(membrane, at::kBFloat16, T * N, "membrane");
   const int64_t th_period = check_period(theta, N, "theta");
   const int64_t v0_period = check_period(v0, N, "v0");
-  const bool leaky = leak != 1.0;
-  const auto loop = subtract ? (leaky ? forward_loop<true, true> : forward_loop<true, false>)
-                             : (leaky ? forward_loop<false, true> : forward_loop<false, false>);
-  loop(T, N, z.data_ptr<float>(), theta.data_ptr<float>(), th_period, v0.data_ptr<float>(),
-       v0_period, static_cast<float>(leak), out.data_ptr<float>(), fired.data_ptr<bool>(),
-       reinterpret_cast<uint16_t*>(membrane.data_ptr<at::BFloat16>()));
+  const auto run = dtype == at::kFloat ? run_forward<float> : run_forward<uint16_t>;
+  run(subtract, leak != 1.0, T, N, z, theta, th_period, v0, v0_period,
+      static_cast<float>(leak), out, fired, membrane);
 }
 
 // The same scan without gradient: from the membranes v (N float32 values), which it leaves
@@ -263,9 +304,7 @@ void scan_forward(const torch::Tensor& z, const torch::Tensor& theta, const torc
 void scan_infer(const torch::Tensor& z, const torch::Tensor& theta, torch::Tensor& v,
                 double leak, bool subtract, bool value, torch::Tensor& out) {
   const int64_t T = z.size(0), N = T ? z.numel() / T : 0;
-  const auto dtype = z.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16,
-              "lif_kernels: z must be float32 or bfloat16, got ", c10::toString(dtype));
+  const auto dtype = current_dtype(z, "z");
   check(z, dtype, T * N, "z");
   check(out, dtype, T * N, "out");
   check(v, at::kFloat, N, "v");
@@ -277,13 +316,11 @@ void scan_infer(const torch::Tensor& z, const torch::Tensor& theta, torch::Tenso
     gather_block(theta.data_ptr<float>(), th_period, begin, end - begin, th.data() + begin);
   });
   if (dtype == at::kFloat) {
-    run_infer<float>(subtract, leak != 1.0, value, T, N, z.data_ptr<float>(), th.data(), l,
-                     out.data_ptr<float>(), vp);
+    run_infer<float>(subtract, leak != 1.0, value, T, N, bits_of<float>(z), th.data(), l,
+                     bits_of<float>(out), vp);
   } else {
-    run_infer<uint16_t>(subtract, leak != 1.0, value, T, N,
-                        reinterpret_cast<const uint16_t*>(z.data_ptr<at::BFloat16>()),
-                        th.data(), l, reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()),
-                        vp);
+    run_infer<uint16_t>(subtract, leak != 1.0, value, T, N, bits_of<uint16_t>(z), th.data(), l,
+                        bits_of<uint16_t>(out), vp);
   }
 }
 
@@ -296,8 +333,9 @@ void scan_backward(const torch::Tensor& grad_out, const torch::Tensor& membrane,
                    const torch::Tensor& scale, double carry, bool subtract, bool detach,
                    bool unit, int64_t kind, double width, torch::Tensor& grad_z) {
   const int64_t T = grad_out.size(0), N = T ? grad_out.numel() / T : 0;
-  check(grad_out, at::kFloat, T * N, "grad_out");
-  check(grad_z, at::kFloat, T * N, "grad_z");
+  const auto dtype = current_dtype(grad_out, "grad_out");
+  check(grad_out, dtype, T * N, "grad_out");
+  check(grad_z, dtype, T * N, "grad_z");
   check(membrane, at::kBFloat16, T * N, "membrane");
   check(fired, at::kBool, T * N, "fired");
   const int64_t th_period = check_period(theta, N, "theta");
@@ -305,16 +343,19 @@ void scan_backward(const torch::Tensor& grad_out, const torch::Tensor& membrane,
   if (kind == LEE) check(scale, at::kFloat, N, "scale");
   const Surrogate g{static_cast<float>(width), static_cast<float>(1.0 / width),
                     static_cast<float>(M_PI / (2.0 * width)), static_cast<float>(0.5 / width)};
-  const BackwardLoop loop =
-      kind == ATAN ? backward_for<ATAN>(subtract, detach, unit)
-      : kind == TRIANGLE ? backward_for<TRIANGLE>(subtract, detach, unit)
-      : kind == RECTANGLE ? backward_for<RECTANGLE>(subtract, detach, unit)
-                          : backward_for<LEE>(subtract, detach, unit);
-  loop(T, N, grad_out.data_ptr<float>(),
-       reinterpret_cast<const uint16_t*>(membrane.data_ptr<at::BFloat16>()),
-       reinterpret_cast<const uint8_t*>(fired.data_ptr<bool>()), theta.data_ptr<float>(),
-       th_period, kind == LEE ? scale.data_ptr<float>() : nullptr, static_cast<float>(carry), g,
-       grad_z.data_ptr<float>());
+  const auto* mp = reinterpret_cast<const uint16_t*>(membrane.data_ptr<at::BFloat16>());
+  const auto* fp = reinterpret_cast<const uint8_t*>(fired.data_ptr<bool>());
+  const float* sc = kind == LEE ? scale.data_ptr<float>() : nullptr;
+  const float c = static_cast<float>(carry);
+  if (dtype == at::kFloat) {
+    backward_of<float>(kind, subtract, detach, unit)(T, N, bits_of<float>(grad_out), mp, fp,
+                                                     theta.data_ptr<float>(), th_period, sc, c,
+                                                     g, bits_of<float>(grad_z));
+  } else {
+    backward_of<uint16_t>(kind, subtract, detach, unit)(
+        T, N, bits_of<uint16_t>(grad_out), mp, fp, theta.data_ptr<float>(), th_period, sc, c, g,
+        bits_of<uint16_t>(grad_z));
+  }
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {

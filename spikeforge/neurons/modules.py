@@ -143,11 +143,9 @@ class SpikingNeuron(nn.Module):
         params = self.params(theta)
         state = init_state(torch.empty_like(seq[0], dtype=acc), params, self.initial)
         if self.surrogate is not None and torch.is_grad_enabled() and seq.requires_grad:
-            s = bptt_scan(seq.to(acc), theta, state.v, self.leak, self.reset, self.surrogate,
+            s = bptt_scan(seq, theta, state.v, self.leak, self.reset, self.surrogate,
                           self.width, self.detach_reset, self.grad_scale)
             bits = s._spikeforge_bits
-            if s.dtype != seq.dtype:  # exact in any dtype; autocast keeps them as bytes
-                s = s.to(seq.dtype)
             if self.emit == "value":
                 s = s * theta
         else:  # θ·s written by the scan itself where it emits values
