@@ -40,7 +40,9 @@ median images/s over the rounds, and the median, min and max over the rounds of 
 the best peer *of the same round*. Also its process's peak RSS (torch and the model
 included, the same for all) and the RSS the measured calls added (``work_mib``: peak minus
 the RSS before them — a lower bound, 0 when an earlier stage such as calibration peaked
-higher), and the largest difference of the summed readout (A) or of the first step's loss
+higher), the heap memory one more call holds at its peak (``heap_work_mib``: the tensors
+themselves, without the holes between them that the RSS also counts; sampled, so a lower
+bound), and the largest difference of the summed readout (A) or of the first step's loss
 and output (B) from spikeforge's (float32). glibc keeps freed memory in every process, as
 the ``spikeforge`` commands do (``--malloc default``: glibc's settings). The JSON records
 the CPU's instruction set (``isa``). Peers: the ``bench`` extra, next to the existing torch
@@ -51,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import json
 import multiprocessing as mp
 import os
@@ -58,6 +61,7 @@ import platform
 import resource
 import statistics
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -288,6 +292,48 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _heap_mib() -> float | None:
+    """The bytes glibc's malloc has handed out and not yet freed (``mallinfo2``: in-use
+    chunks plus mmapped blocks), in MiB; None off glibc ≥ 2.33."""
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return (info.uordblks + info.hblkhd) / 2**20
+
+
+def _heap_peak_mib(call: Callable) -> float | None:
+    """The most heap memory in use during ``call()`` above what was in use before it, in
+    MiB: sampled every millisecond by a thread (torch's operators release the GIL), so a
+    lower bound of the tensors a call holds at once, free of how the allocator places them
+    (the RSS counts the holes between blocks too). None off glibc."""
+    before = _heap_mib()
+    if before is None:
+        return None
+    peak, done = [before], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _heap_mib())
+            time.sleep(0.001)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        call()
+    finally:
+        done.set()
+        sampler.join()
+    return max(peak[0], _heap_mib()) - before
+
+
 def _precision_info(case: Case, impl: str) -> dict:
     """What a spikeforge network ran in: the precision chosen and why, and (int8) which
     layers ran on integer kernels."""
@@ -302,7 +348,8 @@ def _worker(conn, kind: str, bench: str, impl: str, timesteps: int, batch: int, 
             keep_memory: bool) -> None:
     """One implementation in its own process: set up once and send the output to compare;
     then, for every ``repeats`` received, a warm-up call and ``repeats`` timed calls (their
-    seconds sent back); 0 ends it with the process's peak RSS. With ``keep_memory`` glibc
+    seconds sent back); 0 ends it with the process's peak RSS and the heap peak of one more,
+    untimed call (the sampling thread would slow the timed ones). With ``keep_memory`` glibc
     keeps freed memory (:func:`spikeforge.runtime.keep_freed_memory`)."""
     try:
         if keep_memory:
@@ -330,7 +377,10 @@ def _worker(conn, kind: str, bench: str, impl: str, timesteps: int, batch: int, 
                         times.append(time.perf_counter() - tick)
             conn.send(times)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        conn.send({"peak_rss_mib": peak, "work_mib": max(0.0, peak - before)})
+        with mode():
+            heap = _heap_peak_mib(case.run)
+        conn.send({"peak_rss_mib": peak, "work_mib": max(0.0, peak - before),
+                   "heap_work_mib": heap})
     except Exception as exc:  # a missing peer, for example
         conn.send({"error": f"{type(exc).__name__}: {exc}"})
 
@@ -550,7 +600,7 @@ def _print(kind: str, bench: str, t: int, batch: int, threads: int, rounds: int,
     print(f"\n{bench} {what}, T={t}, batch {batch}, {threads} threads, median of {rounds} "
           "rounds")
     print(f"{'implementation':26s} {'images/s':>9s} {'vs best peer [min-max]':>23s} "
-          f"{'peak RSS MiB':>12s} {'work MiB':>9s} {'max |diff|':>10s}")
+          f"{'peak RSS MiB':>12s} {'work MiB':>9s} {'heap MiB':>9s} {'max |diff|':>10s}")
     for r in rows:
         if "error" in r:
             print(f"{r['implementation']:26s} {r['error']}")
@@ -562,8 +612,9 @@ def _print(kind: str, bench: str, t: int, batch: int, threads: int, rounds: int,
         name = r["implementation"] + (" (÷T floor)" if floor else "")
         name += f" (= {r['same_as']})" if "same_as" in r else ""
         rate = r["images_per_s"] / (t if floor else 1)
+        heap = "" if r.get("heap_work_mib") is None else f"{r['heap_work_mib']:.0f}"
         print(f"{name:26s} {rate:9.1f} {ratio:>23s} {r['peak_rss_mib']:12.0f} "
-              f"{r['work_mib']:9.0f} {diff:>10s}")
+              f"{r['work_mib']:9.0f} {heap:>9s} {diff:>10s}")
         if r.get("precision_reason") and r.get("precision_requested") == "auto":
             print(f"{'':26s} {r['precision_reason']}")
         kernels = r.get("int8_kernels")

@@ -60,3 +60,20 @@ def test_isa_names_the_capability_and_flags():
     info = compare.isa()
     assert info["cpu_capability"] and isinstance(info["native_bf16"], bool)
     assert set(info["flags"]) <= set(compare.ISA_FLAGS)
+
+
+def test_heap_peak_counts_the_tensors_a_call_holds():
+    import time
+
+    import torch
+
+    if compare._heap_mib() is None:
+        pytest.skip("no glibc mallinfo2 here")
+
+    def holds_64_mib():
+        block = torch.ones(16 << 20)  # 64 MiB, freed before the call returns
+        time.sleep(0.05)
+        return float(block[0])
+
+    assert 60 <= compare._heap_peak_mib(holds_64_mib) < 80
+    assert compare._heap_peak_mib(lambda: time.sleep(0.02)) < 4
