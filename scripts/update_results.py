@@ -263,7 +263,10 @@ def performance_tables(bench_dir: Path, base: Path) -> str:
                          "images/s": r["images_per_s"] / (t if floor else 1),
                          "vs best peer": r.get("ratio_vs_best_peer"),
                          **({"range over rounds": spread} if "rounds" in data else {}),
-                         "peak RSS MiB": r["peak_rss_mib"], "max abs diff": (
+                         "peak RSS MiB": r["peak_rss_mib"],
+                         **({"heap MiB": r.get("heap_work_mib")} if any(
+                             "heap_work_mib" in q for q in data["records"]) else {}),
+                         "max abs diff": (
                              None if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}")})
         isa = data.get("isa") or {}
         machine = (f"{isa.get('cpu_model', '?')}, vector ISA {isa['cpu_capability']}, "
