@@ -237,25 +237,34 @@ void run_forward(bool subtract, bool leaky, int64_t T, int64_t N, const torch::T
 }
 
 // The scan without gradient, step by step over all N neurons (each step's currents and
-// spikes one contiguous stream, v and θ per neuron): fewer concurrent memory streams than
-// the blocked loop of BPTT, which writes three outputs per step
+// spikes one contiguous stream, v per neuron, θ a run of L values repeating over the step):
+// fewer concurrent memory streams than the blocked loop of BPTT, which writes three outputs
+// per step
 template <typename In, bool Subtract, bool Leaky, bool Value>
-void infer_loop(int64_t T, int64_t N, const In* __restrict__ zp, const float* __restrict__ th,
-                float l, In* __restrict__ op, float* __restrict__ v) {
+void infer_loop(int64_t T, int64_t N, const In* __restrict__ zp, const float* __restrict__ thb,
+                int64_t L, float l, In* __restrict__ op, float* __restrict__ v) {
   for (int64_t t = 0; t < T; ++t) {
     const In* __restrict__ z = zp + t * N;
     In* __restrict__ o = op + t * N;
     at::parallel_for(0, N, 16384, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const float m = (Leaky ? v[i] * l : v[i]) + load(z[i]);
-        const bool spike = m >= th[i];
-        const float s = static_cast<float>(static_cast<int>(spike));
-        o[i] = store<In>(Value ? s * th[i] : s);
-        if constexpr (Subtract) {
-          v[i] = m - s * th[i];
-        } else {
-          v[i] = spike ? 0.0f : m;
+      for (int64_t a = begin; a < end;) {
+        const int64_t off = a % L, len = std::min(end - a, L - off);
+        const float* __restrict__ th = thb + off;
+        float* __restrict__ va = v + a;
+        const In* __restrict__ za = z + a;
+        In* __restrict__ oa = o + a;
+        for (int64_t i = 0; i < len; ++i) {
+          const float m = (Leaky ? va[i] * l : va[i]) + load(za[i]);
+          const bool spike = m >= th[i];
+          const float s = static_cast<float>(static_cast<int>(spike));
+          oa[i] = store<In>(Value ? s * th[i] : s);
+          if constexpr (Subtract) {
+            va[i] = m - s * th[i];
+          } else {
+            va[i] = spike ? 0.0f : m;
+          }
         }
+        a += len;
       }
     });
   }
@@ -263,19 +272,19 @@ void infer_loop(int64_t T, int64_t N, const In* __restrict__ zp, const float* __
 
 template <typename In, bool Value>
 void run_infer_loop(bool subtract, bool leaky, int64_t T, int64_t N, const In* zp,
-                    const float* th, float l, In* op, float* v) {
+                    const float* th, int64_t L, float l, In* op, float* v) {
   const auto loop = subtract ? (leaky ? infer_loop<In, true, true, Value>
                                       : infer_loop<In, true, false, Value>)
                              : (leaky ? infer_loop<In, false, true, Value>
                                       : infer_loop<In, false, false, Value>);
-  loop(T, N, zp, th, l, op, v);
+  loop(T, N, zp, th, L, l, op, v);
 }
 
 template <typename In>
 void run_infer(bool subtract, bool leaky, bool value, int64_t T, int64_t N, const In* zp,
-               const float* th, float l, In* op, float* v) {
+               const float* th, int64_t L, float l, In* op, float* v) {
   const auto loop = value ? run_infer_loop<In, true> : run_infer_loop<In, false>;
-  loop(subtract, leaky, T, N, zp, th, l, op, v);
+  loop(subtract, leaky, T, N, zp, th, L, l, op, v);
 }
 
 }  // namespace
@@ -311,16 +320,17 @@ void scan_infer(const torch::Tensor& z, const torch::Tensor& theta, torch::Tenso
   const int64_t th_period = check_period(theta, N, "theta");
   float* vp = v.data_ptr<float>();
   const float l = static_cast<float>(leak);
-  std::vector<float> th(N);  // θ of every neuron of a step
-  at::parallel_for(0, N, BLOCK, [&](int64_t begin, int64_t end) {
-    gather_block(theta.data_ptr<float>(), th_period, begin, end - begin, th.data() + begin);
-  });
+  // θ as a run of L values that repeats over the step (a whole number of periods, at least
+  // 4096 values or the whole step): read from the L1 cache, not one value per neuron
+  const int64_t L = th_period * ((4096 + th_period - 1) / th_period);
+  std::vector<float> th(std::min(L, N));
+  gather_block(theta.data_ptr<float>(), th_period, 0, th.size(), th.data());
   if (dtype == at::kFloat) {
-    run_infer<float>(subtract, leak != 1.0, value, T, N, bits_of<float>(z), th.data(), l,
-                     bits_of<float>(out), vp);
+    run_infer<float>(subtract, leak != 1.0, value, T, N, bits_of<float>(z), th.data(),
+                     th.size(), l, bits_of<float>(out), vp);
   } else {
-    run_infer<uint16_t>(subtract, leak != 1.0, value, T, N, bits_of<uint16_t>(z), th.data(), l,
-                        bits_of<uint16_t>(out), vp);
+    run_infer<uint16_t>(subtract, leak != 1.0, value, T, N, bits_of<uint16_t>(z), th.data(),
+                        th.size(), l, bits_of<uint16_t>(out), vp);
   }
 }
 
