@@ -79,6 +79,13 @@ def test_bfloat16_scan_is_the_float32_scan_rounded(layout, surrogate, monkeypatc
         assert half[0].stride() == z.stride()
         assert 0.05 < half[0].float().mean() < 0.6 and half[2].abs().sum() > 1
         assert torch.equal(half[0], s) and torch.equal(half[2], zz.grad)
+        # kernels off between forward and backward: the eager backward, in float32
+        zz = z.clone().requires_grad_(True)
+        s = lif_scan(zz, theta, initial=0.25, **options)
+        monkeypatch.setenv(native.NATIVE_ENV, "0")
+        (s * weights).sum().backward()
+        assert zz.grad.dtype == torch.bfloat16
+        torch.testing.assert_close(zz.grad, half[2], rtol=1e-2, atol=1e-3)
 
 
 @needs_compiler

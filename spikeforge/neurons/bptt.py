@@ -109,8 +109,11 @@ class _LIFScan(torch.autograd.Function):
                 and ctx.surrogate in _KERNEL_SURROGATES):
             return _lif_backward_native(kernels, grad_out, membrane, fired, theta,
                                         *options), *(None,) * 8
+        dtype = grad_out.dtype  # bfloat16 from the kernels' scan: float32 arithmetic here too
+        grad_out = grad_out.to(theta.dtype)
         if not compile_enabled():
-            return _lif_backward(grad_out, membrane, fired, theta, *options), *(None,) * 8
+            return (_lif_backward(grad_out, membrane, fired, theta, *options).to(dtype),
+                    *(None,) * 8)
         # the compiled loop runs on every tensor viewed in memory order (contiguous, as a
         # channels-last layer's are as (T, B, H, W, C)): inductor vectorises that, not the
         # strided (T, B, C, H, W) view
@@ -120,7 +123,7 @@ class _LIFScan(torch.autograd.Function):
         grad_z = _lif_backward_fused(grad_out.permute(order).contiguous(),
                                      membrane.permute(order), fired.permute(order), theta,
                                      *options)
-        return grad_z.permute(back), *(None,) * 8
+        return grad_z.permute(back).to(dtype), *(None,) * 8
 
 
 def _kernels_for(x: Tensor) -> ModuleType | None:
