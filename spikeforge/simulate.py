@@ -163,12 +163,22 @@ def repeat_over_time(x: Tensor, timesteps: int) -> Tensor:
     return torch.cat([x] * timesteps)
 
 
+def _holds(gm: fx.GraphModule, user: fx.Node, node: fx.Node) -> bool:
+    """Whether ``user`` is a spiking neuron taking ``node`` as its input current only, so
+    that it can hold it for all steps."""
+    return (user.op == "call_module" and isinstance(gm.get_submodule(str(user.target)),
+                                                    SpikingNeuron)
+            and user.args[:1] == (node,) and node not in user.args[1:]
+            and node not in user.kwargs.values())
+
+
 def constant_input_graph(gm: fx.GraphModule) -> fx.GraphModule:
     """The graph for an input that is the same at every step (direct encoding), called as
     ``graph(x (B, ...), T)``: the layers that see only that input (the first convolution,
-    its batch norm, ...) run once on B rows instead of T·B, and their result is repeated
-    over time where the first neuron needs it. Exact: a stateless layer acts on each step
-    alone, so T equal steps give T equal results. Shares ``gm``'s modules."""
+    its batch norm, ...) run once on B rows instead of T·B, and their result is held for
+    the T steps by the first neuron (its ``constant`` input, read once per step) or
+    repeated over time for any other layer that needs it. Exact: a stateless layer acts on
+    each step alone, so T equal steps give T equal results. Shares ``gm``'s modules."""
     graph = copy.deepcopy(gm.graph)
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     x, timesteps = placeholders[0], placeholders[-1]
@@ -179,6 +189,9 @@ def constant_input_graph(gm: fx.GraphModule) -> fx.GraphModule:
             constant.add(node)
     for node in [n for n in graph.nodes if n in constant]:
         users = [u for u in node.users if u not in constant]
+        for user in [u for u in users if _holds(gm, u, node)]:
+            user.kwargs = {**user.kwargs, "constant": True}
+            users.remove(user)
         if users:  # (after the last placeholder, which T is, when the input itself is used)
             with graph.inserting_after(timesteps if node.op == "placeholder" else node):
                 repeated = graph.call_function(repeat_over_time, (node, timesteps))

@@ -457,11 +457,15 @@ def test_constant_input_runs_the_first_layer_once(name):
     x = torch.rand(4, 3, 32, 32)
     snn = sf.convert(create(name, num_classes=10).eval(), [x], timesteps=5, progress=False)
     first = next(m for m in snn.graph.modules() if isinstance(m, nn.Conv2d))
-    rows = []
+    rows, held = [], []
     first.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    next(iter(snn.neurons().values())).register_forward_pre_hook(
+        lambda module, args, kwargs: held.append((args[0].shape[0], kwargs.get("constant"))),
+        with_kwargs=True)
     direct = snn(x)  # the image is the same at every step: the first conv sees B rows
     folded = snn.simulate(encode("direct", x, 5))  # the plain run sees T·B rows
     assert rows == [4, 20]
+    assert held == [(4, True), (20, None)]  # the first neuron holds its current, no T copies
     assert torch.equal(direct, folded)
     assert (direct != 0).any()
 

@@ -89,6 +89,69 @@ def test_bfloat16_scan_is_the_float32_scan_rounded(layout, surrogate, monkeypatc
 
 
 @needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("surrogate", ["atan", "lee", "sigmoid"])
+@pytest.mark.parametrize("enabled", [True, False])
+def test_held_current_is_scanned_as_its_copies(dtype, surrogate, enabled, monkeypatch):
+    """One step held for T steps (a direct input's current, ``steps=T``): the spikes of T
+    copies bit for bit, the gradient their summed gradient to rounding (the kernels sum it
+    in float32 themselves; without them, or for ``sigmoid``, autograd sums T views)."""
+    from spikeforge.neurons.bptt import bptt_scan
+
+    monkeypatch.setenv(native.NATIVE_ENV, "1" if enabled else "0")
+    gen = torch.Generator().manual_seed(5)
+    z = (torch.randn(4, 5, 6, 6, generator=gen) * 0.8 + 0.4).to(dtype).contiguous(
+        memory_format=torch.channels_last)
+    weights = torch.randn(7, 4, 5, 6, 6, generator=gen)
+    theta = torch.tensor([0.6, 0.9, 1.0, 1.4, 2.0]).view(5, 1, 1)
+    width = None if surrogate == "lee" else 1.0
+    one = z.clone().requires_grad_(True)
+    s = bptt_scan(one, theta, torch.tensor(0.0), 0.9, "zero", surrogate, width, False,
+                  steps=7)
+    (s.float() * weights).sum().backward()
+    copies = z.clone().requires_grad_(True)
+    rows = copies.expand(7, *z.shape).flatten(0, 1).contiguous(memory_format=torch.channels_last)
+    c = bptt_scan(rows.unflatten(0, (7, 4)), theta, torch.tensor(0.0), 0.9, "zero", surrogate,
+                  width, False)
+    (c.float() * weights).sum().backward()
+    assert torch.equal(s, c) and s.stride() == c.stride() and 0.05 < s.float().mean() < 0.6
+    assert one.grad.shape == z.shape and one.grad.dtype == dtype
+    tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2,
+                                                                              atol=2e-2)
+    torch.testing.assert_close(one.grad.float(), copies.grad.float(), **tolerance)
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inference_kernel_reads_a_held_current_once_per_step(dtype, monkeypatch):
+    """The scan without gradient of one step held over time (an expanded view): the spikes
+    and state of its T copies bit for bit, by the kernel, on the one step's values."""
+    from spikeforge.neurons import functional
+
+    sizes = []
+    kernels = native.lif_kernels()
+
+    class Counting:
+        def scan_infer(self, z, *args):
+            sizes.append(z.numel())
+            return kernels.scan_infer(z, *args)
+
+    monkeypatch.setattr(functional, "lif_kernels", lambda: Counting())
+    step = _currents("channels_last")[0].to(dtype)
+    params = functional.NeuronParams(torch.tensor([0.6, 0.9, 1.0, 1.4, 2.0]).view(5, 1, 1),
+                                     "binary", "zero", 0.9, False, None)
+    start = functional.init_state(torch.empty_like(step, dtype=torch.float32), params)
+    held, state = functional.neuron_scan(step.expand(6, *step.shape), params, state=start,
+                                         values=True)
+    copies = step.expand(6, *step.shape).flatten(0, 1).contiguous(
+        memory_format=torch.channels_last).unflatten(0, (6, len(step)))
+    full, full_state = functional.neuron_scan(copies, params, state=start, values=True)
+    assert sizes == [step.numel(), full.numel()]
+    assert torch.equal(held, full) and held.stride() == full.stride()
+    assert torch.equal(state.v, full_state.v) and 0 < (held != 0).float().mean() < 1
+
+
+@needs_compiler
 def test_forward_kernel_keeps_the_eager_membrane_and_state(monkeypatch):
     """What backward reads: the membrane in bfloat16 and the spikes as booleans."""
     z = _currents("channels_last")
@@ -105,7 +168,7 @@ def test_forward_kernel_keeps_the_eager_membrane_and_state(monkeypatch):
                 pass
 
         ctx = Ctx()
-        _LIFScan.forward(ctx, z, theta, v0, 0.8, "subtract", "atan", 0.5, False, False)
+        _LIFScan.forward(ctx, z, theta, v0, 0.8, "subtract", "atan", 0.5, False, False, None)
         saved.append(ctx.saved)
     for eager, fused in zip(*saved, strict=True):
         assert eager.dtype == fused.dtype and torch.equal(eager, fused)

@@ -107,8 +107,10 @@ def test_snn_trains_with_bf16_autocast_where_the_cpu_has_it(tmp_path, train_conf
     record = json.loads((tmp_path / "bf16" / "results.json").read_text())
     assert record["precision"] == "bfloat16"
     assert json.loads((tmp_path / "f32" / "results.json").read_text())["precision"] == "float32"
-    assert f32.test_accuracy > 60.0  # chance: 10%
-    assert abs(bf16.test_accuracy - f32.test_accuracy) < 3.0  # 300 test images
+    assert f32.test_accuracy > 60.0 and bf16.test_accuracy > 60.0  # chance: 10%
+    # 300 test images after one short epoch: over seeds 0-5 bf16 − float32 ran from −3.7 to
+    # +1.3 points (rounding sends the two runs apart), a broken bf16 step falls far lower
+    assert abs(bf16.test_accuracy - f32.test_accuracy) < 5.0
 
 
 def assert_same_state(a: dict, b: dict) -> None:

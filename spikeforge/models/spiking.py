@@ -20,10 +20,11 @@ through (∂/∂y(t) = 1/(V_th·T)). Dropout is replaced by :class:`~spikeforge.
 (one mask per sample for all T).
 
 With direct input every step sees the same image, so the layers before the first neuron
-(conv, BN, pooling: the input current) run once on the B images and their output is repeated
-T times, as inference does (:func:`input_neuron`). The result is the same: a layer that
-treats rows independently gives T equal copies, and BN's batch statistics over T copies of
-each image are those over the images (only its running variance's n/(n − 1) correction
+(conv, BN, pooling: the input current) run once on the B images and the neuron holds their
+output for the T steps, as inference does (:func:`input_neuron`; the neuron's ``constant``
+input, read once per step, its gradient summed over the steps). The result is the same: a
+layer that treats rows independently gives T equal copies, and BN's batch statistics over
+T copies of each image are those over the images (only its running variance's n/(n − 1) correction
 counts B·H·W values instead of T·B·H·W, a relative difference below 1/(B·H·W)).
 """
 
@@ -147,7 +148,7 @@ class SpikingModel(nn.Module):
         self._input_neuron = input_neuron(net) if encoder == "direct" else None
         if self._input_neuron is not None:
             self.net.get_submodule(self._input_neuron).register_forward_pre_hook(
-                self._repeat_input_current)
+                self._hold_input_current, with_kwargs=True)
         self._images: int | None = None  # B while forward runs on B images, not T·B rows
         self.set_timesteps(timesteps)
 
@@ -158,14 +159,15 @@ class SpikingModel(nn.Module):
             if hasattr(module, "timesteps"):
                 module.timesteps = timesteps
 
-    def _repeat_input_current(self, module: nn.Module, args: tuple[Any, ...]
-                              ) -> tuple[Any, ...] | None:
-        """The first neuron's input, computed once per image, repeated for the T steps."""
+    def _hold_input_current(self, module: nn.Module, args: tuple[Any, ...],
+                            kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
+        """The first neuron's input, computed once per image, held for the T steps (the
+        neuron's ``constant`` input: read once per step, no T copies)."""
         z = args[0]
         if self._images is None or z.shape[0] != self._images:
             return None  # not called from forward (e.g. a copy being converted)
         self._images = None
-        return (self._time_folded(z, "direct"), *args[1:])
+        return args, {**kwargs, "constant": True}
 
     def _time_folded(self, x: Tensor, encoder: str) -> Tensor:
         """``x`` (B, ...) encoded for T steps and folded to (T·B, ...), in ``x``'s memory

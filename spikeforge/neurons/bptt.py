@@ -55,7 +55,15 @@ from spikeforge.neurons.functional import (
     check_choice,
     check_params,
 )
-from spikeforge.neurons.native import lif_kernels, memory_order, repeating, step_in_order
+from spikeforge.neurons.native import (
+    empty_steps,
+    held,
+    in_order,
+    lif_kernels,
+    memory_order,
+    repeating,
+    step_in_order,
+)
 from spikeforge.neurons.surrogate import _DERIVATIVES, check_surrogate, lee_factor
 from spikeforge.runtime import compilable, compile_enabled
 
@@ -72,21 +80,26 @@ SAVED_MEMBRANE = {torch.float32: torch.bfloat16}
 
 class _LIFScan(torch.autograd.Function):
     """The scan with in-place updates of preallocated buffers: one membrane buffer forward,
-    one gradient buffer per step backward, no tensors allocated per step."""
+    one gradient buffer per step backward, no tensors allocated per step. With ``steps``,
+    ``z`` is one step (B, ...) held for that many steps, read once per step, and its
+    gradient is the sum over them (the kernels run it; :func:`bptt_scan` sees to that)."""
 
     @staticmethod
     def forward(ctx, z: Tensor, theta: Tensor, v0: Tensor, leak: float, reset: str,
                 surrogate: str, width: float | None, detach_reset: bool,
-                unit_grad: bool) -> Tensor:
+                unit_grad: bool, steps: int | None) -> Tensor:
+        if steps is not None:
+            z = z.expand(steps, *z.shape)  # time stride 0: no copies
         kernels = _kernels_for(z)
-        if kernels is not None and not z.permute(memory_order(z)).is_contiguous():
-            z = z.contiguous()  # not dense in any order (a slice): the kernels need it dense
-        out = torch.empty_like(z)
-        fired = torch.empty_like(z, dtype=torch.bool)  # same strides as z (channels-last)
-        membrane = torch.empty_like(z, dtype=SAVED_MEMBRANE.get(z.dtype, z.dtype))
+        if kernels is not None and not in_order(z, memory_order(z)).is_contiguous():
+            # not dense in any order (a slice): the kernels need it dense
+            z = z[0].contiguous().expand_as(z) if held(z) else z.contiguous()
+        out = empty_steps(z)
+        fired = empty_steps(z, torch.bool)  # steps laid out as z's (channels-last)
+        membrane = empty_steps(z, SAVED_MEMBRANE.get(z.dtype, z.dtype))
         if kernels is not None:
             order = memory_order(z)
-            kernels.scan_forward(z.permute(order), repeating(theta, z, order),
+            kernels.scan_forward(in_order(z, order), repeating(theta, z, order),
                                  repeating(v0, z, order), leak, reset == "subtract",
                                  out.permute(order), fired.permute(order),
                                  membrane.permute(order))
@@ -96,6 +109,7 @@ class _LIFScan(torch.autograd.Function):
         ctx.save_for_backward(membrane, fired, theta)
         ctx.leak, ctx.reset, ctx.surrogate, ctx.width = leak, reset, surrogate, width
         ctx.detach_reset, ctx.unit_grad = detach_reset, unit_grad
+        ctx.summed = steps is not None  # the gradient of one step held for all: Σ_t
         ctx.mark_non_differentiable(fired)
         return out, fired
 
@@ -108,12 +122,12 @@ class _LIFScan(torch.autograd.Function):
         if (kernels is not None and membrane.dtype == torch.bfloat16
                 and ctx.surrogate in _KERNEL_SURROGATES):
             return _lif_backward_native(kernels, grad_out, membrane, fired, theta,
-                                        *options), *(None,) * 8
+                                        *options, summed=ctx.summed), *(None,) * 9
         dtype = grad_out.dtype  # bfloat16 from the kernels' scan: float32 arithmetic here too
         grad_out = grad_out.to(theta.dtype)
         if not compile_enabled():
-            return (_lif_backward(grad_out, membrane, fired, theta, *options).to(dtype),
-                    *(None,) * 8)
+            grad_z = _lif_backward(grad_out, membrane, fired, theta, *options)
+            return (grad_z.sum(0) if ctx.summed else grad_z).to(dtype), *(None,) * 9
         # the compiled loop runs on every tensor viewed in memory order (contiguous, as a
         # channels-last layer's are as (T, B, H, W, C)): inductor vectorises that, not the
         # strided (T, B, C, H, W) view
@@ -122,8 +136,8 @@ class _LIFScan(torch.autograd.Function):
         theta = step_in_order(theta, membrane, order)
         grad_z = _lif_backward_fused(grad_out.permute(order).contiguous(),
                                      membrane.permute(order), fired.permute(order), theta,
-                                     *options)
-        return grad_z.permute(back).to(dtype), *(None,) * 8
+                                     *options).permute(back)
+        return (grad_z.sum(0) if ctx.summed else grad_z).to(dtype), *(None,) * 9
 
 
 def _kernels_for(x: Tensor) -> ModuleType | None:
@@ -208,19 +222,21 @@ _KERNEL_SURROGATES = {"atan": 0, "triangle": 1, "rectangle": 2, "lee": 3}
 def _lif_backward_native(kernels: ModuleType, grad_out: Tensor, membrane: Tensor,
                          fired: Tensor, theta: Tensor, leak: float, subtract: bool,
                          surrogate: str, width: float | None, detach_reset: bool,
-                         unit_grad: bool = False) -> Tensor:
+                         unit_grad: bool = False, summed: bool = False) -> Tensor:
     """:func:`_lif_backward` by the fused kernel (float32 or bfloat16 gradients on a CPU,
     the membrane in bfloat16, the arithmetic in float32): the same arithmetic in one pass
-    over memory, equal to float rounding."""
+    over memory, equal to float rounding. ``summed``: Σ_t ∂L/∂z(t), one step's gradient."""
     order = memory_order(membrane)
     carry, detach_reset = _backward_options(leak, surrogate, detach_reset)
     scale = _lee_scale(fired, theta, leak, surrogate, unit_grad, theta.dtype)
     scale = theta.new_empty(0) if scale is None else repeating(scale, membrane, order)
-    grad_z = torch.empty_like(membrane, dtype=grad_out.dtype)
+    # Σ_t: one step, laid out as the membrane's steps
+    grad_z = torch.empty_like(membrane[0] if summed else membrane, dtype=grad_out.dtype)
+    target = grad_z.expand_as(membrane) if summed else grad_z
     kernels.scan_backward(grad_out.permute(order).contiguous(), membrane.permute(order),
                           fired.permute(order), repeating(theta, membrane, order), scale,
                           carry, subtract, detach_reset, unit_grad,
-                          _KERNEL_SURROGATES[surrogate], width or 1.0, grad_z.permute(order))
+                          _KERNEL_SURROGATES[surrogate], width or 1.0, in_order(target, order))
     return grad_z
 
 
@@ -304,8 +320,8 @@ def lif_scan(z: Tensor, threshold: Tensor | float = 1.0, leak: float = 1.0,
 
 
 def bptt_scan(z: Tensor, theta: Tensor, v0: Tensor, leak: float, reset: str, surrogate: str,
-              width: float | None, detach_reset: bool, grad_scale: str = "threshold"
-              ) -> Tensor:
+              width: float | None, detach_reset: bool, grad_scale: str = "threshold",
+              steps: int | None = None) -> Tensor:
     """:func:`lif_scan` for settings validated already (:func:`check_training`, as
     :class:`~spikeforge.neurons.SpikingNeuron` does once at construction): ``theta`` and
     ``v0`` are tensors in float32 or wider, ``width`` the resolved one. The spikes carry
@@ -315,14 +331,20 @@ def bptt_scan(z: Tensor, theta: Tensor, v0: Tensor, leak: float, reset: str, sur
     membranes, and give bfloat16 spikes and gradients: the float32 scan of the same currents
     with its outputs rounded to bfloat16, without the float32 copies. Elsewhere, and for a
     surrogate without a kernel, the scan runs on ``z`` converted to θ's dtype, its spikes
-    converted back (exact)."""
+    converted back (exact).
+
+    ``steps``: ``z`` is one step (B, ...), the current of each of ``steps`` steps (a direct
+    input's): the kernels read it once per step instead of from T copies, and its gradient
+    is the sum over the steps, formed in the backward pass itself."""
     dtype = z.dtype
+    native = surrogate in _KERNEL_SURROGATES and _kernels_for(z) is not None
     if dtype != theta.dtype and not (dtype == torch.bfloat16 and theta.dtype == torch.float32
-                                     and surrogate in _KERNEL_SURROGATES
-                                     and _kernels_for(z) is not None):
+                                     and native):
         z = z.to(theta.dtype)
+    if steps is not None and not native:  # the eager scan: T views of the one step
+        z, steps = z.expand(steps, *z.shape), None
     spikes, fired = _LIFScan.apply(z, theta, v0, leak, reset, surrogate, width, detach_reset,
-                                   grad_scale == "unit")
+                                   grad_scale == "unit", steps)
     spikes = spikes.to(dtype)
     spikes._spikeforge_bits = fired  # the same spikes as booleans (see mark_spikes)
     return spikes

@@ -31,7 +31,14 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from spikeforge.neurons.native import lif_kernels, memory_order, repeating, step_in_order
+from spikeforge.neurons.native import (
+    empty_steps,
+    in_order,
+    lif_kernels,
+    memory_order,
+    repeating,
+    step_in_order,
+)
 
 SpikeRule = Literal["binary", "ternary", "augmented"]
 Reset = Literal["subtract", "zero"]
@@ -166,7 +173,7 @@ def neuron_scan(z: Tensor, params: NeuronParams, initial: Initial = "zero",
     if in_place and params.rule == "ternary":
         out, state = _ternary_scan_inplace(z, state, params)
     else:
-        out = torch.empty_like(z)
+        out = empty_steps(z)
         for t in range(z.shape[0]):
             s, state = neuron_step(z[t], state, params)
             out[t] = s
@@ -183,7 +190,7 @@ def _binary_scan_inplace(z: Tensor, state: NeuronState, params: NeuronParams, va
     theta = torch.as_tensor(params.threshold, dtype=state.v.dtype, device=z.device)
     # in the state's dtype (float32 for bfloat16 currents), laid out as a step of z
     v = torch.empty_like(z[0], dtype=state.v.dtype).copy_(state.v.expand_as(z[0]))
-    out = torch.empty_like(z)
+    out = empty_steps(z)
     binary_scan_into(z, v, theta, params.leak, params.reset, out, values=values)
     return out, NeuronState(v, state.count)
 
@@ -196,7 +203,7 @@ def _ternary_scan_inplace(z: Tensor, state: NeuronState, params: NeuronParams
     theta = torch.as_tensor(params.threshold, dtype=state.v.dtype, device=z.device)
     v = state.v.expand_as(z[0]).clone()
     count = state.count.expand_as(z[0]).to(v.dtype, copy=True)
-    out = torch.empty_like(z)
+    out = empty_steps(z)
     step = None if out.dtype == v.dtype else torch.empty_like(v)  # s(t) in v's dtype
     up, down, gate = (torch.empty_like(v, dtype=torch.bool) for _ in range(3))
     for t in range(z.shape[0]):
@@ -229,7 +236,8 @@ def binary_scan_into(z: Tensor, v: Tensor, theta: Tensor, leak: float, reset: Re
 
     Without ``fired`` and ``membrane``, on a CPU, the fused kernel
     (:mod:`spikeforge.neurons.native`) runs it when the tensors allow (float32 or bfloat16
-    ``z`` and ``out`` laid out alike, a float32 ``v`` laid out as a step of ``z``): the same
+    ``z`` and ``out`` with steps laid out alike, a float32 ``v`` laid out as a step of ``z``;
+    ``z`` may be one step held for all, an expanded view read once per step): the same
     result bit for bit in one pass over memory."""
     if (fired is None and membrane is None
             and _scan_natively(z, v, theta, leak, reset, out, values)):
@@ -256,13 +264,15 @@ def _scan_natively(z: Tensor, v: Tensor, theta: Tensor, leak: float, reset: Rese
     """:func:`binary_scan_into` by the fused kernel, if it runs these tensors; whether it ran."""
     if (z.device.type != "cpu" or z.dtype not in (torch.float32, torch.bfloat16)
             or out.dtype != z.dtype or v.dtype != torch.float32 or theta.dtype != v.dtype
-            or z.shape[0] == 0 or out.stride() != z.stride() or v.stride() != z.stride()[1:]):
+            or z.shape[0] == 0 or out.stride()[1:] != z.stride()[1:]
+            or v.stride() != z.stride()[1:]):
         return False
     order = memory_order(z)
-    kernels = lif_kernels() if z.permute(order).is_contiguous() else None
+    dense = in_order(z, order).is_contiguous() and out.permute(order).is_contiguous()
+    kernels = lif_kernels() if dense else None
     if kernels is None:
         return False
-    kernels.scan_infer(z.permute(order), repeating(theta, z, order),
+    kernels.scan_infer(in_order(z, order), repeating(theta, z, order),
                        step_in_order(v, z, order), float(leak), reset == "subtract", values,
                        out.permute(order))
     return True

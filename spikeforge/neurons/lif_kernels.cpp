@@ -8,7 +8,9 @@
 // multiply-add).
 //
 // Tensors are (T, N) and contiguous: one step of N neurons in memory order (the Python side
-// permutes a channels-last (T, B, C, H, W) into (T, B, H, W, C)); scale is (N); theta and v0
+// permutes a channels-last (T, B, C, H, W) into (T, B, H, W, C)); the currents z may also be
+// one step (N) held for all T steps (direct input), whose gradient is then the sum over the
+// steps; scale is (N); theta and v0
 // are the shortest run of values that repeats over a step (C values for a per-channel θ of a
 // channels-last layer, one for a scalar). Currents, spikes and their gradients are float32 or
 // bfloat16 (the bf16 simulation; training under bf16 autocast); membranes, the backward's ε
@@ -75,6 +77,17 @@ void check(const torch::Tensor& x, at::ScalarType dtype, int64_t numel, const ch
               c10::toString(dtype), " values");
 }
 
+// currents (or their gradient) of T steps of N neurons, or of one step held for all T steps;
+// returns the distance between steps: N, or 0 for one held step
+int64_t check_steps(const torch::Tensor& z, at::ScalarType dtype, int64_t T, int64_t N,
+                    const char* name) {
+  TORCH_CHECK(z.device().is_cpu() && z.scalar_type() == dtype && z.is_contiguous() &&
+                  (z.numel() == T * N || z.numel() == N),
+              "lif_kernels: ", name, " must be a contiguous CPU tensor of ", T, " x ", N,
+              " or ", N, " ", c10::toString(dtype), " values");
+  return z.numel() == T * N ? N : 0;
+}
+
 // a per-neuron quantity as a run of values repeating over the N neurons of a step
 int64_t check_period(const torch::Tensor& x, int64_t N, const char* name) {
   const int64_t period = x.numel();
@@ -105,8 +118,8 @@ inline In store(float x) {
 }
 
 template <typename In, bool Subtract, bool Leaky>
-void forward_loop(int64_t T, int64_t N, const In* __restrict__ zp, const float* th,
-                  int64_t th_period, const float* v0, int64_t v0_period, float l,
+void forward_loop(int64_t T, int64_t N, const In* __restrict__ zp, int64_t z_step,
+                  const float* th, int64_t th_period, const float* v0, int64_t v0_period, float l,
                   In* __restrict__ op, bool* __restrict__ fp, uint16_t* __restrict__ mp) {
   at::parallel_for(0, N, BLOCK, [&](int64_t begin, int64_t end) {
     float v[BLOCK], theta[BLOCK];
@@ -117,7 +130,7 @@ void forward_loop(int64_t T, int64_t N, const In* __restrict__ zp, const float* 
       for (int64_t t = 0; t < T; ++t) {
         const int64_t o = t * N + b0;
         for (int64_t i = 0; i < len; ++i) {
-          const float m = (Leaky ? v[i] * l : v[i]) + load(zp[o + i]);
+          const float m = (Leaky ? v[i] * l : v[i]) + load(zp[t * z_step + b0 + i]);
           const bool spike = m >= theta[i];
           const float s = static_cast<float>(static_cast<int>(spike));  // GCC vectorises this form
           mp[o + i] = to_bf16(m);
@@ -139,12 +152,13 @@ template <typename In, int64_t Kind, bool Subtract, bool Detach, bool Unit>
 void backward_loop(int64_t T, int64_t N, const In* __restrict__ gp,
                    const uint16_t* __restrict__ mp, const uint8_t* __restrict__ fp,
                    const float* th, int64_t th_period, const float* __restrict__ sc, float c,
-                   Surrogate g, In* __restrict__ dz) {
+                   Surrogate g, In* __restrict__ dz, bool summed) {
   at::parallel_for(0, N, BLOCK, [&](int64_t begin, int64_t end) {
-    float eps[BLOCK], theta[BLOCK];
+    float eps[BLOCK], theta[BLOCK], total[BLOCK];
     for (int64_t b0 = begin; b0 < end; b0 += BLOCK) {
       const int64_t len = std::min(end, b0 + BLOCK) - b0;
       std::fill(eps, eps + len, 0.0f);
+      std::fill(total, total + len, 0.0f);
       gather_block(th, th_period, b0, len, theta);
       for (int64_t t = T - 1; t >= 0; --t) {
         const int64_t o = t * N + b0;
@@ -173,9 +187,16 @@ void backward_loop(int64_t T, int64_t N, const In* __restrict__ gp,
           float e = eps[i];
           if constexpr (!Subtract) e = spike ? 0.0f : e;  // ε − s·ε
           delta = delta + e;
-          dz[o + i] = store<In>(delta);
+          if (summed) {  // one current held for all steps: Σ_t δ(t), in float32
+            total[i] = total[i] + delta;
+          } else {
+            dz[o + i] = store<In>(delta);
+          }
           eps[i] = delta * c;  // carried in float32 also for bfloat16 gradients
         }
+      }
+      if (summed) {
+        for (int64_t i = 0; i < len; ++i) dz[b0 + i] = store<In>(total[i]);
       }
     }
   });
@@ -183,7 +204,7 @@ void backward_loop(int64_t T, int64_t N, const In* __restrict__ gp,
 
 template <typename In>
 using BackwardLoop = void (*)(int64_t, int64_t, const In*, const uint16_t*, const uint8_t*,
-                              const float*, int64_t, const float*, float, Surrogate, In*);
+                              const float*, int64_t, const float*, float, Surrogate, In*, bool);
 
 template <typename In, int64_t Kind>
 BackwardLoop<In> backward_for(bool subtract, bool detach, bool unit) {
@@ -231,8 +252,8 @@ void run_forward(bool subtract, bool leaky, int64_t T, int64_t N, const torch::T
                                       : forward_loop<In, true, false>)
                              : (leaky ? forward_loop<In, false, true>
                                       : forward_loop<In, false, false>);
-  loop(T, N, bits_of<In>(z), theta.data_ptr<float>(), th_period, v0.data_ptr<float>(),
-       v0_period, l, bits_of<In>(out), fired.data_ptr<bool>(),
+  loop(T, N, bits_of<In>(z), z.numel() == N ? 0 : N, theta.data_ptr<float>(), th_period,
+       v0.data_ptr<float>(), v0_period, l, bits_of<In>(out), fired.data_ptr<bool>(),
        reinterpret_cast<uint16_t*>(membrane.data_ptr<at::BFloat16>()));
 }
 
@@ -241,10 +262,11 @@ void run_forward(bool subtract, bool leaky, int64_t T, int64_t N, const torch::T
 // fewer concurrent memory streams than the blocked loop of BPTT, which writes three outputs
 // per step
 template <typename In, bool Subtract, bool Leaky, bool Value>
-void infer_loop(int64_t T, int64_t N, const In* __restrict__ zp, const float* __restrict__ thb,
-                int64_t L, float l, In* __restrict__ op, float* __restrict__ v) {
+void infer_loop(int64_t T, int64_t N, const In* __restrict__ zp, int64_t z_step,
+                const float* __restrict__ thb, int64_t L, float l, In* __restrict__ op,
+                float* __restrict__ v) {
   for (int64_t t = 0; t < T; ++t) {
-    const In* __restrict__ z = zp + t * N;
+    const In* __restrict__ z = zp + t * z_step;
     In* __restrict__ o = op + t * N;
     at::parallel_for(0, N, 16384, [&](int64_t begin, int64_t end) {
       for (int64_t a = begin; a < end;) {
@@ -272,31 +294,32 @@ void infer_loop(int64_t T, int64_t N, const In* __restrict__ zp, const float* __
 
 template <typename In, bool Value>
 void run_infer_loop(bool subtract, bool leaky, int64_t T, int64_t N, const In* zp,
-                    const float* th, int64_t L, float l, In* op, float* v) {
+                    int64_t z_step, const float* th, int64_t L, float l, In* op, float* v) {
   const auto loop = subtract ? (leaky ? infer_loop<In, true, true, Value>
                                       : infer_loop<In, true, false, Value>)
                              : (leaky ? infer_loop<In, false, true, Value>
                                       : infer_loop<In, false, false, Value>);
-  loop(T, N, zp, th, L, l, op, v);
+  loop(T, N, zp, z_step, th, L, l, op, v);
 }
 
 template <typename In>
 void run_infer(bool subtract, bool leaky, bool value, int64_t T, int64_t N, const In* zp,
-               const float* th, int64_t L, float l, In* op, float* v) {
+               int64_t z_step, const float* th, int64_t L, float l, In* op, float* v) {
   const auto loop = value ? run_infer_loop<In, true> : run_infer_loop<In, false>;
-  loop(subtract, leaky, T, N, zp, th, L, l, op, v);
+  loop(subtract, leaky, T, N, zp, z_step, th, L, l, op, v);
 }
 
 }  // namespace
 
 // m(t) = l·v + z(t) from v = v0; s(t) = [m(t) >= θ]; v = m − θ s (subtract) or m − m s
-// (zero). Writes out (the spikes, in z's dtype), fired (as booleans), membrane (m in bfloat16).
+// (zero), for T = out's steps (z: T steps, or one held for all). Writes out (the spikes, in
+// z's dtype), fired (as booleans), membrane (m in bfloat16).
 void scan_forward(const torch::Tensor& z, const torch::Tensor& theta, const torch::Tensor& v0,
                   double leak, bool subtract, torch::Tensor& out, torch::Tensor& fired,
                   torch::Tensor& membrane) {
-  const int64_t T = z.size(0), N = T ? z.numel() / T : 0;
+  const int64_t T = out.size(0), N = T ? out.numel() / T : 0;
   const auto dtype = current_dtype(z, "z");
-  check(z, dtype, T * N, "z");
+  check_steps(z, dtype, T, N, "z");
   check(out, dtype, T * N, "out");
   check(fired, at::kBool, T * N, "fired");
   check(membrane, at::kBFloat16, T * N, "membrane");
@@ -312,9 +335,9 @@ void scan_forward(const torch::Tensor& z, const torch::Tensor& theta, const torc
 // spikes s, or θ·s where value (the eager scan's s, then s·θ, rounded alike).
 void scan_infer(const torch::Tensor& z, const torch::Tensor& theta, torch::Tensor& v,
                 double leak, bool subtract, bool value, torch::Tensor& out) {
-  const int64_t T = z.size(0), N = T ? z.numel() / T : 0;
+  const int64_t T = out.size(0), N = T ? out.numel() / T : 0;
   const auto dtype = current_dtype(z, "z");
-  check(z, dtype, T * N, "z");
+  const int64_t z_step = check_steps(z, dtype, T, N, "z");
   check(out, dtype, T * N, "out");
   check(v, at::kFloat, N, "v");
   const int64_t th_period = check_period(theta, N, "theta");
@@ -326,11 +349,11 @@ void scan_infer(const torch::Tensor& z, const torch::Tensor& theta, torch::Tenso
   std::vector<float> th(std::min(L, N));
   gather_block(theta.data_ptr<float>(), th_period, 0, th.size(), th.data());
   if (dtype == at::kFloat) {
-    run_infer<float>(subtract, leak != 1.0, value, T, N, bits_of<float>(z), th.data(),
+    run_infer<float>(subtract, leak != 1.0, value, T, N, bits_of<float>(z), z_step, th.data(),
                      th.size(), l, bits_of<float>(out), vp);
   } else {
-    run_infer<uint16_t>(subtract, leak != 1.0, value, T, N, bits_of<uint16_t>(z), th.data(),
-                        th.size(), l, bits_of<uint16_t>(out), vp);
+    run_infer<uint16_t>(subtract, leak != 1.0, value, T, N, bits_of<uint16_t>(z), z_step,
+                        th.data(), th.size(), l, bits_of<uint16_t>(out), vp);
   }
 }
 
@@ -338,6 +361,7 @@ void scan_infer(const torch::Tensor& z, const torch::Tensor& theta, torch::Tenso
 //   σ = g((m − θ)/θ)/θ (no last /θ if unit), or s·scale (lee)
 //   δ = (∂L/∂s − ε·θ)·σ (subtract), (∂L/∂s − ε·m)·σ (zero), ∂L/∂s·σ (detach)
 //   ε ← ε − s·ε (zero);  δ ← δ + ε;  ε ← c·δ
+// grad_z is δ (T, N), or Σ_t δ(t) (N) for currents held for all steps
 void scan_backward(const torch::Tensor& grad_out, const torch::Tensor& membrane,
                    const torch::Tensor& fired, const torch::Tensor& theta,
                    const torch::Tensor& scale, double carry, bool subtract, bool detach,
@@ -345,7 +369,7 @@ void scan_backward(const torch::Tensor& grad_out, const torch::Tensor& membrane,
   const int64_t T = grad_out.size(0), N = T ? grad_out.numel() / T : 0;
   const auto dtype = current_dtype(grad_out, "grad_out");
   check(grad_out, dtype, T * N, "grad_out");
-  check(grad_z, dtype, T * N, "grad_z");
+  const bool summed = check_steps(grad_z, dtype, T, N, "grad_z") == 0 && T > 1;
   check(membrane, at::kBFloat16, T * N, "membrane");
   check(fired, at::kBool, T * N, "fired");
   const int64_t th_period = check_period(theta, N, "theta");
@@ -360,11 +384,11 @@ void scan_backward(const torch::Tensor& grad_out, const torch::Tensor& membrane,
   if (dtype == at::kFloat) {
     backward_of<float>(kind, subtract, detach, unit)(T, N, bits_of<float>(grad_out), mp, fp,
                                                      theta.data_ptr<float>(), th_period, sc, c,
-                                                     g, bits_of<float>(grad_z));
+                                                     g, bits_of<float>(grad_z), summed);
   } else {
     backward_of<uint16_t>(kind, subtract, detach, unit)(
         T, N, bits_of<uint16_t>(grad_out), mp, fp, theta.data_ptr<float>(), th_period, sc, c, g,
-        bits_of<uint16_t>(grad_z));
+        bits_of<uint16_t>(grad_z), summed);
   }
 }
 

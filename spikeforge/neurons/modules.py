@@ -135,16 +135,26 @@ class SpikingNeuron(nn.Module):
         """The threshold, as ``sf.convert(method="snn")`` reads a trained neuron's λ."""
         return self.threshold.detach().clone()
 
-    def forward(self, x: Tensor, timesteps: int | None = None) -> Tensor:
+    def forward(self, x: Tensor, timesteps: int | None = None, constant: bool = False
+                ) -> Tensor:
+        """Spikes for the input current ``x``: time-folded (T·B, ...) with ``timesteps`` (or
+        the module's), else time-first (T, B, ...); with ``constant``, ``x`` (B, ...) is the
+        current of every one of the T steps (a direct input's, read once per step instead
+        of from T copies). Returns the spikes in the input's time layout (folded for a
+        ``constant`` input)."""
         steps = timesteps or self.timesteps
-        seq = x if steps is None else unfold_time(x, steps)
+        if constant and steps is None:
+            raise ValueError("a constant input current needs the number of time steps")
+        seq = (x.expand(steps, *x.shape) if constant
+               else x if steps is None else unfold_time(x, steps))
         acc = torch.promote_types(seq.dtype, torch.float32)
         theta = broadcast_threshold(self.threshold.to(acc), seq[0], self.channel_dim)
         params = self.params(theta)
         state = init_state(torch.empty_like(seq[0], dtype=acc), params, self.initial)
         if self.surrogate is not None and torch.is_grad_enabled() and seq.requires_grad:
-            s = bptt_scan(seq, theta, state.v, self.leak, self.reset, self.surrogate,
-                          self.width, self.detach_reset, self.grad_scale)
+            s = bptt_scan(x if constant else seq, theta, state.v, self.leak, self.reset,
+                          self.surrogate, self.width, self.detach_reset, self.grad_scale,
+                          steps if constant else None)
             bits = s._spikeforge_bits
             if self.emit == "value":
                 s = s * theta

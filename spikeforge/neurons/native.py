@@ -22,8 +22,8 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-__all__ = ["NATIVE_ENV", "lif_kernels", "memory_order", "native_enabled", "native_status",
-           "repeating", "step_in_order"]
+__all__ = ["NATIVE_ENV", "empty_steps", "held", "in_order", "lif_kernels", "memory_order",
+           "native_enabled", "native_status", "repeating", "step_in_order"]
 
 NATIVE_ENV = "SPIKEFORGE_NATIVE"
 _SOURCE = Path(__file__).with_name("lif_kernels.cpp")
@@ -97,3 +97,26 @@ def memory_order(x: Tensor) -> list[int]:
     """The dims of ``x`` from the largest stride to the smallest, time first:
     ``x.permute(order)`` is contiguous for a dense ``x`` in any memory format."""
     return [0, *sorted(range(1, x.ndim), key=lambda d: -x.stride(d))]
+
+
+def held(z: Tensor) -> bool:
+    """Whether the time-first ``z`` is one step held for all its T > 1 steps (time stride 0:
+    an expanded step, as a direct input's current)."""
+    return z.ndim > 0 and z.shape[0] > 1 and z.stride(0) == 0
+
+
+def in_order(z: Tensor, order: list[int]) -> Tensor:
+    """``z`` as the kernels read it, in memory ``order`` (:func:`memory_order`): its steps
+    (T, ...), or for a :func:`held` ``z`` its one step (...)."""
+    return z[0].permute([d - 1 for d in order[1:]]) if held(z) else z.permute(order)
+
+
+def empty_steps(z: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """An empty tensor of ``z``'s (T, ...) shape with each step laid out as ``z``'s and the
+    steps one after another: ``torch.empty_like(z)``, also for a :func:`held` ``z`` (where
+    ``empty_like`` would fall back to the contiguous format)."""
+    if not held(z):
+        return torch.empty_like(z, dtype=dtype)
+    order = memory_order(z)
+    return z.new_empty([z.shape[d] for d in order], dtype=dtype or z.dtype).permute(
+        [order.index(d) for d in range(z.ndim)])
