@@ -66,7 +66,9 @@ def _layer_of(event) -> str | None:
 
 
 def attribute(events) -> dict[str, dict[str, float]]:
-    """Self-CPU seconds per (layer, 'forward' | 'backward'), from a profiler's event list."""
+    """Self-CPU seconds per (layer, 'forward' | 'backward'), from a profiler's event list.
+    A layer's own range counts too: what its forward runs outside any operator (Python,
+    or a C++ extension such as the fused LIF kernels) is its range's self time."""
     engine = "autograd::engine::evaluate_function"
     nodes = [e for e in events if e.name.startswith(engine)]  # these ranges do not nest
     in_backward = set()
@@ -75,10 +77,10 @@ def attribute(events) -> dict[str, dict[str, float]]:
         event = stack.pop()
         in_backward.add(event.id)
         stack.extend(event.cpu_children)
-    forward = [e for e in events if e.id not in in_backward and not e.name.startswith(PREFIX)]
+    forward = [e for e in events if e.id not in in_backward]
     sequence_layer: dict[int, str | None] = {}
     for event in forward:  # operators record the counter's next value: the last one that
-        if event.sequence_nr >= 0:  # saw n made node n
+        if event.sequence_nr >= 0 and not event.name.startswith(PREFIX):  # saw n made node n
             sequence_layer[event.sequence_nr] = _layer_of(event)
     seconds: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for node in nodes:
@@ -151,7 +153,7 @@ def main() -> int:
             "command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "compile": compile_enabled(), "native_lif": native_status(),
-            "kind": args.kind, "timesteps": args.timesteps,
+            "kind": args.kind, "implementation": args.impl, "timesteps": args.timesteps,
             "batch": args.batch, "threads": args.threads, "seconds_per_call": step,
             "seconds_per_call_profiled": total / args.repeats, "layers": rows,
             "share_by_type": dict(by_type)}, indent=2))

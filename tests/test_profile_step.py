@@ -30,3 +30,21 @@ def test_backward_work_is_charged_to_the_layer_whose_forward_made_it():
     # outside the layers only the loss ran: its backward is tiny next to a 512 x 512 matmul's
     outside = seconds["outside layers"]
     assert outside.get("backward", 0.0) < seconds["layer 2 Linear"]["backward"]
+
+
+def test_work_outside_any_operator_is_charged_to_its_layer():
+    """A layer's time outside ATen operators (Python, a C++ extension's call) is its own."""
+    import time
+
+    class Waits(nn.Module):
+        def forward(self, x):
+            time.sleep(0.05)  # no operator runs: only the layer's range sees this time
+            return x
+
+    net = nn.Sequential(nn.Linear(64, 64), Waits())
+    profile_step.label_layers(net)
+    with torch.profiler.profile() as prof:
+        net(torch.randn(8, 64))
+    seconds = profile_step.attribute(prof.events())
+    assert seconds["layer 1 Waits"]["forward"] >= 0.05
+    assert seconds["layer 0 Linear"]["forward"] < 0.05
