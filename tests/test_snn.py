@@ -280,3 +280,42 @@ def test_time_folding_keeps_a_channels_last_input_channels_last():
     folded = [snn._time_folded(v, "direct") for v in (x, cl)]
     assert folded[1].is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(folded[0], folded[1])
+
+
+@pytest.mark.parametrize("kernel", [2, 3])
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tiled_average_pool_has_atens_gradient(kernel, layout, dtype):
+    """The tiled pool's backward spreads ∂L/∂y / k² over the windows: ATen's gradient bit for
+    bit (also where floor mode drops a row and a column), in the input's memory format,
+    with an incoming gradient of either layout; settings whose windows overlap stay as
+    they are."""
+    from spikeforge.nn.pooling import TiledAvgPool2d
+
+    pool = TiledAvgPool2d.from_pool(torch.nn.AvgPool2d(kernel))
+    assert isinstance(pool, TiledAvgPool2d)
+    assert type(TiledAvgPool2d.from_pool(torch.nn.AvgPool2d(3, stride=2))) is torch.nn.AvgPool2d
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 5, 7 * kernel + 1, 6 * kernel + 1, generator=gen).to(dtype)
+    x = x.contiguous(memory_format=layout)
+    grads = []
+    for module in (torch.nn.AvgPool2d(kernel), pool):
+        xx = x.clone().requires_grad_(True)
+        y = module(xx)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+        y.backward(g.contiguous())  # NCHW, as from a flatten
+        grads.append((y.detach(), xx.grad))
+    (y_ref, g_ref), (y_new, g_new) = grads
+    assert torch.equal(y_new, y_ref) and torch.equal(g_new, g_ref)
+    assert g_new.is_contiguous(memory_format=layout)
+    assert (g_new[..., -1, :] == 0).all() and (g_new[..., 0, 0] != 0).all()
+
+
+def test_spiking_model_pools_with_the_tiled_pool():
+    from spikeforge.nn.pooling import TiledAvgPool2d
+
+    snn = create_snn("vgg7", timesteps=2, encoder="direct", in_channels=3)
+    pools = [m for m in snn.modules() if isinstance(m, torch.nn.AvgPool2d)]
+    assert pools and all(isinstance(m, TiledAvgPool2d) for m in pools)
+    converted = sf.convert(snn, [torch.rand(2, 3, 32, 32)], "snn", progress=False)
+    assert converted(torch.rand(2, 3, 32, 32)).shape == (2, 2, 10)  # traced as a pool

@@ -17,7 +17,9 @@ the last layer is integrated without spikes (:func:`readout_scores`): ``"mean"``
 gives Σ_t y(t) / T; ``"leaky"`` is Lee et al.'s (2020) leaky integrator divided by V_th·T,
 Σ_t l^(T−t+1) y(t) / (V_th·T), whose backward, as in their code, passes the leak straight
 through (∂/∂y(t) = 1/(V_th·T)). Dropout is replaced by :class:`~spikeforge.neurons.TimeDropout`
-(one mask per sample for all T).
+(one mask per sample for all T), and average pools whose windows tile the input by
+:class:`~spikeforge.nn.pooling.TiledAvgPool2d` (the same numbers; its backward keeps
+nothing and follows the spikes' memory format).
 
 With direct input every step sees the same image, so the layers before the first neuron
 (conv, BN, pooling: the input current) run once on the B images and the neuron holds their
@@ -45,6 +47,7 @@ from spikeforge.neurons.modules import (
     TimeDropout,
     compact_saved_spikes,
 )
+from spikeforge.nn.pooling import TiledAvgPool2d
 
 __all__ = ["READOUTS", "SpikingModel", "create_snn", "input_neuron", "readout_scores"]
 
@@ -144,6 +147,7 @@ class SpikingModel(nn.Module):
         self.readout, self.readout_leak = readout, float(readout_leak)
         self.readout_threshold = float(readout_threshold)
         replace_layers(net, nn.Dropout, lambda dropout: TimeDropout(dropout.p))
+        replace_layers(net, nn.AvgPool2d, TiledAvgPool2d.from_pool)
         self.net, self.encoder = net, encoder
         self._input_neuron = input_neuron(net) if encoder == "direct" else None
         if self._input_neuron is not None:
