@@ -26,8 +26,9 @@ With direct input every step sees the same image, so the layers before the first
 output for the T steps, as inference does (:func:`input_neuron`; the neuron's ``constant``
 input, read once per step, its gradient summed over the steps). The result is the same: a
 layer that treats rows independently gives T equal copies, and BN's batch statistics over
-T copies of each image are those over the images (only its running variance's n/(n − 1) correction
-counts B·H·W values instead of T·B·H·W, a relative difference below 1/(B·H·W)).
+T copies of each image are those over the images (only its running variance's n/(n − 1)
+correction counts B·H·W values instead of T·B·H·W, a relative difference below
+1/(B·H·W)).
 """
 
 from __future__ import annotations
