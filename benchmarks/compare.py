@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import copy
 import ctypes
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -298,14 +299,23 @@ class _MallInfo2(ctypes.Structure):
         "fordblks", "keepcost")]
 
 
-def _heap_mib() -> float | None:
-    """The bytes glibc's malloc has handed out and not yet freed (``mallinfo2``: in-use
-    chunks plus mmapped blocks), in MiB; None off glibc ≥ 2.33."""
+@functools.cache
+def _mallinfo2() -> Callable[[], _MallInfo2] | None:
+    """glibc's ``mallinfo2`` (2.33 and later), looked up once; None elsewhere."""
     try:
         mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
     except (OSError, AttributeError):
         return None
     mallinfo2.restype = _MallInfo2
+    return mallinfo2
+
+
+def _heap_mib() -> float | None:
+    """The bytes glibc's malloc has handed out and not yet freed (``mallinfo2``: in-use
+    chunks plus mmapped blocks), in MiB; None off glibc ≥ 2.33."""
+    mallinfo2 = _mallinfo2()
+    if mallinfo2 is None:
+        return None
     info = mallinfo2()
     return (info.uordblks + info.hblkhd) / 2**20
 

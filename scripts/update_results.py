@@ -248,6 +248,7 @@ def performance_tables(bench_dir: Path, base: Path) -> str:
     parts = []
     for compare in sorted(bench_dir.glob("compare_quick*.json")):
         data = json.loads(compare.read_text())
+        heap = any("heap_work_mib" in r for r in data["records"])  # runs that sampled it
         rows = []
         for r in data["records"]:
             if "error" in r:
@@ -264,8 +265,7 @@ def performance_tables(bench_dir: Path, base: Path) -> str:
                          "vs best peer": r.get("ratio_vs_best_peer"),
                          **({"range over rounds": spread} if "rounds" in data else {}),
                          "peak RSS MiB": r["peak_rss_mib"],
-                         **({"heap MiB": r.get("heap_work_mib")} if any(
-                             "heap_work_mib" in q for q in data["records"]) else {}),
+                         **({"heap MiB": r.get("heap_work_mib")} if heap else {}),
                          "max abs diff": (
                              None if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}")})
         isa = data.get("isa") or {}

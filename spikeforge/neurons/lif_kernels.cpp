@@ -10,9 +10,8 @@
 // Tensors are (T, N) and contiguous: one step of N neurons in memory order (the Python side
 // permutes a channels-last (T, B, C, H, W) into (T, B, H, W, C)); the currents z may also be
 // one step (N) held for all T steps (direct input), whose gradient is then the sum over the
-// steps; scale is (N); theta and v0
-// are the shortest run of values that repeats over a step (C values for a per-channel θ of a
-// channels-last layer, one for a scalar). Currents, spikes and their gradients are float32 or
+// steps; scale is (N); theta and v0 are the shortest run of values that repeats over a step
+// (C values for a per-channel θ of a channels-last layer, one for a scalar). Currents, spikes and their gradients are float32 or
 // bfloat16 (the bf16 simulation; training under bf16 autocast); membranes, the backward's ε
 // and all arithmetic are float32 either way, so a bfloat16 scan equals the float32 scan of
 // the same currents with its outputs rounded to bfloat16.
@@ -245,14 +244,15 @@ at::ScalarType current_dtype(const torch::Tensor& z, const char* name) {
 
 template <typename In>
 void run_forward(bool subtract, bool leaky, int64_t T, int64_t N, const torch::Tensor& z,
-                 const torch::Tensor& theta, int64_t th_period, const torch::Tensor& v0,
+                 int64_t z_step, const torch::Tensor& theta, int64_t th_period,
+                 const torch::Tensor& v0,
                  int64_t v0_period, float l, torch::Tensor& out, torch::Tensor& fired,
                  torch::Tensor& membrane) {
   const auto loop = subtract ? (leaky ? forward_loop<In, true, true>
                                       : forward_loop<In, true, false>)
                              : (leaky ? forward_loop<In, false, true>
                                       : forward_loop<In, false, false>);
-  loop(T, N, bits_of<In>(z), z.numel() == N ? 0 : N, theta.data_ptr<float>(), th_period,
+  loop(T, N, bits_of<In>(z), z_step, theta.data_ptr<float>(), th_period,
        v0.data_ptr<float>(), v0_period, l, bits_of<In>(out), fired.data_ptr<bool>(),
        reinterpret_cast<uint16_t*>(membrane.data_ptr<at::BFloat16>()));
 }
@@ -319,14 +319,14 @@ void scan_forward(const torch::Tensor& z, const torch::Tensor& theta, const torc
                   torch::Tensor& membrane) {
   const int64_t T = out.size(0), N = T ? out.numel() / T : 0;
   const auto dtype = current_dtype(z, "z");
-  check_steps(z, dtype, T, N, "z");
+  const int64_t z_step = check_steps(z, dtype, T, N, "z");
   check(out, dtype, T * N, "out");
   check(fired, at::kBool, T * N, "fired");
   check(membrane, at::kBFloat16, T * N, "membrane");
   const int64_t th_period = check_period(theta, N, "theta");
   const int64_t v0_period = check_period(v0, N, "v0");
   const auto run = dtype == at::kFloat ? run_forward<float> : run_forward<uint16_t>;
-  run(subtract, leak != 1.0, T, N, z, theta, th_period, v0, v0_period,
+  run(subtract, leak != 1.0, T, N, z, z_step, theta, th_period, v0, v0_period,
       static_cast<float>(leak), out, fired, membrane);
 }
 

@@ -22,15 +22,15 @@ from torch import Tensor, nn
 __all__ = ["TiledAvgPool2d"]
 
 
-def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (value[0], value[-1])
+def _pair(value: int | tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(nn.modules.utils._pair(value))
 
 
 class _TiledAvgPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, kernel: tuple[int, int]) -> Tensor:
         ctx.kernel, ctx.shape = kernel, x.shape
-        ctx.channels_last = (x.ndim == 4 and not x.is_contiguous()
+        ctx.channels_last = (not x.is_contiguous()
                              and x.is_contiguous(memory_format=torch.channels_last))
         return F.avg_pool2d(x, kernel)
 
