@@ -524,9 +524,14 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
              "amx_tile", "amx_int8", "amx_bf16")
 
 
+#: environment variables that cap the vector ISA torch and oneDNN use below the CPU's
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
+
 def isa() -> dict:
     """The CPU's instruction set: PyTorch's capability level, whether bf16 is native, the
-    relevant ``/proc/cpuinfo`` flags and the model name."""
+    relevant ``/proc/cpuinfo`` flags, the model name, and the caps set (``ISA_CAPS``: a run
+    of the AVX2 code paths on an AVX-512 CPU says so)."""
     flags, model = set(), None
     try:
         with open("/proc/cpuinfo") as f:
@@ -540,7 +545,8 @@ def isa() -> dict:
         pass
     return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": native_bf16("cpu"), "cpu_model": model,
-            "flags": [f for f in ISA_FLAGS if f in flags]}
+            "flags": [f for f in ISA_FLAGS if f in flags],
+            "caps": {name: os.environ[name] for name in ISA_CAPS if name in os.environ}}
 
 
 def main() -> int:

@@ -151,7 +151,7 @@ def main() -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "isa": compare.isa(),
             "compile": compile_enabled(), "native_lif": native_status(),
             "kind": args.kind, "implementation": args.impl, "timesteps": args.timesteps,
             "batch": args.batch, "threads": args.threads, "seconds_per_call": step,

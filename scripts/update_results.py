@@ -269,13 +269,17 @@ def performance_tables(bench_dir: Path, base: Path) -> str:
                          "max abs diff": (
                              None if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}")})
         isa = data.get("isa") or {}
-        machine = (f"{isa.get('cpu_model', '?')}, vector ISA {isa['cpu_capability']}, "
-                   f"native bf16 {'yes' if isa.get('native_bf16') else 'no'}"
+        caps = isa.get("caps") or {}
+        machine = (f"{isa.get('cpu_model', '?')}, vector ISA {isa['cpu_capability']}"
+                   + (" (capped below the CPU's: its flags "
+                      f"{', '.join(isa.get('flags', []))})" if caps else "")
+                   + f", native bf16 {'yes' if isa.get('native_bf16') else 'no'}"
                    if isa else f"CPU capability {data.get('cpu_capability', '?')}")
         how = (f"median of {data['rounds']} interleaved rounds, ratios per round"
                if "rounds" in data else "one process after another")
+        command = " ".join([*(f"{k}={v}" for k, v in caps.items()), data["command"]])
         parts += [*([""] if parts else []),
-                  f"`{_command(data['command'])}` ({data['records'][0]['threads']} threads, torch "
+                  f"`{_command(command)}` ({data['records'][0]['threads']} threads, torch "
                   f"{data['torch']}, {machine}; {how}; {_link(compare, base)})", "",
                   markdown_table(rows)]
     for path in sorted(bench_dir.glob("time_to_accuracy_*.json")):

@@ -56,10 +56,15 @@ def test_the_auto_row_repeats_the_row_it_resolves_to(monkeypatch):
     assert compare.auto_alias(["spikeforge-bf16", "spikeforge-auto"]) == "spikeforge-bf16"
 
 
-def test_isa_names_the_capability_and_flags():
+def test_isa_names_the_capability_flags_and_caps(monkeypatch):
+    for name in compare.ISA_CAPS:
+        monkeypatch.delenv(name, raising=False)
     info = compare.isa()
     assert info["cpu_capability"] and isinstance(info["native_bf16"], bool)
     assert set(info["flags"]) <= set(compare.ISA_FLAGS)
+    assert info["caps"] == {}
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert compare.isa()["caps"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def test_heap_peak_counts_the_tensors_a_call_holds():

@@ -251,3 +251,28 @@ def test_inference_kernel_runs_where_the_layout_allows(monkeypatch):
         calls.clear()
         functional.neuron_scan(_currents(layout), params)
         assert len(calls) == expected, layout
+
+
+@pytest.mark.parametrize(("machine", "capability", "flags", "name", "march"), [
+    # torch capped below the CPU: a portable target of torch's level
+    ("x86_64", "AVX2", {"avx2", "avx512f", "avx512_bf16"}, "spikeforge_lif_avx2",
+     "-march=x86-64-v3"),
+    ("x86_64", "DEFAULT", {"sse4_2", "avx2"}, "spikeforge_lif_default", "-march=x86-64-v2"),
+    # torch at the CPU's own level: this CPU's build, named by its flags
+    ("x86_64", "AVX2", {"avx2", "fma"}, None, "-march=native"),
+    ("x86_64", "AVX512", {"avx2", "avx512f"}, None, "-march=native"),
+    ("aarch64", "DEFAULT", {"asimd", "avx2"}, None, "-march=native"),
+])
+def test_build_target_follows_torchs_vector_isa(monkeypatch, machine, capability, flags, name,
+                                                march):
+    monkeypatch.setattr(native.platform, "machine", lambda: machine)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(native, "_cpu_flags", lambda: flags)
+    got_name, got_march = native.build_target()
+    assert got_march == march
+    if name is not None:
+        assert got_name == name
+    else:  # one build per CPU: the flags' digest is in the name
+        assert got_name.startswith(f"spikeforge_lif_{capability.lower()}_")
+        monkeypatch.setattr(native, "_cpu_flags", lambda: flags | {"amx_tile"})
+        assert native.build_target()[0] != got_name

@@ -13,8 +13,10 @@ several times slower. The layout helpers at the end give the kernels their (T, N
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
+import platform
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -22,17 +24,19 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-__all__ = ["NATIVE_ENV", "empty_steps", "held", "in_order", "lif_kernels", "memory_order",
-           "native_enabled", "native_status", "repeating", "step_in_order"]
+__all__ = ["NATIVE_ENV", "build_target", "empty_steps", "held", "in_order", "lif_kernels",
+           "memory_order", "native_enabled", "native_status", "repeating", "step_in_order"]
 
 NATIVE_ENV = "SPIKEFORGE_NATIVE"
 _SOURCE = Path(__file__).with_name("lif_kernels.cpp")
-# -march=native: the build is for this CPU, so its vector ISA is in the module's name (a home
-# directory shared by machines of different kinds keeps one build per kind);
 # -ffp-contract=off: no fused multiply-adds, so the forward equals the eager scan bit for bit
 # -fopenmp: at::parallel_for spreads the loops over torch's threads, as its own ops do
-# (without it the loops run on one thread)
-_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"]
+# (without it the loops run on one thread); the target (-march) comes from build_target()
+_FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]
+
+#: x86: a capability torch may be capped at (``ATEN_CPU_CAPABILITY``) → the flag of a CPU
+#: above it, and the portable target of that level
+_CAPPED = {"AVX2": ("avx512f", "x86-64-v3"), "DEFAULT": ("avx2", "x86-64-v2")}
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +46,44 @@ def native_enabled() -> bool:
     return os.environ.get(NATIVE_ENV, "1") != "0"
 
 
+def build_target() -> tuple[str, str]:
+    """The kernels' build name and ``-march`` flag, for the vector ISA torch runs at
+    (``torch.backends.cpu.get_cpu_capability()``). On x86 when that is capped below the CPU
+    (``ATEN_CPU_CAPABILITY=avx2`` on an AVX-512 CPU), a portable target of that level
+    (AVX2: ``x86-64-v3``), so the kernels use what torch uses; else ``-march=native``,
+    with a digest of the CPU's feature flags in the name: a build directory shared by
+    different CPUs (a network home) keeps one build per CPU, never loading code for
+    instructions this one lacks."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags = _cpu_flags()
+    above, target = _CAPPED.get(capability, (None, None))
+    if platform.machine().lower() in ("x86_64", "amd64") and above in flags:
+        return f"spikeforge_lif_{capability.lower()}", f"-march={target}"
+    digest = hashlib.sha1(" ".join(sorted(flags)).encode()).hexdigest()[:8]
+    return f"spikeforge_lif_{capability.lower()}_{digest}", "-march=native"
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; the processor's name elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return {platform.processor() or platform.machine()}
+
+
 @functools.cache
 def _build() -> ModuleType | None:
     from torch.utils import cpp_extension
 
-    name = f"spikeforge_lif_{torch.backends.cpu.get_cpu_capability().lower()}"
+    name, march = build_target()
     log.info("building the fused LIF kernels (%s, once per machine)", name)
     try:
-        return cpp_extension.load(name, [str(_SOURCE)], extra_cflags=_FLAGS,
+        return cpp_extension.load(name, [str(_SOURCE)], extra_cflags=[*_FLAGS, march],
                                      extra_ldflags=["-fopenmp"])
     except Exception as err:  # noqa: BLE001 - no compiler, no ninja, a failed build
         warnings.warn(f"the fused LIF kernels could not be built ({type(err).__name__}: "
