@@ -181,7 +181,7 @@ def test_fallback_when_the_kernels_cannot_be_built(monkeypatch):
     from torch.utils import cpp_extension
 
     monkeypatch.setattr(cpp_extension, "load", fail)
-    native._build.cache_clear()
+    native._BUILDS.pop(native._SOURCE, None)
     try:
         with pytest.warns(UserWarning, match="could not be built .*no compiler.*eager scan"):
             assert native.lif_kernels() is None
@@ -192,7 +192,7 @@ def test_fallback_when_the_kernels_cannot_be_built(monkeypatch):
             lif_scan(z, 1.0, leak=0.9).sum().backward()
         assert z.grad.abs().sum() > 1
     finally:
-        native._build.cache_clear()
+        native._BUILDS.pop(native._SOURCE, None)
     monkeypatch.setenv(native.NATIVE_ENV, "0")
     assert native.lif_kernels() is None and native.native_status() == "off"
 
@@ -255,9 +255,9 @@ def test_inference_kernel_runs_where_the_layout_allows(monkeypatch):
 
 @pytest.mark.parametrize(("machine", "capability", "flags", "name", "march"), [
     # torch capped below the CPU: a portable target of torch's level
-    ("x86_64", "AVX2", {"avx2", "avx512f", "avx512_bf16"}, "spikeforge_lif_avx2",
+    ("x86_64", "AVX2", {"avx2", "avx512f", "avx512_bf16"}, "avx2",
      "-march=x86-64-v3"),
-    ("x86_64", "DEFAULT", {"sse4_2", "avx2"}, "spikeforge_lif_default", "-march=x86-64-v2"),
+    ("x86_64", "DEFAULT", {"sse4_2", "avx2"}, "default", "-march=x86-64-v2"),
     # torch at the CPU's own level: this CPU's build, named by its flags
     ("x86_64", "AVX2", {"avx2", "fma"}, None, "-march=native"),
     ("x86_64", "AVX512", {"avx2", "avx512f"}, None, "-march=native"),
@@ -273,6 +273,6 @@ def test_build_target_follows_torchs_vector_isa(monkeypatch, machine, capability
     if name is not None:
         assert got_name == name
     else:  # one build per CPU: the flags' digest is in the name
-        assert got_name.startswith(f"spikeforge_lif_{capability.lower()}_")
+        assert got_name.startswith(f"{capability.lower()}_")
         monkeypatch.setattr(native, "_cpu_flags", lambda: flags | {"amx_tile"})
         assert native.build_target()[0] != got_name

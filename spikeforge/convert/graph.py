@@ -70,11 +70,13 @@ _SHAPE_METHODS = ("view", "reshape", "flatten", "contiguous", "size", "unsqueeze
 def _spikeforge_leaf_types() -> tuple[type[nn.Module], ...]:
     """spikeforge's ANN layers (``spikeforge.nn``) stay whole in the trace so that the
     converter sees a ClippedReLU (or QCFS) and not the clamp it is made of; so do the
-    layers that see time, and the average pool of a directly trained SNN (an
-    ``nn.AvgPool2d`` to the converter)."""
+    layers that see time, and the average pool and convolution of a directly trained SNN
+    (an ``nn.AvgPool2d`` and an ``nn.Conv2d`` to the converter)."""
     from spikeforge.nn.pooling import TiledAvgPool2d
+    from spikeforge.nn.spike_conv import SpikeConv2d
 
-    return (*_spikeforge_activation_types(), TimeDropout, SpikingMaxPool, TiledAvgPool2d)
+    return (*_spikeforge_activation_types(), TimeDropout, SpikingMaxPool, TiledAvgPool2d,
+            SpikeConv2d)
 
 
 @functools.cache

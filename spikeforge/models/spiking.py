@@ -19,7 +19,9 @@ gives Σ_t y(t) / T; ``"leaky"`` is Lee et al.'s (2020) leaky integrator divided
 through (∂/∂y(t) = 1/(V_th·T)). Dropout is replaced by :class:`~spikeforge.neurons.TimeDropout`
 (one mask per sample for all T), and average pools whose windows tile the input by
 :class:`~spikeforge.nn.pooling.TiledAvgPool2d` (the same numbers; its backward keeps
-nothing and follows the spikes' memory format).
+nothing and follows the spikes' memory format), and convolutions by
+:class:`~spikeforge.nn.spike_conv.SpikeConv2d` (the same numbers to float rounding; fed by
+spikes, their weight gradient is summed over the spikes only).
 
 With direct input every step sees the same image, so the layers before the first neuron
 (conv, BN, pooling: the input current) run once on the B images and the neuron holds their
@@ -49,6 +51,7 @@ from spikeforge.neurons.modules import (
     compact_saved_spikes,
 )
 from spikeforge.nn.pooling import TiledAvgPool2d
+from spikeforge.nn.spike_conv import SpikeConv2d
 
 __all__ = ["READOUTS", "SpikingModel", "create_snn", "input_neuron", "readout_scores"]
 
@@ -149,6 +152,7 @@ class SpikingModel(nn.Module):
         self.readout_threshold = float(readout_threshold)
         replace_layers(net, nn.Dropout, lambda dropout: TimeDropout(dropout.p))
         replace_layers(net, nn.AvgPool2d, TiledAvgPool2d.from_pool)
+        replace_layers(net, nn.Conv2d, SpikeConv2d.from_conv)
         self.net, self.encoder = net, encoder
         self._input_neuron = input_neuron(net) if encoder == "direct" else None
         if self._input_neuron is not None:

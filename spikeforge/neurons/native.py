@@ -1,18 +1,20 @@
-"""The fused CPU kernels of the binary LIF scan (``lif_kernels.cpp``): BPTT's forward and
-backward, and the scan without gradient of a converted network; built on first use.
+"""spikeforge's C++ kernels for a CPU, built on first use: the fused binary LIF scan
+(``lif_kernels.cpp``: BPTT's forward and backward, and the scan without gradient of a
+converted network) and the weight gradient of a spike-fed convolution
+(``spikeforge/nn/conv_kernels.cpp``, :mod:`spikeforge.nn.spike_conv`).
 
-:func:`lif_kernels` compiles the C++ source with PyTorch's extension builder (a C++ compiler
-and ninja are needed) for the CPU it runs on, once per user (torch caches the build in
-``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), and returns the loaded
-module. Where it cannot be built it warns once and returns None, and the scans run eagerly
-(:mod:`spikeforge.neurons.bptt`, :mod:`spikeforge.neurons.functional`), the same arithmetic
-several times slower. The layout helpers at the end give the kernels their (T, N) views.
+:func:`build_kernels` compiles a source with PyTorch's extension builder (a C++ compiler and
+ninja are needed) for the CPU it runs on (:func:`build_target`), once per user (torch caches
+the build in ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), and
+returns the loaded module. Where it cannot be built it warns once and returns None, and the
+callers run the same arithmetic with torch's operators, several times slower: the eager scans
+(:mod:`spikeforge.neurons.bptt`, :mod:`spikeforge.neurons.functional`), the dense convolution
+backward. The layout helpers at the end give the LIF kernels their (T, N) views.
 ``SPIKEFORGE_NATIVE=0`` turns the kernels off.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import os
@@ -24,8 +26,9 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-__all__ = ["NATIVE_ENV", "build_target", "empty_steps", "held", "in_order", "lif_kernels",
-           "memory_order", "native_enabled", "native_status", "repeating", "step_in_order"]
+__all__ = ["NATIVE_ENV", "build_kernels", "build_target", "empty_steps", "held", "in_order",
+           "lif_kernels", "memory_order", "native_enabled", "native_status", "repeating",
+           "step_in_order"]
 
 NATIVE_ENV = "SPIKEFORGE_NATIVE"
 _SOURCE = Path(__file__).with_name("lif_kernels.cpp")
@@ -47,7 +50,8 @@ def native_enabled() -> bool:
 
 
 def build_target() -> tuple[str, str]:
-    """The kernels' build name and ``-march`` flag, for the vector ISA torch runs at
+    """The suffix of the kernels' build names and their ``-march`` flag, for the vector ISA
+    torch runs at
     (``torch.backends.cpu.get_cpu_capability()``). On x86 when that is capped below the CPU
     (``ATEN_CPU_CAPABILITY=avx2`` on an AVX-512 CPU), a portable target of that level
     (AVX2: ``x86-64-v3``), so the kernels use what torch uses; else ``-march=native``,
@@ -58,9 +62,9 @@ def build_target() -> tuple[str, str]:
     flags = _cpu_flags()
     above, target = _CAPPED.get(capability, (None, None))
     if platform.machine().lower() in ("x86_64", "amd64") and above in flags:
-        return f"spikeforge_lif_{capability.lower()}", f"-march={target}"
+        return capability.lower(), f"-march={target}"
     digest = hashlib.sha1(" ".join(sorted(flags)).encode()).hexdigest()[:8]
-    return f"spikeforge_lif_{capability.lower()}_{digest}", "-march=native"
+    return f"{capability.lower()}_{digest}", "-march=native"
 
 
 def _cpu_flags() -> set[str]:
@@ -76,37 +80,51 @@ def _cpu_flags() -> set[str]:
     return {platform.processor() or platform.machine()}
 
 
-@functools.cache
-def _build() -> ModuleType | None:
-    from torch.utils import cpp_extension
+#: the builds of this process by source: the loaded module, or None where the build failed
+_BUILDS: dict[Path, ModuleType | None] = {}
 
-    name, march = build_target()
-    log.info("building the fused LIF kernels (%s, once per machine)", name)
-    try:
-        return cpp_extension.load(name, [str(_SOURCE)], extra_cflags=[*_FLAGS, march],
-                                     extra_ldflags=["-fopenmp"])
-    except Exception as err:  # noqa: BLE001 - no compiler, no ninja, a failed build
-        warnings.warn(f"the fused LIF kernels could not be built ({type(err).__name__}: "
-                      f"{str(err).strip().splitlines()[-1] if str(err).strip() else ''}); "
-                      f"spiking layers run the eager scan (slower). Set {NATIVE_ENV}=0 to skip "
-                      "the build.", stacklevel=3)
+
+def build_kernels(source: Path) -> ModuleType | None:
+    """The C++ ``source`` built for this CPU and loaded (once per process; torch caches the
+    build across processes), or None, with one warning, where it cannot be built or
+    ``SPIKEFORGE_NATIVE=0``."""
+    if not native_enabled():
         return None
+    if source not in _BUILDS:
+        from torch.utils import cpp_extension
+
+        suffix, march = build_target()
+        name = f"spikeforge_{source.stem}_{suffix}"
+        log.info("building spikeforge's kernels %s (once per machine)", name)
+        try:
+            _BUILDS[source] = cpp_extension.load(name, [str(source)],
+                                                 extra_cflags=[*_FLAGS, march],
+                                                 extra_ldflags=["-fopenmp"])
+        except Exception as err:  # noqa: BLE001 - no compiler, no ninja, a failed build
+            last = str(err).strip().splitlines()[-1] if str(err).strip() else ""
+            warnings.warn(f"spikeforge's kernels {source.name} could not be built "
+                          f"({type(err).__name__}: {last}); torch's operators run instead "
+                          f"(slower: the eager scan, the dense convolution backward). Set "
+                          f"{NATIVE_ENV}=0 to skip the build.", stacklevel=3)
+            _BUILDS[source] = None
+    return _BUILDS[source]
 
 
 def lif_kernels() -> ModuleType | None:
-    """The loaded kernels (``scan_forward``, ``scan_backward``), or None where they are
-    turned off or cannot be built."""
-    return _build() if native_enabled() else None
+    """The loaded LIF kernels (``scan_forward``, ``scan_backward``, ``scan_infer``), or None
+    where they are turned off or cannot be built."""
+    return build_kernels(_SOURCE)
 
 
 def native_status() -> str:
     """For provenance, without building anything: ``"off"`` (``SPIKEFORGE_NATIVE=0``),
-    ``"unused"`` (not asked for yet in this process), ``"built"`` or ``"failed"``."""
+    ``"unused"`` (the LIF kernels not asked for yet in this process), ``"built"`` or
+    ``"failed"``."""
     if not native_enabled():
         return "off"
-    if not _build.cache_info().currsize:
+    if _SOURCE not in _BUILDS:
         return "unused"
-    return "built" if _build() is not None else "failed"
+    return "built" if _BUILDS[_SOURCE] is not None else "failed"
 
 
 # --- how tensors are laid out for the kernels ------------------------------------------------

@@ -1,0 +1,91 @@
+"""A convolution whose weight gradient, for spike input, is summed over the spikes only.
+
+The weight gradient of a convolution y = W ⋆ x,
+
+    ∂L/∂W[o, c, i, j] = Σ_n Σ_{h, w} x[n, c, h, w] · ∂L/∂y[n, o, h + p_h − i, w + p_w − j],
+
+has one term per input value; when x is spikes most are zero (an SNN fires a few to 20% of
+its neurons per step), and a dense backward computes them all. :class:`SpikeConv2d` computes
+this sum from the nonzero inputs only (``conv_kernels.cpp``, built like the LIF kernels by
+:func:`spikeforge.neurons.native.build_kernels`) when its input is a spiking layer's output
+(tagged by :func:`~spikeforge.neurons.modules.mark_spikes`); ∂L/∂x and ∂L/∂b stay ATen's. The
+result equals the dense backward's to float rounding (the sum runs in another order). In a
+time-folded SNN the inputs are the spikes of T·B rows, so this is part of every BPTT step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from spikeforge.neurons.native import build_kernels
+
+__all__ = ["SpikeConv2d"]
+
+_SOURCE = Path(__file__).with_name("conv_kernels.cpp")
+
+
+class _SpikeInputConv(torch.autograd.Function):
+    """``F.conv2d`` with stride 1, no dilation, one group; its weight gradient from the
+    nonzero inputs. ``x`` is saved as the layer would save it (as one byte per spike under
+    :func:`~spikeforge.neurons.modules.compact_saved_spikes`)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None,
+                padding: tuple[int, int]) -> Tensor:
+        ctx.padding = padding
+        ctx.save_for_backward(x, weight)
+        return F.conv2d(x, weight, bias, 1, padding)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x = grad_w = grad_b = None
+        if need_x:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1,
+                [True, False, False])[0]
+        if need_b:  # (ATen's backward would run its whole weight gradient for it)
+            grad_b = grad.sum((0, 2, 3))
+        if need_w:
+            channels_last = torch.channels_last
+            grad_w = build_kernels(_SOURCE).sparse_input_grad_weight(
+                x.contiguous(memory_format=channels_last),
+                grad.contiguous(memory_format=channels_last), *weight.shape[2:], *ctx.padding)
+            grad_w = torch.empty_like(weight).copy_(grad_w)  # in the weight's layout
+        return grad_x, grad_w, grad_b, None
+
+
+class SpikeConv2d(nn.Conv2d):
+    """:class:`torch.nn.Conv2d` whose weight gradient, when its input is spikes (a spiking
+    layer's output, see :func:`~spikeforge.neurons.modules.mark_spikes`), is summed over the
+    nonzero inputs only (see the module docstring): float32 on a CPU, stride 1, no
+    dilation, one group, zero padding given as numbers, and outside autocast. Otherwise, and
+    where the kernels cannot be built, it is ``nn.Conv2d``."""
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> nn.Conv2d:
+        """``conv`` as a :class:`SpikeConv2d` with the same parameters (no new ones are drawn,
+        so the random state is untouched), where its settings allow the sparse weight
+        gradient; else ``conv`` itself."""
+        fits = (type(conv) is nn.Conv2d and conv.stride == (1, 1) and conv.dilation == (1, 1)
+                and conv.groups == 1 and conv.padding_mode == "zeros"
+                and not isinstance(conv.padding, str))
+        if not fits:
+            return conv
+        spike_conv = cls(conv.in_channels, conv.out_channels, conv.kernel_size,
+                         padding=conv.padding, bias=conv.bias is not None, device="meta")
+        spike_conv.weight, spike_conv.bias = conv.weight, conv.bias
+        return spike_conv.train(conv.training)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (getattr(x, "_spikeforge_spikes", False) and torch.is_grad_enabled()
+                and self.weight.requires_grad and x.dtype == self.weight.dtype == torch.float32
+                and x.device.type == "cpu" and x.ndim == 4
+                and not torch.is_autocast_enabled("cpu") and build_kernels(_SOURCE) is not None):
+            return _SpikeInputConv.apply(x, self.weight, self.bias, self.padding)
+        return super().forward(x)

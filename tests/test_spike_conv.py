@@ -1,0 +1,132 @@
+"""SpikeConv2d: the weight gradient of a spike-fed convolution from its nonzero inputs, checked
+against ATen's dense backward, and the cases where it must stay nn.Conv2d."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from spikeforge.data import BatchLoader, load_dataset
+from spikeforge.models.spiking import create_snn
+from spikeforge.neurons import native
+from spikeforge.neurons.modules import compact_saved_spikes, mark_spikes
+from spikeforge.nn.spike_conv import SpikeConv2d, _SpikeInputConv
+
+needs_compiler = pytest.mark.skipif(shutil.which("c++") is None,
+                                    reason="no C++ compiler to build the kernels with")
+
+
+def _gradients(conv: nn.Module, x: torch.Tensor, g: torch.Tensor, spikes: bool):
+    x = x.clone().requires_grad_(True)
+    with compact_saved_spikes():  # spikes saved as bits, as in a SpikingModel
+        y = conv(mark_spikes(x) if spikes else x)
+    return y, torch.autograd.grad(y, [x, conv.weight, conv.bias], g)
+
+
+def _values_gradients(conv: SpikeConv2d, x: torch.Tensor, g: torch.Tensor):
+    """The sparse weight gradient of inputs that are not binary (the kernel takes values)."""
+    x = x.clone().requires_grad_(True)
+    y = _SpikeInputConv.apply(x, conv.weight, conv.bias, conv.padding)
+    return y, torch.autograd.grad(y, [x, conv.weight, conv.bias], g)
+
+
+@needs_compiler
+@pytest.mark.parametrize(("c", "o", "h", "w", "k", "padding"), [
+    (64, 64, 12, 12, 3, 1),  # one tile of 64 outputs
+    (5, 200, 9, 7, 3, 0),  # 128 + 64 + a partial tile of 8; no padding
+    (3, 37, 7, 8, 5, (2, 1)),  # a 5×5 kernel, padding per side, a tile of 16 + 5
+    (70, 16, 6, 6, 1, 0),  # 1×1: more than 64 input channels in one pixel
+])
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("values", ["binary", "pooled"])
+def test_weight_gradient_from_the_spikes_equals_atens(c, o, h, w, k, padding, layout, values):
+    gen = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(c, o, k, padding=padding).to(memory_format=layout)
+    spike_conv = SpikeConv2d.from_conv(conv)
+    x = (torch.rand(6, c, h, w, generator=gen) < 0.15).float()
+    if values == "pooled":  # an average pool's output: multiples of 1/4
+        x = x * torch.randint(1, 5, x.shape, generator=gen) / 4
+    x = x.contiguous(memory_format=layout)
+    y_ref = conv(x)
+    g = torch.randn(y_ref.shape, generator=gen)
+    _, (gx_ref, gw_ref, gb_ref) = _gradients(conv, x, g, spikes=False)
+    y, (gx, gw, gb) = (_gradients(spike_conv, x, g, spikes=True) if values == "binary"
+                       else _values_gradients(spike_conv, x, g))
+    assert y.grad_fn.name() == "_SpikeInputConvBackward"
+    assert torch.equal(y, y_ref) and torch.equal(gx, gx_ref)
+    torch.testing.assert_close(gw, gw_ref, rtol=1e-5, atol=1e-5 * gw_ref.abs().max().item())
+    torch.testing.assert_close(gb, gb_ref, rtol=1e-5, atol=1e-5 * gb_ref.abs().max().item())
+    assert gw.stride() == conv.weight.stride()  # in the weight's memory format
+    assert gw_ref.abs().max() > 1  # not a vanishing gradient
+
+
+def test_from_conv_shares_the_parameters_and_draws_nothing():
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    state = torch.get_rng_state()
+    spike_conv = SpikeConv2d.from_conv(conv.train(False))
+    assert torch.equal(state, torch.get_rng_state())
+    assert isinstance(spike_conv, SpikeConv2d) and not spike_conv.training
+    assert spike_conv.weight is conv.weight and spike_conv.bias is conv.bias
+    assert SpikeConv2d.from_conv(nn.Conv2d(3, 8, 3, bias=False)).bias is None
+    assert list(spike_conv.state_dict()) == list(conv.state_dict())
+    for other in (nn.Conv2d(3, 8, 3, stride=2), nn.Conv2d(4, 8, 3, groups=2),
+                  nn.Conv2d(3, 8, 3, dilation=2), nn.Conv2d(3, 8, 3, padding="same"),
+                  nn.Conv2d(3, 8, 3, padding=1, padding_mode="circular")):
+        assert SpikeConv2d.from_conv(other) is other
+
+
+@needs_compiler
+def test_dense_backward_where_the_input_is_no_spikes_or_under_autocast():
+    spike_conv = SpikeConv2d.from_conv(nn.Conv2d(3, 8, 3, padding=1))
+    x = (torch.rand(2, 3, 8, 8) < 0.2).float().requires_grad_(True)
+    assert spike_conv(x).grad_fn.name() == "ConvolutionBackward0"  # not tagged as spikes
+    conv64 = SpikeConv2d.from_conv(nn.Conv2d(3, 8, 3).double())  # float64: dense
+    assert conv64(mark_spikes(x.double())).grad_fn.name() == "ConvolutionBackward0"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert spike_conv(mark_spikes(x.clone())).grad_fn.name() != "_SpikeInputConvBackward"
+    with torch.no_grad():
+        assert spike_conv(mark_spikes(x.clone())).grad_fn is None
+
+
+@needs_compiler
+def test_an_snn_trains_with_the_same_gradients_on_real_digits(monkeypatch):
+    """A spiking VGG on MNIST digits: the spike-fed convolutions take the sparse weight
+    gradient, and the gradients equal those of the dense backward (the kernels switched
+    off: ATen's backward and the eager scan) to float rounding."""
+    torch.manual_seed(0)
+    snn = create_snn("vgg7", timesteps=4, encoder="direct", in_channels=1,
+                     neuron={"leak": 0.9, "surrogate": "atan"})
+    snn = snn.to(memory_format=torch.channels_last)
+    convs = [m for m in snn.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(type(m) is SpikeConv2d for m in convs)
+    x, y = next(iter(BatchLoader(load_dataset("mnist_demo", "test"), 16)))
+    x = nn.functional.interpolate(x, size=32).contiguous(memory_format=torch.channels_last)
+    sparse = []
+    monkeypatch.setattr(SpikeConv2d, "forward", _counting(SpikeConv2d.forward, sparse))
+    grads = []
+    for native_on in ("1", "0"):
+        monkeypatch.setenv(native.NATIVE_ENV, native_on)
+        snn.zero_grad()
+        nn.functional.cross_entropy(snn(x), y).backward()
+        grads.append({k: p.grad.clone() for k, p in snn.named_parameters()})
+    # the convolutions fed by a neuron; the first (analog input) and those after a pool
+    # (averages of spikes) keep the dense backward
+    assert sparse == [False, True, False, True, False, True]
+    for key, grad in grads[1].items():
+        scale = grad.abs().max().item()
+        torch.testing.assert_close(grads[0][key], grad, rtol=1e-4, atol=1e-4 * scale, msg=key)
+    assert max(g.abs().max() for g in grads[0].values()) > 0
+
+
+def _counting(forward, calls: list):
+    """``forward`` that records, while the kernels are on, whether each call took the sparse
+    weight gradient."""
+    def counted(self, x):
+        y = forward(self, x)
+        if native.native_enabled():
+            calls.append(y.grad_fn is not None and y.grad_fn.name() == "_SpikeInputConvBackward")
+        return y
+    return counted
