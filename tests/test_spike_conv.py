@@ -13,7 +13,7 @@ from spikeforge.data import BatchLoader, load_dataset
 from spikeforge.models.spiking import create_snn
 from spikeforge.neurons import native
 from spikeforge.neurons.modules import compact_saved_spikes, mark_spikes
-from spikeforge.nn.spike_conv import SpikeConv2d, _SpikeInputConv
+from spikeforge.nn.spike_conv import DENSE_ABOVE, SpikeConv2d, _SpikeInputConv
 
 needs_compiler = pytest.mark.skipif(shutil.which("c++") is None,
                                     reason="no C++ compiler to build the kernels with")
@@ -76,6 +76,19 @@ def test_from_conv_shares_the_parameters_and_draws_nothing():
                   nn.Conv2d(3, 8, 3, dilation=2), nn.Conv2d(3, 8, 3, padding="same"),
                   nn.Conv2d(3, 8, 3, padding=1, padding_mode="circular")):
         assert SpikeConv2d.from_conv(other) is other
+
+
+@needs_compiler
+def test_dense_weight_gradient_above_the_density_where_it_is_faster():
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    gen = torch.Generator().manual_seed(0)
+    for density, exact in ((DENSE_ABOVE + 0.1, True), (DENSE_ABOVE - 0.1, False)):
+        x = (torch.rand(4, 8, 10, 10, generator=gen) < density).float()
+        g = torch.randn(4, 16, 10, 10, generator=gen)
+        _, (_, gw_ref, _) = _gradients(conv, x, g, spikes=False)
+        _, (_, gw, _) = _gradients(SpikeConv2d.from_conv(conv), x, g, spikes=True)
+        assert torch.equal(gw, gw_ref) == exact  # ATen's own numbers above the density
+        torch.testing.assert_close(gw, gw_ref, rtol=1e-5, atol=1e-5 * gw_ref.abs().max().item())
 
 
 @needs_compiler

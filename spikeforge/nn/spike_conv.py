@@ -8,9 +8,10 @@ has one term per input value; when x is spikes most are zero (an SNN fires a few
 its neurons per step), and a dense backward computes them all. :class:`SpikeConv2d` computes
 this sum from the nonzero inputs only (``conv_kernels.cpp``, built like the LIF kernels by
 :func:`spikeforge.neurons.native.build_kernels`) when its input is a spiking layer's output
-(tagged by :func:`~spikeforge.neurons.modules.mark_spikes`); ∂L/∂x and ∂L/∂b stay ATen's. The
-result equals the dense backward's to float rounding (the sum runs in another order). In a
-time-folded SNN the inputs are the spikes of T·B rows, so this is part of every BPTT step.
+(tagged by :func:`~spikeforge.neurons.modules.mark_spikes`) and at most :data:`DENSE_ABOVE`
+of them are nonzero; ∂L/∂x stays ATen's. The result equals the dense backward's to float
+rounding (the sum runs in another order). In a time-folded SNN the inputs are the spikes of
+T·B rows, so this is part of every BPTT step.
 """
 
 from __future__ import annotations
@@ -23,9 +24,14 @@ from torch import Tensor, nn
 
 from spikeforge.neurons.native import build_kernels
 
-__all__ = ["SpikeConv2d"]
+__all__ = ["DENSE_ABOVE", "SpikeConv2d"]
 
 _SOURCE = Path(__file__).with_name("conv_kernels.cpp")
+
+#: the fraction of nonzero inputs above which the dense weight gradient runs instead: the two
+#: take the same time near 27% on an AVX-512 CPU, and the sparse one is faster up to higher
+#: rates with AVX2 (``benchmarks/README.md``); SNNs fire a few to 20% of their neurons per step
+DENSE_ABOVE = 0.25
 
 
 class _SpikeInputConv(torch.autograd.Function):
@@ -44,14 +50,13 @@ class _SpikeInputConv(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_x = grad_w = grad_b = None
-        if need_x:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1,
-                [True, False, False])[0]
-        if need_b:  # (ATen's backward would run its whole weight gradient for it)
-            grad_b = grad.sum((0, 2, 3))
-        if need_w:
+        sparse = need_w and float(x.sum()) <= DENSE_ABOVE * x.numel()  # x: 0/1 spikes
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad, x, weight, None, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1,
+            [need_x, need_w and not sparse, False])
+        # the bias gradient as a sum (ATen's backward runs its whole weight gradient for it)
+        grad_b = grad.sum((0, 2, 3)) if need_b else None
+        if sparse:
             channels_last = torch.channels_last
             grad_w = build_kernels(_SOURCE).sparse_input_grad_weight(
                 x.contiguous(memory_format=channels_last),
