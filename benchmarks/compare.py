@@ -24,10 +24,12 @@ A. Converted-SNN inference: IF neurons, reset by subtraction, v(0) = 0, direct i
    auto row repeats it and says so in ``same_as``).
 B. One BPTT training step of the same VGG with LIF neurons (leak 0.9, reset to zero, atan
    surrogate, θ = 1; weights ×3 so that every layer fires), T in {4, 8}, batch 32: forward,
-   cross-entropy on the mean readout, backward, SGD step. spikeforge runs its LIF layers on
-   the fused CPU kernels (``spikeforge``), on the eager scan (``spikeforge-eager``) and under
-   bf16 autocast (``spikeforge-bf16``: convolutions in bf16, membranes and surrogate
-   gradients in float32, as ``spikeforge train`` runs where bf16 is native).
+   cross-entropy on the mean readout, backward, SGD step. spikeforge runs with its C++
+   kernels (``spikeforge``: the fused LIF scan, and the spike-fed convolutions' weight
+   gradient from the spikes alone, :class:`spikeforge.nn.spike_conv.SpikeConv2d`), without
+   them (``spikeforge-eager``: the eager scan, ATen's backward) and under bf16 autocast
+   (``spikeforge-bf16``: convolutions in bf16, membranes and surrogate gradients in
+   float32, as ``spikeforge train`` runs where bf16 is native).
 C. The dense ANN forward of the same network (channels-last, batch 64): the per-step floor;
    shown as images/s ÷ T beside the SNNs.
 
