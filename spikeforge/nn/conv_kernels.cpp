@@ -96,24 +96,30 @@ torch::Tensor sparse_input_grad_weight(const torch::Tensor& x, const torch::Tens
   TORCH_CHECK(OH == H + 2 * ph - KH + 1 && OW == W + 2 * pw - KW + 1 && H < 32768 && W < 65536,
               "conv_kernels: g's size does not match a stride-1 convolution of x");
   const int64_t size = KH * KW * C * O, P = H * W;
-  const int threads = at::get_num_threads();
-  std::vector<float> partial(threads * size, 0.0f);  // one sum per thread, added at the end
+  // the images in `parts` consecutive runs, each summed into its own copy of ∂L/∂W, added at
+  // the end: one per thread, fewer where the copies would pass 256 MiB (many cores, a large
+  // layer); a fixed split for a given thread count, so the result is reproducible
+  const int64_t parts = std::max<int64_t>(
+      1, std::min<int64_t>({at::get_num_threads(), N, (int64_t{256} << 20) / (4 * size)}));
+  std::vector<float> partial(parts * size, 0.0f);
   const float* xp = x.data_ptr<float>();
   const float* gp = g.data_ptr<float>();
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    float* sum = partial.data() + at::get_thread_num() * size;
+  at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
     std::vector<int32_t> where(C * P);
     std::vector<float> value(C * P);
     std::vector<int64_t> count(C);
-    for (int64_t n = begin; n < end; ++n) {
-      list_nonzero(xp + n * P * C, H, W, C, where.data(), value.data(), count.data());
-      const float* gn = gp + n * OH * OW * O;
-      for (int64_t c = 0; c < C; ++c) {
-        if (!count[c]) continue;
-        for (int64_t kh = 0; kh < KH; ++kh) {
-          for (int64_t kw = 0; kw < KW; ++kw) {
-            accumulate_row(where.data() + c * P, value.data() + c * P, count[c], gn, O, OH, OW,
-                           ph - kh, pw - kw, sum + ((kh * KW + kw) * C + c) * O);
+    for (int64_t part = first; part < last; ++part) {
+      float* sum = partial.data() + part * size;
+      for (int64_t n = part * N / parts; n < (part + 1) * N / parts; ++n) {
+        list_nonzero(xp + n * P * C, H, W, C, where.data(), value.data(), count.data());
+        const float* gn = gp + n * OH * OW * O;
+        for (int64_t c = 0; c < C; ++c) {
+          if (!count[c]) continue;
+          for (int64_t kh = 0; kh < KH; ++kh) {
+            for (int64_t kw = 0; kw < KW; ++kw) {
+              accumulate_row(where.data() + c * P, value.data() + c * P, count[c], gn, O, OH,
+                             OW, ph - kh, pw - kw, sum + ((kh * KW + kw) * C + c) * O);
+            }
           }
         }
       }
@@ -121,8 +127,8 @@ torch::Tensor sparse_input_grad_weight(const torch::Tensor& x, const torch::Tens
   });
   auto out = torch::zeros({KH, KW, C, O}, x.options());
   float* op = out.data_ptr<float>();
-  for (int t = 0; t < threads; ++t) {
-    const float* s = partial.data() + t * size;
+  for (int64_t part = 0; part < parts; ++part) {
+    const float* s = partial.data() + part * size;
     for (int64_t i = 0; i < size; ++i) op[i] += s[i];
   }
   return out.permute({3, 2, 0, 1});
