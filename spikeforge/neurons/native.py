@@ -51,13 +51,12 @@ def native_enabled() -> bool:
 
 def build_target() -> tuple[str, str]:
     """The suffix of the kernels' build names and their ``-march`` flag, for the vector ISA
-    torch runs at
-    (``torch.backends.cpu.get_cpu_capability()``). On x86 when that is capped below the CPU
-    (``ATEN_CPU_CAPABILITY=avx2`` on an AVX-512 CPU), a portable target of that level
-    (AVX2: ``x86-64-v3``), so the kernels use what torch uses; else ``-march=native``,
-    with a digest of the CPU's feature flags in the name: a build directory shared by
-    different CPUs (a network home) keeps one build per CPU, never loading code for
-    instructions this one lacks."""
+    torch runs at (``torch.backends.cpu.get_cpu_capability()``). On x86 when that is capped
+    below the CPU (``ATEN_CPU_CAPABILITY=avx2`` on an AVX-512 CPU), a portable target of
+    that level (AVX2: ``x86-64-v3``), so the kernels use what torch uses; else
+    ``-march=native``, with a digest of the CPU's feature flags in the name: a build
+    directory shared by different CPUs (a network home) keeps one build per CPU, never
+    loading code for instructions this one lacks."""
     capability = torch.backends.cpu.get_cpu_capability()
     flags = _cpu_flags()
     above, target = _CAPPED.get(capability, (None, None))
