@@ -26,8 +26,9 @@ B. One BPTT training step of the same VGG with LIF neurons (leak 0.9, reset to z
    surrogate, θ = 1; weights ×3 so that every layer fires), T in {4, 8}, batch 32: forward,
    cross-entropy on the mean readout, backward, SGD step. spikeforge runs with its C++
    kernels (``spikeforge``: the fused LIF scan, and the spike-fed convolutions' weight
-   gradient from the spikes alone, :class:`spikeforge.nn.spike_conv.SpikeConv2d`), without
-   them (``spikeforge-eager``: the eager scan, ATen's backward) and under bf16 autocast
+   gradient from the spikes alone, :class:`spikeforge.nn.spike_conv.SpikeConv2d`), with the
+   LIF kernels only (``spikeforge-dense-wgrad``), without them (``spikeforge-eager``: the
+   eager scan, ATen's backward) and under bf16 autocast
    (``spikeforge-bf16``: convolutions in bf16, membranes and surrogate gradients in
    float32, as ``spikeforge train`` runs where bf16 is native).
 C. The dense ANN forward of the same network (channels-last, batch 64): the per-step floor;
@@ -89,9 +90,12 @@ PEERS = ("spikingjelly-m", "spikingjelly-s", "snntorch")
 PRECISION_OF = {"spikeforge": "float32", "spikeforge-bf16": "bf16", "spikeforge-int8": "int8",
                 "spikeforge-auto": "auto"}
 INFERENCE = (*PRECISION_OF, *PEERS, "ann")
-#: ``spikeforge-eager``: spikeforge without its fused LIF kernels (``SPIKEFORGE_NATIVE=0``);
+#: ``spikeforge-dense-wgrad``: spikeforge with ATen's weight gradient in every convolution
+#: (the fused LIF kernels on, the sparse weight gradient of ``SpikeConv2d`` off);
+#: ``spikeforge-eager``: spikeforge without its C++ kernels (``SPIKEFORGE_NATIVE=0``);
 #: ``spikeforge-bf16``: the step under bf16 autocast, as ``run.amp`` trains
-TRAINING = ("spikeforge", "spikeforge-eager", "spikeforge-bf16", "spikingjelly-m", "snntorch")
+TRAINING = ("spikeforge", "spikeforge-dense-wgrad", "spikeforge-eager", "spikeforge-bf16",
+            "spikingjelly-m", "snntorch")
 LIF = {"leak": 0.9, "threshold": 1.0}
 #: B scales the seeded weights so that every layer fires (4-21% of neurons per step, as in
 #: a trained network; with PyTorch's default init the deeper layers stay silent)
@@ -247,6 +251,7 @@ def training(impl: str, timesteps: int, batch: int) -> Case:
     """The timed call is one training step; the output is its (loss, output)."""
     from spikeforge.models.spiking import SpikingModel
     from spikeforge.neurons import LIF as SfLIF
+    from spikeforge.nn.spike_conv import SpikeConv2d
 
     ann, _ = network("vgg_cifar")
     for m in ann:
@@ -257,6 +262,10 @@ def training(impl: str, timesteps: int, batch: int) -> Case:
         net = SpikingModel(nn.Sequential(*[
             SfLIF(m, leak=LIF["leak"], reset="zero", surrogate="atan")
             if isinstance(m, float) else m for m in layers]), timesteps)
+        if impl == "spikeforge-dense-wgrad":
+            for conv in net.modules():
+                if isinstance(conv, SpikeConv2d):
+                    conv.forward = functools.partial(nn.Conv2d.forward, conv)
         forward = net
     else:
         net = (snntorch(layers, LIF) if impl == "snntorch"
