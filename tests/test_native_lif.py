@@ -276,3 +276,20 @@ def test_build_target_follows_torchs_vector_isa(monkeypatch, machine, capability
         assert got_name.startswith(f"{capability.lower()}_")
         monkeypatch.setattr(native, "_cpu_flags", lambda: flags | {"amx_tile"})
         assert native.build_target()[0] != got_name
+
+
+def test_every_kernel_source_ships_with_the_package():
+    """The C++ sources are built on the user's machine, so an installed (non-editable)
+    package must carry each one: pyproject's package-data covers every ``*.cpp``."""
+    import tomllib
+    from fnmatch import fnmatch
+    from pathlib import Path
+
+    root = Path(native.__file__).resolve().parents[2]
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]
+    sources = sorted((root / "spikeforge").rglob("*.cpp"))
+    assert len(sources) >= 2  # the LIF kernels and the convolution's weight gradient
+    for source in sources:
+        package = ".".join(source.parent.relative_to(root).parts)
+        assert any(fnmatch(source.name, glob) for glob in data.get(package, [])), source
