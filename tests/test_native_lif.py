@@ -281,9 +281,10 @@ def test_build_target_follows_torchs_vector_isa(monkeypatch, machine, capability
 def test_every_kernel_source_ships_with_the_package():
     """The C++ sources are built on the user's machine, so an installed (non-editable)
     package must carry each one: pyproject's package-data covers every ``*.cpp``."""
-    import tomllib
     from fnmatch import fnmatch
     from pathlib import Path
+
+    import tomllib
 
     root = Path(native.__file__).resolve().parents[2]
     data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
