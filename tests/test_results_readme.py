@@ -124,3 +124,16 @@ def test_a_hybrid_run_is_named_by_the_conversion_it_starts_from():
                             "atan surrogate)"
     snn = update_results._ours(REPO / "results", {"folder": "mnist_lenet_snn"}, REPO)
     assert (snn["name"], snn["model"]) == ("direct training", "lenet (atan surrogate)")
+
+
+def test_a_run_under_isa_caps_says_so_and_shows_them_in_its_command():
+    tables = update_results.performance_tables(REPO / "benchmarks" / "results",
+                                               REPO / "benchmarks")
+    capped = next(line for line in tables.splitlines()
+                  if "compare_quick_avx2_capped.json" in line and line.startswith("`"))
+    assert capped.startswith("`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python ")
+    assert "vector ISA AVX2 (capped below the CPU's: its flags" in capped
+    assert "avx512f" in capped
+    plain = next(line for line in tables.splitlines()
+                 if "compare_quick_avx512.json)" in line and line.startswith("`"))
+    assert "capped" not in plain and plain.startswith("`python ")
