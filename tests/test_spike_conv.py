@@ -11,9 +11,10 @@ from torch import nn
 
 from spikeforge.data import BatchLoader, load_dataset
 from spikeforge.models.spiking import create_snn
-from spikeforge.neurons import native
-from spikeforge.neurons.modules import compact_saved_spikes, mark_spikes
-from spikeforge.nn.spike_conv import DENSE_ABOVE, SpikeConv2d, _SpikeInputConv
+from spikeforge.neurons import SpikingNeuron, native
+from spikeforge.neurons.modules import compact_saved_spikes, mark_sparse, mark_spikes
+from spikeforge.nn.pooling import TiledAvgPool2d
+from spikeforge.nn.spike_conv import DENSE_ABOVE, SpikeConv2d
 
 needs_compiler = pytest.mark.skipif(shutil.which("c++") is None,
                                     reason="no C++ compiler to build the kernels with")
@@ -27,9 +28,9 @@ def _gradients(conv: nn.Module, x: torch.Tensor, g: torch.Tensor, spikes: bool):
 
 
 def _values_gradients(conv: SpikeConv2d, x: torch.Tensor, g: torch.Tensor):
-    """The sparse weight gradient of inputs that are not binary (the kernel takes values)."""
+    """The sparse weight gradient of inputs that are not 0/1 (θ·s: the kernel takes values)."""
     x = x.clone().requires_grad_(True)
-    y = _SpikeInputConv.apply(x, conv.weight, conv.bias, conv.padding)
+    y = conv(mark_sparse(x))
     return y, torch.autograd.grad(y, [x, conv.weight, conv.bias], g)
 
 
@@ -41,14 +42,14 @@ def _values_gradients(conv: SpikeConv2d, x: torch.Tensor, g: torch.Tensor):
     (70, 16, 6, 6, 1, 0),  # 1×1: more than 64 input channels in one pixel
 ])
 @pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
-@pytest.mark.parametrize("values", ["binary", "pooled"])
+@pytest.mark.parametrize("values", ["binary", "theta"])
 def test_weight_gradient_from_the_spikes_equals_atens(c, o, h, w, k, padding, layout, values):
     gen = torch.Generator().manual_seed(0)
     conv = nn.Conv2d(c, o, k, padding=padding).to(memory_format=layout)
     spike_conv = SpikeConv2d.from_conv(conv)
     x = (torch.rand(5, c, h, w, generator=gen) < 0.15).float()  # 5: runs of 2 and 3 images
-    if values == "pooled":  # an average pool's output: multiples of 1/4
-        x = x * torch.randint(1, 5, x.shape, generator=gen) / 4
+    if values == "theta":  # θ·s of a neuron with one threshold per channel
+        x = x * torch.rand(1, c, 1, 1, generator=gen).add_(0.5)
     x = x.contiguous(memory_format=layout)
     y_ref = conv(x)
     g = torch.randn(y_ref.shape, generator=gen)
@@ -91,6 +92,20 @@ def test_dense_weight_gradient_above_the_density_where_it_is_faster():
         torch.testing.assert_close(gw, gw_ref, rtol=1e-5, atol=1e-5 * gw_ref.abs().max().item())
 
 
+def test_a_trained_neuron_tags_its_output_as_sparse():
+    z = torch.randn(3 * 2, 4, 6, 6, requires_grad=True)  # T = 3 steps of 2 images, folded
+    for emit in ("count", "value"):
+        neuron = SpikingNeuron(torch.rand(4) + 0.5, emit=emit, surrogate="atan")
+        s = neuron(z, 3)
+        assert s._spikeforge_sparse and getattr(s, "_spikeforge_spikes", False) == (
+            emit == "count")  # θ·s is not 0/1: never saved as bits
+        pooled = TiledAvgPool2d(2)(s)  # zero where no input of the window fired
+        assert pooled._spikeforge_sparse and not hasattr(pooled, "_spikeforge_spikes")
+    assert not hasattr(TiledAvgPool2d(2)(z), "_spikeforge_sparse")  # currents: untagged
+    with torch.no_grad():  # θ·s without gradient: nothing to speed up, untagged
+        assert not hasattr(neuron(z, 3), "_spikeforge_sparse")
+
+
 @needs_compiler
 def test_dense_backward_where_the_input_is_no_spikes_or_under_autocast():
     spike_conv = SpikeConv2d.from_conv(nn.Conv2d(3, 8, 3, padding=1))
@@ -107,8 +122,9 @@ def test_dense_backward_where_the_input_is_no_spikes_or_under_autocast():
 @needs_compiler
 def test_an_snn_trains_with_the_same_gradients_on_real_digits(monkeypatch):
     """A spiking VGG on MNIST digits: the spike-fed convolutions take the sparse weight
-    gradient, and the gradients equal those of the dense backward (the kernels switched
-    off: ATen's backward and the eager scan) to float rounding."""
+    gradient (where few inputs are nonzero), and the gradients equal those of the dense
+    backward (the kernels switched off: ATen's backward and the eager scan) to float
+    rounding."""
     torch.manual_seed(0)
     snn = create_snn("vgg7", timesteps=4, encoder="direct", in_channels=1,
                      neuron={"leak": 0.9, "surrogate": "atan"})
@@ -125,9 +141,9 @@ def test_an_snn_trains_with_the_same_gradients_on_real_digits(monkeypatch):
         snn.zero_grad()
         nn.functional.cross_entropy(snn(x), y).backward()
         grads.append({k: p.grad.clone() for k, p in snn.named_parameters()})
-    # the convolutions fed by a neuron; the first (analog input) and those after a pool
-    # (averages of spikes) keep the dense backward
-    assert sparse == [False, True, False, True, False, True]
+    # the convolutions fed by a neuron or by a pool of its spikes; the first (analog input)
+    # keeps the dense backward
+    assert sparse == [False, True, True, True, True, True]
     for key, grad in grads[1].items():
         scale = grad.abs().max().item()
         torch.testing.assert_close(grads[0][key], grad, rtol=1e-4, atol=1e-4 * scale, msg=key)

@@ -166,6 +166,8 @@ class SpikingNeuron(nn.Module):
             bits = None if bits is None else bits.flatten(0, 1)
         if self.emit == "count" and self.rule == "binary":
             s = mark_spikes(s, bits)
+        elif bits is not None:  # θ·s of binary spikes under BPTT: zero where none fired
+            s = mark_sparse(s)
         return s
 
     def get_extra_state(self) -> dict[str, Any]:
@@ -312,10 +314,18 @@ def unfold_time(x: Tensor, timesteps: int) -> Tensor:
 def mark_spikes(spikes: Tensor, bits: Tensor | None = None) -> Tensor:
     """Tag a tensor of 0/1 spikes so that :func:`compact_saved_spikes` may keep it for
     backward as one byte per value instead of four (the next layer's saved input); ``bits``,
-    the same spikes as booleans when the neuron has them already, is then kept as is."""
+    the same spikes as booleans when the neuron has them already, is then kept as is. Spikes
+    are also :func:`mark_sparse`."""
     spikes._spikeforge_spikes = True  # Python attributes on this tensor object only
     spikes._spikeforge_bits = bits
-    return spikes
+    return mark_sparse(spikes)
+
+
+def mark_sparse(x: Tensor) -> Tensor:
+    """Tag a spiking layer's output (0/1 spikes, or θ·s) as mostly zeros, for the layers
+    that exploit it (:class:`~spikeforge.nn.spike_conv.SpikeConv2d`'s weight gradient)."""
+    x._spikeforge_sparse = True
+    return x
 
 
 def _pack(t: Tensor) -> Any:

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spikeforge.neurons.modules import mark_sparse
+
 __all__ = ["TiledAvgPool2d"]
 
 
@@ -72,4 +74,6 @@ class TiledAvgPool2d(nn.AvgPool2d):
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or not (torch.is_grad_enabled() and x.requires_grad):
             return super().forward(x)
-        return _TiledAvgPool.apply(x, _pair(self.kernel_size))
+        y = _TiledAvgPool.apply(x, _pair(self.kernel_size))
+        # the pool of a spiking layer's output is zero where no input of its window fired
+        return mark_sparse(y) if getattr(x, "_spikeforge_sparse", False) else y

@@ -4,14 +4,15 @@ The weight gradient of a convolution y = W ⋆ x,
 
     ∂L/∂W[o, c, i, j] = Σ_n Σ_{h, w} x[n, c, h, w] · ∂L/∂y[n, o, h + p_h − i, w + p_w − j],
 
-has one term per input value; when x is spikes most are zero (an SNN fires a few to 20% of
-its neurons per step), and a dense backward computes them all. :class:`SpikeConv2d` computes
-this sum from the nonzero inputs only (``conv_kernels.cpp``, built like the LIF kernels by
-:func:`spikeforge.neurons.native.build_kernels`) when its input is a spiking layer's output
-(tagged by :func:`~spikeforge.neurons.modules.mark_spikes`) and at most :data:`DENSE_ABOVE`
-of them are nonzero; ∂L/∂x stays ATen's. The result equals the dense backward's to float
-rounding (the sum runs in another order). In a time-folded SNN the inputs are the spikes of
-T·B rows, so this is part of every BPTT step.
+has one term per input value; when x is a spiking layer's output (0/1 spikes, or θ·s) most
+are zero (an SNN fires a few to 20% of its neurons per step), and a dense backward computes
+them all. :class:`SpikeConv2d` computes this sum from the nonzero inputs only
+(``conv_kernels.cpp``, built like the LIF kernels by
+:func:`spikeforge.neurons.native.build_kernels`) when its input is tagged as such
+(:func:`~spikeforge.neurons.modules.mark_sparse`) and at most :data:`DENSE_ABOVE` of them are
+nonzero; ∂L/∂x stays ATen's. The result equals the dense backward's to float rounding (the
+sum runs in another order). In a time-folded SNN the inputs are the spikes of T·B rows, so
+this is part of every BPTT step.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ DENSE_ABOVE = 0.25
 
 class _SpikeInputConv(torch.autograd.Function):
     """``F.conv2d`` with stride 1, no dilation, one group; its weight gradient from the
-    nonzero inputs. ``x`` is saved as the layer would save it (as one byte per spike under
-    :func:`~spikeforge.neurons.modules.compact_saved_spikes`)."""
+    nonzero inputs where few are nonzero. ``x`` is saved as the layer would save it (0/1
+    spikes as one byte each under :func:`~spikeforge.neurons.modules.compact_saved_spikes`)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None,
@@ -51,7 +52,7 @@ class _SpikeInputConv(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        sparse = need_w and float(x.sum()) <= DENSE_ABOVE * x.numel()  # x: 0/1 spikes
+        sparse = need_w and _nonzero_fraction(x) <= DENSE_ABOVE
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
             grad, x, weight, None, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1,
             [need_x, need_w and not sparse, False])
@@ -66,12 +67,20 @@ class _SpikeInputConv(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
+def _nonzero_fraction(x: Tensor) -> float:
+    """The fraction of nonzero values in ``x``, counted on at most 16 of its rows (images at
+    one step) spread over it: enough to choose a kernel, at a small part of a full count's
+    time."""
+    sample = x[:: max(1, x.shape[0] // 16)]
+    return int(torch.count_nonzero(sample)) / max(1, sample.numel())
+
+
 class SpikeConv2d(nn.Conv2d):
-    """:class:`torch.nn.Conv2d` whose weight gradient, when its input is spikes (a spiking
-    layer's output, see :func:`~spikeforge.neurons.modules.mark_spikes`), is summed over the
-    nonzero inputs only (see the module docstring): float32 on a CPU, stride 1, no
-    dilation, one group, zero padding given as numbers, and outside autocast. Otherwise, and
-    where the kernels cannot be built, it is ``nn.Conv2d``."""
+    """:class:`torch.nn.Conv2d` whose weight gradient, when its input is a spiking layer's
+    output (see :func:`~spikeforge.neurons.modules.mark_sparse`), is summed over the nonzero
+    inputs only (see the module docstring): float32 on a CPU, stride 1, no dilation, one
+    group, zero padding given as numbers, and outside autocast. Otherwise, and where the
+    kernels cannot be built, it is ``nn.Conv2d``."""
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> nn.Conv2d:
@@ -89,7 +98,7 @@ class SpikeConv2d(nn.Conv2d):
         return spike_conv.train(conv.training)
 
     def forward(self, x: Tensor) -> Tensor:
-        if (getattr(x, "_spikeforge_spikes", False) and torch.is_grad_enabled()
+        if (getattr(x, "_spikeforge_sparse", False) and torch.is_grad_enabled()
                 and self.weight.requires_grad and x.dtype == self.weight.dtype == torch.float32
                 and x.device.type == "cpu" and x.ndim == 4
                 and not torch.is_autocast_enabled("cpu") and build_kernels(_SOURCE) is not None):

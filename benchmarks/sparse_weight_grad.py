@@ -1,0 +1,119 @@
+"""The sparse weight gradient of spike-fed convolutions on a trained SNN and real data.
+
+    python benchmarks/sparse_weight_grad.py results/cifar10_fast_hybrid/model.pt \\
+        --dataset cifar10 --batch 128 --steps 6 \\
+        --json benchmarks/results/sparse_weight_grad_cifar10.json
+
+Loads a directly trained (or hybrid) SNN checkpoint, and times forward + backward on the
+first ``--steps`` training batches twice per batch: with :class:`SpikeConv2d`'s weight
+gradient summed over the spikes, and with ATen's dense one (the order alternating from batch
+to batch), in float32 on the CPU, as ``spikeforge train`` runs where bf16 is not native. It
+reports the median seconds per step of each and their ratio, the fraction of nonzero inputs
+of every spike-fed convolution (the firing rates the sparse sum exploits), and the largest
+difference between the two weight gradients of the first batch, relative to the layer's
+largest gradient. Real data (``SPIKEFORGE_DATA``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import compare  # noqa: E402
+
+from spikeforge.data import BatchLoader, load_dataset  # noqa: E402
+from spikeforge.nn.spike_conv import SpikeConv2d  # noqa: E402
+from spikeforge.runtime import keep_freed_memory, machine_info, set_threads  # noqa: E402
+from spikeforge.train import load_model  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--dataset", default="cifar10")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    keep_freed_memory()  # as every spikeforge command runs
+    set_threads(args.threads)
+    model = load_model(args.checkpoint).train().to(memory_format=torch.channels_last)
+    convs = {name: m for name, m in model.named_modules() if isinstance(m, SpikeConv2d)}
+    if not convs:
+        raise SystemExit(f"{args.checkpoint}: no convolution that can take the sparse weight "
+                         "gradient (not a SpikingModel checkpoint?)")
+    density: dict[str, list[float]] = {name: [] for name in convs}
+    for name, conv in convs.items():
+        conv.register_forward_pre_hook(functools.partial(_record_density, density[name]))
+    loader = BatchLoader(load_dataset(args.dataset, "train"), args.batch)
+    batches = [batch for batch, _ in zip(loader, range(args.steps), strict=False)]
+
+    def step(x: torch.Tensor, y: torch.Tensor, sparse: bool) -> tuple[float, dict]:
+        for conv in convs.values():
+            conv.forward = (functools.partial(SpikeConv2d.forward, conv) if sparse
+                            else functools.partial(nn.Conv2d.forward, conv))
+        model.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        nn.functional.cross_entropy(model(x), y).backward()
+        seconds = time.perf_counter() - start
+        return seconds, {name: conv.weight.grad.clone() for name, conv in convs.items()}
+
+    x0, y0 = (t for t in batches[0])
+    x0 = x0.contiguous(memory_format=torch.channels_last)
+    state = copy.deepcopy(model.state_dict())
+    step(x0, y0, True)  # warm-up (builds the kernels)
+    model.load_state_dict(state)
+    _, sparse_grads = step(x0, y0, True)
+    model.load_state_dict(state)  # BN's running statistics as before the first step
+    _, dense_grads = step(x0, y0, False)
+    difference = {name: float((sparse_grads[name] - dense_grads[name]).abs().max()
+                              / dense_grads[name].abs().max().clamp_min(1e-30))
+                  for name in convs}
+    times: dict[str, list[float]] = {"sparse": [], "dense": []}
+    for name in density:
+        density[name].clear()
+    for i, (x, y) in enumerate(batches):
+        x = x.contiguous(memory_format=torch.channels_last)
+        for sparse in ((True, False) if i % 2 == 0 else (False, True)):
+            model.load_state_dict(state)
+            times["sparse" if sparse else "dense"].append(step(x, y, sparse)[0])
+    median = {mode: statistics.median(values) for mode, values in times.items()}
+    rates = {name: statistics.mean(values) for name, values in density.items() if values}
+    print(f"{args.checkpoint} on {args.dataset}, batch {args.batch}, {args.steps} batches, "
+          f"{torch.get_num_threads()} threads, float32")
+    print(f"{'layer':<28} {'nonzero inputs':>15} {'grad difference':>16}")
+    for name in convs:
+        rate = f"{100 * rates[name]:.1f}%" if name in rates else "no spikes"
+        print(f"{name:<28} {rate:>15} {difference[name]:>16.1e}")
+    print(f"seconds per step: sparse {median['sparse']:.3f}, dense {median['dense']:.3f} "
+          f"-> {median['dense'] / median['sparse']:.2f}x")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "command": " ".join(["python", *sys.argv]), "checkpoint": str(args.checkpoint),
+            "dataset": args.dataset, "batch": args.batch, "steps": args.steps,
+            "machine": machine_info(), "isa": compare.isa(), "seconds": times,
+            "median_seconds": median, "speedup": median["dense"] / median["sparse"],
+            "nonzero_inputs": rates, "relative_grad_difference": difference}, indent=2))
+    return 0
+
+
+def _record_density(rates: list[float], module: nn.Module, args: tuple) -> None:
+    x = args[0]
+    if getattr(x, "_spikeforge_sparse", False) and torch.is_grad_enabled():
+        rates.append(int(torch.count_nonzero(x)) / x.numel())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
