@@ -60,6 +60,7 @@ def main() -> int:
     batches = [batch for batch, _ in zip(loader, range(args.steps), strict=False)]
 
     def step(x: torch.Tensor, y: torch.Tensor, sparse: bool) -> tuple[float, dict]:
+        torch.manual_seed(0)  # the same dropout masks and Poisson spikes both ways
         for conv in convs.values():
             conv.forward = (functools.partial(SpikeConv2d.forward, conv) if sparse
                             else functools.partial(nn.Conv2d.forward, conv))
