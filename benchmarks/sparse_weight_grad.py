@@ -8,10 +8,10 @@ Loads a directly trained (or hybrid) SNN checkpoint, and times forward + backwar
 first ``--steps`` training batches twice per batch: with :class:`SpikeConv2d`'s weight
 gradient summed over the spikes, and with ATen's dense one (the order alternating from batch
 to batch), in float32 on the CPU, as ``spikeforge train`` runs where bf16 is not native. It
-reports the median seconds per step of each and their ratio, the fraction of nonzero inputs
-of every spike-fed convolution (the firing rates the sparse sum exploits), and the largest
-difference between the two weight gradients of the first batch, relative to the layer's
-largest gradient. Real data (``SPIKEFORGE_DATA``).
+reports the median seconds per step of each and their ratio, and from the first batch
+(untimed) the fraction of nonzero inputs of every spike-fed convolution (the firing rates
+the sparse sum exploits) and the largest difference between the two weight gradients,
+relative to the layer's largest gradient. Real data (``SPIKEFORGE_DATA``).
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ def main() -> int:
     if not convs:
         raise SystemExit(f"{args.checkpoint}: no convolution that can take the sparse weight "
                          "gradient (not a SpikingModel checkpoint?)")
-    density: dict[str, list[float]] = {name: [] for name in convs}
-    for name, conv in convs.items():
-        conv.register_forward_pre_hook(functools.partial(_record_density, density[name]))
+    density: dict[str, list[float]] = {name: [] for name in convs}  # of the untimed steps
+    hooks = [conv.register_forward_pre_hook(functools.partial(_record_density, density[name]))
+             for name, conv in convs.items()]
     loader = BatchLoader(load_dataset(args.dataset, "train"), args.batch)
     batches = [batch for batch, _ in zip(loader, range(args.steps), strict=False)]
 
@@ -75,15 +75,17 @@ def main() -> int:
     state = copy.deepcopy(model.state_dict())
     step(x0, y0, True)  # warm-up (builds the kernels)
     model.load_state_dict(state)
+    for rates in density.values():
+        rates.clear()
     _, sparse_grads = step(x0, y0, True)
     model.load_state_dict(state)  # BN's running statistics as before the first step
     _, dense_grads = step(x0, y0, False)
     difference = {name: float((sparse_grads[name] - dense_grads[name]).abs().max()
                               / dense_grads[name].abs().max().clamp_min(1e-30))
                   for name in convs}
+    for hook in hooks:  # the timed steps count nothing
+        hook.remove()
     times: dict[str, list[float]] = {"sparse": [], "dense": []}
-    for name in density:
-        density[name].clear()
     for i, (x, y) in enumerate(batches):
         x = x.contiguous(memory_format=torch.channels_last)
         for sparse in ((True, False) if i % 2 == 0 else (False, True)):
