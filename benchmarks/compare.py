@@ -80,6 +80,7 @@ sys.path.insert(0, str(REPO))
 from spikeforge.neurons.native import NATIVE_ENV, native_status  # noqa: E402
 from spikeforge.runtime import (  # noqa: E402
     compile_enabled,
+    cpu_info,
     keep_freed_memory,
     machine_info,
     native_bf16,
@@ -543,19 +544,10 @@ def isa() -> dict:
     """The CPU's instruction set: PyTorch's capability level, whether bf16 is native, the
     relevant ``/proc/cpuinfo`` flags, the model name, and the caps set (``ISA_CAPS``: a run
     of the AVX2 code paths on an AVX-512 CPU says so)."""
-    flags, model = set(), None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "flags" and not flags:
-                    flags = set(value.split())
-                elif key.strip() == "model name" and model is None:
-                    model = value.strip()
-    except OSError:
-        pass
+    info = cpu_info()
+    flags = set(info.get("flags", "").split())
     return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "native_bf16": native_bf16("cpu"), "cpu_model": model,
+            "native_bf16": native_bf16("cpu"), "cpu_model": info.get("model name"),
             "flags": [f for f in ISA_FLAGS if f in flags],
             "caps": {name: os.environ[name] for name in ISA_CAPS if name in os.environ}}
 

@@ -252,6 +252,21 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
         return False
 
 
+@functools.cache
+def cpu_info() -> dict[str, str]:
+    """The first processor's fields in ``/proc/cpuinfo`` (``flags``, ``model name``; on ARM
+    ``Features``), each as its first line gives it; empty where there is no such file."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
 def machine_info(device: torch.device | None = None) -> dict[str, Any]:
     """What ran a job: host, CPU count and vector instruction set (``"AVX2"``,
     ``"AVX512"``, ...: throughputs differ by 2x between them), torch version, device, threads

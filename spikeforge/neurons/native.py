@@ -26,6 +26,8 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from spikeforge.runtime import cpu_info
+
 __all__ = ["NATIVE_ENV", "build_kernels", "build_target", "empty_steps", "held", "in_order",
            "lif_kernels", "memory_order", "native_enabled", "native_status", "repeating",
            "step_in_order"]
@@ -68,15 +70,9 @@ def build_target() -> tuple[str, str]:
 
 def _cpu_flags() -> set[str]:
     """The CPU's feature flags (``/proc/cpuinfo``; the processor's name elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return set(value.split())
-    except OSError:
-        pass
-    return {platform.processor() or platform.machine()}
+    info = cpu_info()
+    flags = info.get("flags") or info.get("Features")
+    return set(flags.split()) if flags else {platform.processor() or platform.machine()}
 
 
 #: the builds of this process by source: the loaded module, or None where the build failed
