@@ -249,7 +249,8 @@ def inference(bench: str, impl: str, timesteps: int, batch: int) -> Case:
 # --- B: training ----------------------------------------------------------------------------
 
 def training(impl: str, timesteps: int, batch: int) -> Case:
-    """The timed call is one training step; the output is its (loss, output)."""
+    """The timed call is one training step; the output is its (loss, output).
+    ``spikeforge-eager`` turns spikeforge's C++ kernels off for the whole process."""
     from spikeforge.models.spiking import SpikingModel
     from spikeforge.neurons import LIF as SfLIF
     from spikeforge.nn.spike_conv import SpikeConv2d
@@ -259,14 +260,15 @@ def training(impl: str, timesteps: int, batch: int) -> Case:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             m.weight.data.mul_(TRAINING_GAIN)
     layers = [LIF["threshold"] if isinstance(m, nn.ReLU) else m for m in ann.train()]
+    if impl == "spikeforge-eager":
+        os.environ[NATIVE_ENV] = "0"
     if impl.startswith("spikeforge"):
         net = SpikingModel(nn.Sequential(*[
             SfLIF(m, leak=LIF["leak"], reset="zero", surrogate="atan")
             if isinstance(m, float) else m for m in layers]), timesteps)
-        if impl == "spikeforge-dense-wgrad":
-            for conv in net.modules():
-                if isinstance(conv, SpikeConv2d):
-                    conv.forward = functools.partial(nn.Conv2d.forward, conv)
+        for conv in net.modules():
+            if isinstance(conv, SpikeConv2d):
+                conv.sparse_weight_grad = impl != "spikeforge-dense-wgrad"
         forward = net
     else:
         net = (snntorch(layers, LIF) if impl == "snntorch"
@@ -376,8 +378,6 @@ def _worker(conn, kind: str, bench: str, impl: str, timesteps: int, batch: int, 
     try:
         if keep_memory:
             keep_freed_memory()
-        if impl == "spikeforge-eager":
-            os.environ[NATIVE_ENV] = "0"
         torch.set_num_threads(threads)
         mode = torch.enable_grad if kind == "training" else torch.inference_mode
         with mode():

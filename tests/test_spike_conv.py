@@ -117,6 +117,8 @@ def test_dense_backward_where_the_input_is_no_spikes_or_under_autocast():
         assert spike_conv(mark_spikes(x.clone())).grad_fn.name() != "_SpikeInputConvBackward"
     with torch.no_grad():
         assert spike_conv(mark_spikes(x.clone())).grad_fn is None
+    spike_conv.sparse_weight_grad = False  # switched off: ATen's weight gradient
+    assert spike_conv(mark_spikes(x.clone())).grad_fn.name() == "ConvolutionBackward0"
 
 
 @needs_compiler

@@ -80,7 +80,11 @@ class SpikeConv2d(nn.Conv2d):
     output (see :func:`~spikeforge.neurons.modules.mark_sparse`), is summed over the nonzero
     inputs only (see the module docstring): float32 on a CPU, stride 1, no dilation, one
     group, zero padding given as numbers, and outside autocast. Otherwise, and where the
-    kernels cannot be built, it is ``nn.Conv2d``."""
+    kernels cannot be built, it is ``nn.Conv2d``. ``sparse_weight_grad = False`` (on the
+    class or on one layer) keeps ATen's weight gradient, to measure what the sparse one
+    gains."""
+
+    sparse_weight_grad = True
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> nn.Conv2d:
@@ -98,7 +102,8 @@ class SpikeConv2d(nn.Conv2d):
         return spike_conv.train(conv.training)
 
     def forward(self, x: Tensor) -> Tensor:
-        if (getattr(x, "_spikeforge_sparse", False) and torch.is_grad_enabled()
+        if (self.sparse_weight_grad and getattr(x, "_spikeforge_sparse", False)
+                and torch.is_grad_enabled()
                 and self.weight.requires_grad and x.dtype == self.weight.dtype == torch.float32
                 and x.device.type == "cpu" and x.ndim == 4
                 and not torch.is_autocast_enabled("cpu") and build_kernels(_SOURCE) is not None):
