@@ -1,8 +1,10 @@
-"""Shared fixtures: where the real data sets are, and small deterministic settings."""
+"""Shared fixtures: where the real data sets are, and small deterministic settings; the
+``needs_compiler`` mark of the tests that build spikeforge's C++ kernels."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -10,6 +12,9 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+needs_compiler = pytest.mark.skipif(shutil.which("c++") is None,
+                                    reason="no C++ compiler to build the kernels with")
 
 
 def _real_data_root() -> Path | None:

@@ -4,18 +4,15 @@ surrogate setting and memory layout; and the fallback where they cannot be built
 
 from __future__ import annotations
 
-import shutil
 import warnings
 
 import pytest
 import torch
+from conftest import needs_compiler
 
 from spikeforge.neurons import native
 from spikeforge.neurons.bptt import _LIFScan, lif_scan
 from spikeforge.neurons.surrogate import SURROGATES
-
-needs_compiler = pytest.mark.skipif(shutil.which("c++") is None,
-                                    reason="no C++ compiler to build the kernels with")
 
 
 def _currents(layout: str) -> torch.Tensor:

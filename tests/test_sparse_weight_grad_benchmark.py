@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
-import pytest
+from conftest import needs_compiler
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import sparse_weight_grad  # noqa: E402
 
 
-@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler to build the kernels")
+@needs_compiler
 def test_a_trained_snn_gets_the_same_weight_gradients_both_ways(tmp_path, monkeypatch):
     out = tmp_path / "sparse.json"
     monkeypatch.setattr(sys, "argv", [

@@ -3,10 +3,9 @@ against ATen's dense backward, and the cases where it must stay nn.Conv2d."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
+from conftest import needs_compiler
 from torch import nn
 
 from spikeforge.data import BatchLoader, load_dataset
@@ -15,9 +14,6 @@ from spikeforge.neurons import SpikingNeuron, native
 from spikeforge.neurons.modules import compact_saved_spikes, mark_sparse, mark_spikes
 from spikeforge.nn.pooling import TiledAvgPool2d
 from spikeforge.nn.spike_conv import DENSE_ABOVE, SpikeConv2d
-
-needs_compiler = pytest.mark.skipif(shutil.which("c++") is None,
-                                    reason="no C++ compiler to build the kernels with")
 
 
 def _gradients(conv: nn.Module, x: torch.Tensor, g: torch.Tensor, spikes: bool):
