@@ -12,6 +12,14 @@ reports the median seconds per step of each and their ratio, and from the first 
 (untimed) the fraction of nonzero inputs of every spike-fed convolution (the firing rates
 the sparse sum exploits) and the largest difference between the two weight gradients,
 relative to the layer's largest gradient. Real data (``SPIKEFORGE_DATA``).
+
+    python benchmarks/sparse_weight_grad.py --sweep \\
+        --json benchmarks/results/sparse_weight_grad_sweep.json
+
+``--sweep`` times the weight gradient alone, sparse against dense, of one 64-channel 3×3
+layer (batch 256 of 32×32, as in a CIFAR VGG's T·B rows) on random 0/1 spikes at a range of
+firing rates: where the two break even, the rate above which ``SpikeConv2d`` keeps ATen's
+(``DENSE_ABOVE``).
 """
 
 from __future__ import annotations
@@ -32,14 +40,52 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare  # noqa: E402
 
 from spikeforge.data import BatchLoader, load_dataset  # noqa: E402
-from spikeforge.nn.spike_conv import SpikeConv2d  # noqa: E402
+from spikeforge.neurons.modules import mark_spikes  # noqa: E402
+from spikeforge.nn import spike_conv  # noqa: E402
+from spikeforge.nn.spike_conv import DENSE_ABOVE, SpikeConv2d  # noqa: E402
 from spikeforge.runtime import keep_freed_memory, machine_info, set_threads  # noqa: E402
 from spikeforge.train import load_model  # noqa: E402
+
+#: firing rates of ``--sweep``
+RATES = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
+
+
+def density_sweep(repeats: int = 5) -> list[dict]:
+    """Median seconds of the weight gradient of a 64 → 64 3×3 layer on 256 rows of 32×32
+    random 0/1 spikes per firing rate, sparse (``SpikeConv2d``) and dense (ATen's): the
+    backward of a call in which only the weight needs a gradient."""
+    torch.manual_seed(0)
+    spike_conv.DENSE_ABOVE = 1.0  # the sparse kernel at every rate, to find the break-even
+    conv = SpikeConv2d.from_conv(nn.Conv2d(64, 64, 3, padding=1, bias=False)).to(
+        memory_format=torch.channels_last)
+    rows = []
+    for rate in RATES:
+        x = (torch.rand(256, 64, 32, 32) < rate).float().contiguous(
+            memory_format=torch.channels_last)
+        grad = torch.randn(256, 64, 32, 32).contiguous(memory_format=torch.channels_last)
+        seconds = {}
+        for mode in ("sparse", "dense"):
+            conv.sparse_weight_grad = mode == "sparse"
+            times = []
+            for _ in range(repeats + 1):  # the first is a warm-up
+                y = conv(mark_spikes(x))
+                start = time.perf_counter()
+                y.backward(grad)
+                times.append(time.perf_counter() - start)
+                conv.weight.grad = None
+            seconds[mode] = statistics.median(times[1:])
+        rows.append({"rate": rate, **seconds, "dense_over_sparse": seconds["dense"]
+                     / seconds["sparse"]})
+        print(f"{100 * rate:5.1f}% nonzero: sparse {1e3 * seconds['sparse']:6.1f} ms, dense "
+              f"{1e3 * seconds['dense']:6.1f} ms -> {rows[-1]['dense_over_sparse']:.2f}x")
+    return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("checkpoint", type=Path, nargs="?")
+    parser.add_argument("--sweep", action="store_true",
+                        help="the weight gradient alone at a range of firing rates")
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=6)
@@ -48,6 +94,11 @@ def main() -> int:
     args = parser.parse_args()
     keep_freed_memory()  # as every spikeforge command runs
     set_threads(args.threads)
+    if args.sweep:
+        record = {"sweep": density_sweep(), "dense_above": DENSE_ABOVE}
+        return _write(args.json, record)
+    if args.checkpoint is None:
+        parser.error("a checkpoint, or --sweep")
     model = load_model(args.checkpoint).train().to(memory_format=torch.channels_last)
     convs = {name: m for name, m in model.named_modules() if isinstance(m, SpikeConv2d)}
     if not convs:
@@ -100,14 +151,20 @@ def main() -> int:
         print(f"{name:<28} {rate:>15} {difference[name]:>16.1e}")
     print(f"seconds per step: sparse {median['sparse']:.3f}, dense {median['dense']:.3f} "
           f"-> {median['dense'] / median['sparse']:.2f}x")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "command": " ".join(["python", *sys.argv]), "checkpoint": str(args.checkpoint),
-            "dataset": args.dataset, "batch": args.batch, "steps": args.steps,
-            "machine": machine_info(), "isa": compare.isa(), "seconds": times,
-            "median_seconds": median, "speedup": median["dense"] / median["sparse"],
-            "nonzero_inputs": rates, "relative_grad_difference": difference}, indent=2))
+    return _write(args.json, {
+        "checkpoint": str(args.checkpoint), "dataset": args.dataset, "batch": args.batch,
+        "steps": args.steps, "seconds": times, "median_seconds": median,
+        "speedup": median["dense"] / median["sparse"], "nonzero_inputs": rates,
+        "relative_grad_difference": difference})
+
+
+def _write(path: Path | None, record: dict) -> int:
+    """``record`` with the command and the machine, as JSON at ``path`` (if given)."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({
+            "command": " ".join(["python", *sys.argv]), "machine": machine_info(),
+            "isa": compare.isa(), "threads": torch.get_num_threads(), **record}, indent=2))
     return 0
 
 

@@ -30,9 +30,9 @@ __all__ = ["DENSE_ABOVE", "SpikeConv2d"]
 _SOURCE = Path(__file__).with_name("conv_kernels.cpp")
 
 #: the fraction of nonzero inputs above which the dense weight gradient runs instead. For a
-#: 64-channel 3×3 layer the two broke even near 27% on an AVX-512 CPU (the sparse one took
-#: 26 ms at 10% and 40 ms at 21% against 47 ms); with AVX2 the sparse one stays ahead longer.
-#: SNNs fire a few to 20% of their neurons per step.
+#: 64-channel 3×3 layer the two break even near 21% on an AVX-512 CPU and near 45% with AVX2
+#: (``benchmarks/sparse_weight_grad.py --sweep``); SNNs fire a few to 20% of their neurons
+#: per step.
 DENSE_ABOVE = 0.25
 
 
