@@ -42,7 +42,7 @@ import compare  # noqa: E402
 from spikeforge.data import BatchLoader, load_dataset  # noqa: E402
 from spikeforge.neurons.modules import mark_spikes  # noqa: E402
 from spikeforge.nn import spike_conv  # noqa: E402
-from spikeforge.nn.spike_conv import DENSE_ABOVE, SpikeConv2d  # noqa: E402
+from spikeforge.nn.spike_conv import SpikeConv2d, dense_above  # noqa: E402
 from spikeforge.runtime import keep_freed_memory, machine_info, set_threads  # noqa: E402
 from spikeforge.train import load_model  # noqa: E402
 
@@ -55,7 +55,8 @@ def density_sweep(repeats: int = 5) -> list[dict]:
     random 0/1 spikes per firing rate, sparse (``SpikeConv2d``) and dense (ATen's): the
     backward of a call in which only the weight needs a gradient."""
     torch.manual_seed(0)
-    spike_conv.DENSE_ABOVE = 1.0  # the sparse kernel at every rate, to find the break-even
+    # the sparse kernel at every rate, to find the break-even
+    spike_conv.DENSE_ABOVE = dict.fromkeys(spike_conv.DENSE_ABOVE, 1.0)
     conv = SpikeConv2d.from_conv(nn.Conv2d(64, 64, 3, padding=1, bias=False)).to(
         memory_format=torch.channels_last)
     rows = []
@@ -95,7 +96,7 @@ def main() -> int:
     keep_freed_memory()  # as every spikeforge command runs
     set_threads(args.threads)
     if args.sweep:
-        record = {"sweep": density_sweep(), "dense_above": DENSE_ABOVE}
+        record = {"dense_above": dense_above(), "sweep": density_sweep()}
         return _write(args.json, record)
     if args.checkpoint is None:
         parser.error("a checkpoint, or --sweep")
@@ -153,7 +154,8 @@ def main() -> int:
           f"-> {median['dense'] / median['sparse']:.2f}x")
     return _write(args.json, {
         "checkpoint": str(args.checkpoint), "dataset": args.dataset, "batch": args.batch,
-        "steps": args.steps, "seconds": times, "median_seconds": median,
+        "steps": args.steps, "dense_above": dense_above(), "seconds": times,
+        "median_seconds": median,
         "speedup": median["dense"] / median["sparse"], "nonzero_inputs": rates,
         "relative_grad_difference": difference})
 

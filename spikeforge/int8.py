@@ -40,11 +40,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from spikeforge.neurons import SpikingNeuron
+from spikeforge.neurons import SpikingMaxPool, SpikingNeuron
 from spikeforge.runtime import compilable
 
-__all__ = ["MAX_CODE", "Grid", "Int8Conv2d", "Int8Linear", "input_grid", "int8_kernels_available",
-           "int8_weight", "spike_codes", "use_int8_kernels"]
+__all__ = ["MAX_CODE", "Grid", "Int8AvgPool2d", "Int8Conv2d", "Int8Linear", "emit_spike_codes",
+           "input_grid", "int8_kernels_available", "int8_weight", "spike_codes",
+           "use_int8_kernels"]
 
 #: the largest uint8 spike code fed to the kernels (exact 16-bit pair sums without VNNI)
 MAX_CODE = 128
@@ -98,9 +99,14 @@ def route(x: Tensor, grid: Grid) -> tuple[str, int] | None:
     """How a layer on ``grid`` computes input ``x``: ``("codes", z)``, one integer kernel on
     the codes ``x/unit + z``; ``("split", 0)``, signed spikes too wide for one code range as
     two kernels, on the positive and on the negated negative part; or None, the float32
-    path. The grid's static range decides when it fits; otherwise the range of ``x`` is
-    measured (one pass)."""
-    if x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled():
+    path. uint8 ``x`` are codes already (zero point 0: :func:`emit_spike_codes`). The grid's
+    static range decides when it fits; otherwise the range of ``x`` is measured (one
+    pass)."""
+    if x.device.type != "cpu" or torch.is_grad_enabled():
+        return None
+    if x.dtype == torch.uint8:
+        return "codes", 0
+    if x.dtype != torch.float32:
         return None
     if grid.low is not None and grid.high is not None:
         zero_point = _zero_point(grid.low, grid.high)
@@ -178,11 +184,15 @@ class _Int8Layer:
         out = self._integer_forward(x) if applies else None
         if out is None:
             self.float_calls += 1
+            if x.dtype == torch.uint8:  # codes n: the values n·unit
+                x = x.to(self.weight.dtype).mul_(self.grid.unit)
             return float_forward(x)
         return out
 
     def _integer_forward(self, x: Tensor) -> Tensor | None:
-        """The layer on integer kernels, or None where they do not apply to ``x``."""
+        """The layer on integer kernels, or None where they do not apply to ``x``: float32
+        values on the grid, or their uint8 codes n (zero point 0, from neurons writing
+        codes, :func:`emit_spike_codes`)."""
         how = route(x, self.grid)
         if how is None:
             return None
@@ -190,11 +200,11 @@ class _Int8Layer:
         unit = self.grid.unit
         bias = None if self.bias is None else self.bias.detach().float()
         if kind == "codes":
-            if (self.grid.low, self.grid.high) == (0, 1):  # binary spikes: n = [x ≥ u/2]
-                codes = torch.ge(x, 0.5 * unit).view(torch.uint8)  # one pass, no float temp
-            else:
-                codes = spike_codes(x, unit, zero_point)
-            return self._kernel(codes, zero_point, bias)
+            if x.dtype != torch.uint8 and (self.grid.low, self.grid.high) == (0, 1):
+                x = torch.ge(x, 0.5 * unit).view(torch.uint8)  # binary: n = [x ≥ u/2], one pass
+            elif x.dtype != torch.uint8:
+                x = spike_codes(x, unit, zero_point)
+            return self._kernel(x, zero_point, bias)
         positive = self._kernel(spike_codes(x.clamp(min=0), unit, 0), 0, bias)
         return positive.sub_(self._kernel(spike_codes(x.clamp(max=0).neg_(), unit, 0), 0,
                                           None))
@@ -263,6 +273,42 @@ class Int8Linear(_Int8Layer, nn.Linear):
         return f"{super().extra_repr()}, int8, {self._extra()}"
 
 
+class Int8AvgPool2d(nn.AvgPool2d):
+    """An :class:`torch.nn.AvgPool2d` with non-overlapping windows (stride = kernel, no
+    padding) that also pools uint8 spike codes: the window sums Σn, which are the codes of
+    the average on the grid of unit u/k² (:func:`input_grid`). Float inputs are averaged as
+    by ``nn.AvgPool2d``. Build it with :meth:`from_pool`."""
+
+    @classmethod
+    def from_pool(cls, pool: nn.AvgPool2d) -> Int8AvgPool2d:
+        return cls(pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode,
+                   pool.count_include_pad, pool.divisor_override)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype != torch.uint8:
+            return super().forward(x)
+        kh, kw = nn.modules.utils._pair(self.kernel_size)
+        h, w = x.shape[-2] // kh * kh, x.shape[-1] // kw * kw
+        parts = [x[..., i:h:kh, j:w:kw] for i in range(kh) for j in range(kw)]
+        out = parts[0].clone() if len(parts) == 1 else torch.add(parts[0], parts[1])
+        for part in parts[2:]:
+            out.add_(part)
+        return out
+
+
+def _sums_codes(pool: nn.Module) -> bool:
+    """Whether ``pool`` is an average pool that :class:`Int8AvgPool2d` computes on codes:
+    non-overlapping windows of at most :data:`MAX_CODE` inputs, no padding, a divisor of
+    the window's size."""
+    if type(pool) not in (nn.AvgPool2d, Int8AvgPool2d):
+        return False
+    kernel = nn.modules.utils._pair(pool.kernel_size)
+    return (nn.modules.utils._pair(pool.stride) == kernel
+            and nn.modules.utils._pair(pool.padding) == (0, 0) and not pool.ceil_mode
+            and pool.divisor_override in (None, kernel[0] * kernel[1])
+            and kernel[0] * kernel[1] <= MAX_CODE)
+
+
 # --- which layers can run on integers -------------------------------------------------------
 
 _PASS_MODULES = (nn.Flatten, nn.Identity, nn.Dropout, nn.Dropout2d)
@@ -296,8 +342,6 @@ def input_grid(gm: fx.GraphModule, node: fx.Node) -> Grid | str:
     """The grid of the values ``node`` (a node of a converted graph) produces, found by
     walking back through reshapes, dropout, spiking max pools and average pools to the
     spiking neurons that emit them; or a string saying why they are not on one grid."""
-    from spikeforge.simulate import SpikingMaxPool  # (simulate builds on this module)
-
     scale, node_ = 1, node
     while True:
         if node_.op == "placeholder":
@@ -387,3 +431,64 @@ def use_int8_kernels(gm: fx.GraphModule) -> dict[str, str]:
         setattr(gm.get_submodule(parent) if parent else gm, name, new)
         choice[node.target] = "int8"
     return choice
+
+
+def _only_input(user: fx.Node, node: fx.Node) -> bool:
+    return user.args[:1] == (node,) and node not in (*user.args[1:], *user.kwargs.values())
+
+
+def _reaches_only_kernels(gm: fx.GraphModule, node: fx.Node, pools: set[str]) -> bool:
+    """Whether every use of ``node``'s output, through reshapes, dropout, spiking max pools
+    and code-summing average pools (whose targets are added to ``pools``), is the input of
+    an integer kernel."""
+    if not node.users:
+        return False
+    for user in node.users:
+        if not _only_input(user, node):
+            return False
+        if user.op == "call_module":
+            module = gm.get_submodule(user.target)
+            if isinstance(module, (Int8Conv2d, Int8Linear)):
+                continue
+            if _sums_codes(module):
+                pools.add(user.target)
+            elif not isinstance(module, (*_PASS_MODULES, SpikingMaxPool)):
+                return False
+        elif not ((user.op == "call_function" and user.target in _PASS_FUNCTIONS)
+                  or (user.op == "call_method" and user.target in _PASS_METHODS)):
+            return False
+        if not _reaches_only_kernels(gm, user, pools):
+            return False
+    return True
+
+
+def emit_spike_codes(gm: fx.GraphModule) -> list[str]:
+    """After :func:`use_int8_kernels`: let every binary neuron of ``gm`` whose spikes reach
+    only integer kernels (directly, or through reshapes, spiking max pools and average pools
+    of non-overlapping windows) write them as uint8 codes (``codes``), one byte per spike
+    that the kernels read as they are, instead of four bytes of θ·s converted by each
+    kernel; those average pools become :class:`Int8AvgPool2d`, which sums codes. The
+    numbers are unchanged: the codes are what the kernels computed from θ·s.
+
+    Returns:
+        The names of the neurons that write codes, in graph order.
+    """
+    uses: dict[str, list[bool]] = {}
+    pools: set[str] = set()
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        module = gm.get_submodule(node.target)
+        if isinstance(module, SpikingNeuron):
+            reached: set[str] = set()
+            ok = module.rule == "binary" and _reaches_only_kernels(gm, node, reached)
+            uses.setdefault(node.target, []).append(ok)
+            pools |= reached if ok else set()
+    codes = [name for name, ok in uses.items() if all(ok)]
+    for name in codes:
+        gm.get_submodule(name).codes = True
+    for name in pools:
+        parent, _, attr = name.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, attr,
+                Int8AvgPool2d.from_pool(gm.get_submodule(name)))
+    return codes

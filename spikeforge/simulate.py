@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from spikeforge.encoding import ENCODERS, encode
-from spikeforge.int8 import int8_kernels_available, use_int8_kernels
+from spikeforge.int8 import emit_spike_codes, int8_kernels_available, use_int8_kernels
 from spikeforge.neurons import SpikingMaxPool, SpikingNeuron
 from spikeforge.registry import Registry
 from spikeforge.runtime import exact_float32, native_bf16
@@ -227,11 +227,13 @@ class SpikingNetwork(nn.Module):
             integers per output channel (:func:`quantize_weights_`), everything else as in
             float32 (the layers' weights are changed in place: pass a graph you own); on a
             CPU the layers fed by spikes compute on 8-bit integers (:mod:`spikeforge.int8`,
-            the same numbers up to float rounding of the output scale).
+            the same numbers up to float rounding of the output scale), and the binary
+            neurons that feed only them write uint8 spike codes.
             ``"auto"``: ``"bf16"`` where the device computes it in hardware, else
             ``"float32"`` (:func:`resolve_precision`). ``info`` records ``precision`` (as
             run), ``precision_requested``, ``precision_reason`` and, for int8, each synaptic
-            layer's kernel or why it stays float32 (``int8_kernels``).
+            layer's kernel or why it stays float32 (``int8_kernels``) and the neurons that
+            write uint8 codes (``spike_codes``).
         integer_kernels: with ``precision="int8"``, run the spike-fed layers on integer
             kernels where they apply (False: the float32 computation of the same model).
         bytes_per_sample_step: activation bytes of one sample at one step (0: measured on
@@ -253,6 +255,7 @@ class SpikingNetwork(nn.Module):
                     if precision in WEIGHT_BITS else {})
         kernels = (use_int8_kernels(graph) if precision == "int8" and integer_kernels
                    else None)
+        codes = emit_spike_codes(graph) if kernels is not None else []
         if self.dtype != torch.float32:
             graph = graph.to(self.dtype)
             for module in graph.modules():
@@ -277,7 +280,7 @@ class SpikingNetwork(nn.Module):
         self.info.update(precision=precision, precision_requested=requested,
                          precision_reason=reason)
         if kernels is not None:
-            self.info["int8_kernels"] = kernels
+            self.info.update(int8_kernels=kernels, spike_codes=codes)
         if rounding:  # the largest |ΔW| / max|W| of any layer
             self.info.update(weight_bits=WEIGHT_BITS[precision],
                              weight_rounding=max(rounding.values()))

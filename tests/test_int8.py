@@ -43,10 +43,14 @@ def float_model(ann: nn.Module, x: torch.Tensor, method: str, **options) -> sf.S
 
 
 def record(snn: sf.SpikingNetwork) -> dict[str, torch.Tensor]:
+    """Every neuron's output by name, as θ·s (uint8 spike codes s times θ)."""
     outputs: dict[str, torch.Tensor] = {}
+
+    def keep(neuron: nn.Module, args: tuple, out: torch.Tensor, name: str) -> None:
+        value = out.float() * neuron.threshold if out.dtype == torch.uint8 else out.clone()
+        outputs[name] = value
     for name, neuron in snn.neurons().items():
-        neuron.register_forward_hook(
-            lambda m, a, out, name=name: outputs.__setitem__(name, out.clone()))
+        neuron.register_forward_hook(lambda m, a, out, name=name: keep(m, a, out, name))
     return outputs
 
 
@@ -223,3 +227,69 @@ def test_a_network_converted_in_inference_mode_runs_its_kernels():
     reference = float_model(ann, x, "threshold_balancing", timesteps=3)
     assert torch.allclose(out, reference(x), rtol=1e-5, atol=1e-6)
     assert all(m.float_calls == 0 for m in fast.layers((Int8Conv2d, Int8Linear)).values())
+
+
+@needs_kernels
+@pytest.mark.parametrize("native_scan", [True, False])
+def test_neurons_that_feed_only_integer_kernels_write_uint8_codes(native_scan, monkeypatch):
+    """Every binary neuron of the small net feeds integer kernels only (directly, through
+    the average pool, the spiking max pool and the flatten): they write uint8 codes, the
+    average pool sums them, and outputs, spikes and SOPs are those of the same network
+    reading θ·s — with the fused scan and with the eager one."""
+    from spikeforge.neurons.native import NATIVE_ENV
+
+    monkeypatch.setenv(NATIVE_ENV, "1" if native_scan else "0")
+    ann, x = small_net(), images()
+    fast = sf.convert(ann, [x], timesteps=6, percentile=100.0, progress=False,
+                      precision="int8")
+    assert fast.info["spike_codes"] == list(fast.neurons()) and len(fast.neurons()) == 4
+    assert isinstance(fast.graph.get_submodule("4"), int8.Int8AvgPool2d)
+    values = copy.deepcopy(fast)
+    for neuron in values.neurons().values():
+        neuron.codes = False
+    coded, plain = record(fast), record(values)
+    assert torch.equal(fast(x), values(x))
+    assert coded.keys() == plain.keys()
+    for name in plain:
+        assert torch.equal(coded[name], plain[name]), name
+    layers = fast.layers((Int8Conv2d, Int8Linear)).values()
+    assert all(layer.float_calls == 0 for layer in layers)
+    labels = [(x, torch.zeros(len(x), dtype=torch.long))]
+    a, b = (sf.evaluate(n, labels, 6, progress=False) for n in (fast, values))
+    assert a.sops_per_sample == b.sops_per_sample and a.firing_rates == b.firing_rates
+    with torch.enable_grad():  # no integer kernel under autograd: codes read as n·unit
+        first = fast.graph.get_submodule("2")
+        codes = torch.randint(0, 2, (2, 8, 16, 16), dtype=torch.uint8)
+        expected = nn.Conv2d.forward(first, codes.float() * first.grid.unit)
+        assert torch.allclose(first(codes), expected) and first.float_calls == 1
+
+
+def test_code_pools_sum_the_codes_of_the_average():
+    pool = int8.Int8AvgPool2d.from_pool(nn.AvgPool2d(2))
+    torch.manual_seed(0)
+    codes = torch.randint(0, 2, (3, 4, 7, 9), dtype=torch.uint8).contiguous(
+        memory_format=torch.channels_last)
+    summed = pool(codes)
+    assert summed.dtype == torch.uint8 and summed.shape == (3, 4, 3, 4)
+    assert summed.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(summed.float(), F.avg_pool2d(codes.float(), 2) * 4)
+    x = torch.rand(2, 3, 6, 6)
+    assert torch.equal(pool(x), F.avg_pool2d(x, 2))  # float inputs are averaged
+    assert not int8._sums_codes(nn.AvgPool2d(3, stride=1))  # overlapping windows
+    assert not int8._sums_codes(nn.AvgPool2d(2, padding=1))
+
+
+@needs_kernels
+def test_neurons_with_other_readers_keep_their_values():
+    """Ternary spikes, and binary spikes read by a layer without an integer kernel (after an
+    adaptive pool), stay θ·s."""
+    torch.manual_seed(0)
+    ann = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                        nn.Linear(32, 10)).eval()
+    x = images()
+    snn = sf.convert(ann, [x], timesteps=4, progress=False, precision="int8")
+    assert snn.info["spike_codes"] == [] and snn.info["int8_kernels"]["4"].startswith("input")
+    ternary = sf.convert(small_net(), [x], "termapping", timesteps=4, progress=False,
+                         precision="int8")
+    assert ternary.info["spike_codes"] == []
+    assert not any(isinstance(m, int8.Int8AvgPool2d) for m in ternary.graph.modules())

@@ -200,32 +200,37 @@ def test_fallback_when_the_kernels_cannot_be_built(monkeypatch):
 @pytest.mark.parametrize("reset", ["zero", "subtract"])
 def test_inference_kernel_matches_the_eager_scan(dtype, layout, reset, monkeypatch):
     """The scan without gradient (a converted network's neurons): the same spikes (or θ·s,
-    ``values``) and final membranes bit for bit, in float32 and with bfloat16 currents
-    (float32 membranes), also when a run is cut in two with the state carried over."""
+    ``values``, or uint8 codes, ``codes``) and final membranes bit for bit, in float32 and
+    with bfloat16 currents (float32 membranes), also when a run is cut in two with the state
+    carried over."""
     from spikeforge.neurons.functional import NeuronParams, init_state, neuron_scan
 
     assert native.lif_kernels() is not None, "the kernels did not build"
     z = _currents(layout).to(dtype)
     theta = torch.tensor([0.6, 0.9, 1.0, 1.4, 2.0]).view(5, 1, 1)
-    for leak, values in [(1.0, False), (0.9, False), (0.9, True)]:
+    for leak, values, codes in [(1.0, False, False), (0.9, False, False), (0.9, True, False),
+                                (1.0, False, True), (0.9, False, True)]:
         params = NeuronParams(theta, "binary", reset, leak, False, None)
         runs = {}
         for enabled in (False, True):
             monkeypatch.setenv(native.NATIVE_ENV, "1" if enabled else "0")
             state = init_state(torch.empty_like(z[0], dtype=torch.float32), params, "half")
-            whole, end = neuron_scan(z, params, state=state, values=values)
-            first, mid = neuron_scan(z[:3], params, state=state, values=values)
-            second, end_cut = neuron_scan(z[3:], params, state=mid, values=values)
+            options = {"values": values, "codes": codes}
+            whole, end = neuron_scan(z, params, state=state, **options)
+            first, mid = neuron_scan(z[:3], params, state=state, **options)
+            second, end_cut = neuron_scan(z[3:], params, state=mid, **options)
             assert torch.equal(torch.cat([first, second]), whole)
             assert torch.equal(end_cut.v, end.v)
             runs[enabled] = whole, end.v
         (eager, v_eager), (fused, v_fused) = runs[False], runs[True]
-        assert fused.dtype == dtype and 0.05 < (eager != 0).float().mean() < 0.6
+        assert fused.dtype == (torch.uint8 if codes else dtype)
+        assert 0.05 < (eager != 0).float().mean() < 0.6
         assert torch.equal(fused, eager) and torch.equal(v_fused, v_eager)
-        if values:  # θ·s of the spikes, in the currents' dtype
+        if values or codes:  # θ·s of the spikes in the currents' dtype, or their codes
             spikes, _ = neuron_scan(z, params, state=init_state(
                 torch.empty_like(z[0], dtype=torch.float32), params, "half"))
-            assert torch.equal(fused, (spikes.float() * theta).to(dtype))
+            assert torch.equal(fused, (spikes.float() * theta).to(dtype) if values
+                               else spikes.to(torch.uint8))
 
 
 @needs_compiler

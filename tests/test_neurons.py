@@ -199,3 +199,22 @@ def test_neuron_settings_survive_a_checkpoint_and_old_formats_load():
     with pytest.raises(ValueError, match="unknown reset 'halve'"):
         lif.load_state_dict({"threshold": torch.tensor(1.0),
                              "_extra_state": {**old["_extra_state"], "reset": "halve"}})
+
+
+def test_spike_codes_are_the_spikes_of_binary_neurons_without_gradient():
+    from spikeforge.neurons import LIF
+
+    z = torch.tensor([[0.6], [0.6], [0.1], [1.5]])
+    neuron = SpikingNeuron(threshold=1.0, emit="value")
+    neuron.codes = True  # not saved: a setting of the int8 simulation
+    assert neuron(z).dtype == torch.uint8 and neuron(z).flatten().tolist() == [0, 1, 0, 1]
+    assert "codes" not in str(neuron.state_dict()) and "codes=uint8" in repr(neuron)
+    params = NeuronParams(torch.tensor(1.0), "ternary")
+    with pytest.raises(ValueError, match="binary neurons without gradient"):
+        neuron_scan(z, params, codes=True)
+    with pytest.raises(ValueError, match="binary neurons without gradient"):
+        neuron_scan(z, NeuronParams(torch.tensor(1.0)), values=True, codes=True)
+    trained = LIF(surrogate="atan")
+    trained.codes = True
+    with pytest.raises(ValueError, match="has no gradient"):
+        trained(z.clone().requires_grad_(True))

@@ -13,7 +13,7 @@ from spikeforge.models.spiking import create_snn
 from spikeforge.neurons import SpikingNeuron, native
 from spikeforge.neurons.modules import compact_saved_spikes, mark_sparse, mark_spikes
 from spikeforge.nn.pooling import TiledAvgPool2d
-from spikeforge.nn.spike_conv import DENSE_ABOVE, SpikeConv2d
+from spikeforge.nn.spike_conv import DENSE_ABOVE, SpikeConv2d, dense_above
 
 
 def _gradients(conv: nn.Module, x: torch.Tensor, g: torch.Tensor, spikes: bool):
@@ -79,7 +79,9 @@ def test_from_conv_shares_the_parameters_and_draws_nothing():
 def test_dense_weight_gradient_above_the_density_where_it_is_faster():
     conv = nn.Conv2d(8, 16, 3, padding=1)
     gen = torch.Generator().manual_seed(0)
-    for density, exact in ((DENSE_ABOVE + 0.1, True), (DENSE_ABOVE - 0.1, False)):
+    assert dense_above() == DENSE_ABOVE.get(torch.backends.cpu.get_cpu_capability(),
+                                            DENSE_ABOVE["default"])
+    for density, exact in ((dense_above() + 0.1, True), (dense_above() - 0.1, False)):
         x = (torch.rand(4, 8, 10, 10, generator=gen) < density).float()
         g = torch.randn(4, 16, 10, 10, generator=gen)
         _, (_, gw_ref, _) = _gradients(conv, x, g, spikes=False)

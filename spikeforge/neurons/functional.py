@@ -154,22 +154,27 @@ def neuron_step(z: Tensor, state: NeuronState, params: NeuronParams
 
 
 def neuron_scan(z: Tensor, params: NeuronParams, initial: Initial = "zero",
-                state: NeuronState | None = None, values: bool = False
+                state: NeuronState | None = None, values: bool = False, codes: bool = False
                 ) -> tuple[Tensor, NeuronState]:
     """Run :func:`neuron_step` over the leading time axis of ``z`` (T, B, ...).
 
     Returns:
-        The spike counts s (``values``: θ·s, what a neuron emitting values sends on),
-        shaped like ``z``, and the final state. (The net count of a binary neuron is not
-        tracked — its rule never reads it — and stays at its initial value.)
+        The spike counts s (``values``: θ·s, what a neuron emitting values sends on;
+        ``codes``: s as uint8, what integer kernels read — binary neurons without gradient
+        only), shaped like ``z``, and the final state. (The net count of a binary neuron is
+        not tracked — its rule never reads it — and stays at its initial value.)
     """
     if z.ndim < 1 or z.shape[0] == 0:
         raise ValueError(f"expected a (T, ...) sequence with T >= 1, got shape {tuple(z.shape)}")
     if state is None:
         state = init_state(z[0], params, initial)
     in_place = not (torch.is_grad_enabled() and z.requires_grad)
+    if codes and (values or not in_place or params.rule != "binary"):
+        raise ValueError("uint8 spike codes are the spikes s of binary neurons without "
+                         f"gradient (rule {params.rule!r}, values={values}, "
+                         f"gradient={not in_place})")
     if in_place and params.rule == "binary":  # θ·s written by the scan itself
-        return _binary_scan_inplace(z, state, params, values)
+        return _binary_scan_inplace(z, state, params, values, codes)
     if in_place and params.rule == "ternary":
         out, state = _ternary_scan_inplace(z, state, params)
     else:
@@ -182,15 +187,15 @@ def neuron_scan(z: Tensor, params: NeuronParams, initial: Initial = "zero",
     return out, state
 
 
-def _binary_scan_inplace(z: Tensor, state: NeuronState, params: NeuronParams, values: bool
-                         ) -> tuple[Tensor, NeuronState]:
+def _binary_scan_inplace(z: Tensor, state: NeuronState, params: NeuronParams, values: bool,
+                         codes: bool = False) -> tuple[Tensor, NeuronState]:
     """:func:`neuron_scan` for binary neurons when no gradient is needed: the same equations,
     evaluated with in-place updates of one membrane buffer and one spike mask (no tensors
     allocated per step). Bit-identical to the step-function loop (tested)."""
     theta = torch.as_tensor(params.threshold, dtype=state.v.dtype, device=z.device)
     # in the state's dtype (float32 for bfloat16 currents), laid out as a step of z
     v = torch.empty_like(z[0], dtype=state.v.dtype).copy_(state.v.expand_as(z[0]))
-    out = empty_steps(z)
+    out = empty_steps(z, torch.uint8 if codes else None)
     binary_scan_into(z, v, theta, params.leak, params.reset, out, values=values)
     return out, NeuronState(v, state.count)
 
@@ -231,8 +236,9 @@ def binary_scan_into(z: Tensor, v: Tensor, theta: Tensor, leak: float, reset: Re
                      membrane: Tensor | None = None, values: bool = False) -> None:
     """The binary neuron's equations over the time axis of ``z``, written into buffers:
     ``v`` (the membrane, updated in place) and ``out`` (T, ...) the spikes s (``values``:
-    θ·s); when given, ``fired`` (T, ...) the spike masks and ``membrane`` (T, ...) m(t)
-    before firing (what BPTT keeps for backward). No tensor is allocated per step.
+    θ·s; a uint8 ``out``: s as codes); when given, ``fired`` (T, ...) the spike masks and
+    ``membrane`` (T, ...) m(t) before firing (what BPTT keeps for backward). No tensor is
+    allocated per step.
 
     Without ``fired`` and ``membrane``, on a CPU, the fused kernel
     (:mod:`spikeforge.neurons.native`) runs it when the tensors allow (float32 or bfloat16
@@ -241,6 +247,11 @@ def binary_scan_into(z: Tensor, v: Tensor, theta: Tensor, leak: float, reset: Re
     result bit for bit in one pass over memory."""
     if (fired is None and membrane is None
             and _scan_natively(z, v, theta, leak, reset, out, values)):
+        return
+    if out.dtype == torch.uint8:  # codes of the spikes, from a scan in v's dtype
+        spikes = empty_steps(z, v.dtype)
+        binary_scan_into(z, v, theta, leak, reset, spikes, fired, membrane)
+        out.copy_(spikes)
         return
     for t in range(z.shape[0]):
         if leak != 1.0:
@@ -263,7 +274,8 @@ def _scan_natively(z: Tensor, v: Tensor, theta: Tensor, leak: float, reset: Rese
                    out: Tensor, values: bool) -> bool:
     """:func:`binary_scan_into` by the fused kernel, if it runs these tensors; whether it ran."""
     if (z.device.type != "cpu" or z.dtype not in (torch.float32, torch.bfloat16)
-            or out.dtype != z.dtype or v.dtype != torch.float32 or theta.dtype != v.dtype
+            or out.dtype not in (z.dtype, torch.uint8) or v.dtype != torch.float32
+            or theta.dtype != v.dtype
             or z.shape[0] == 0 or out.stride()[1:] != z.stride()[1:]
             or v.stride() != z.stride()[1:]):
         return False

@@ -11,10 +11,11 @@
 // permutes a channels-last (T, B, C, H, W) into (T, B, H, W, C)); the currents z may also be
 // one step (N) held for all T steps (direct input), whose gradient is then the sum over the
 // steps; scale is (N); theta and v0 are the shortest run of values that repeats over a step
-// (C values for a per-channel θ of a channels-last layer, one for a scalar). Currents, spikes and their gradients are float32 or
-// bfloat16 (the bf16 simulation; training under bf16 autocast); membranes, the backward's ε
-// and all arithmetic are float32 either way, so a bfloat16 scan equals the float32 scan of
-// the same currents with its outputs rounded to bfloat16.
+// (C values for a per-channel θ of a channels-last layer, one for a scalar). Currents, spikes
+// and their gradients are float32 or bfloat16 (the bf16 simulation; training under bf16
+// autocast); membranes, the backward's ε and all arithmetic are float32 either way, so a
+// bfloat16 scan equals the float32 scan of the same currents with its outputs rounded to
+// bfloat16. The scan without gradient may also write its spikes as uint8 codes.
 
 #include <torch/extension.h>
 
@@ -107,10 +108,12 @@ inline void gather_block(const float* src, int64_t period, int64_t b0, int64_t l
 // currents and spikes as stored: float32, or bfloat16 as its bits
 inline float load(float x) { return x; }
 inline float load(uint16_t x) { return from_bf16(x); }
-template <typename In>
-inline In store(float x) {
-  if constexpr (std::is_same_v<In, float>) {
+template <typename Out>
+inline Out store(float x) {
+  if constexpr (std::is_same_v<Out, float>) {
     return x;
+  } else if constexpr (std::is_same_v<Out, uint8_t>) {
+    return static_cast<uint8_t>(x);  // a spike's uint8 code (0 or 1)
   } else {
     return to_bf16(x);  // exact for a spike (0 or 1)
   }
@@ -261,25 +264,25 @@ void run_forward(bool subtract, bool leaky, int64_t T, int64_t N, const torch::T
 // spikes one contiguous stream, v per neuron, θ a run of L values repeating over the step):
 // fewer concurrent memory streams than the blocked loop of BPTT, which writes three outputs
 // per step
-template <typename In, bool Subtract, bool Leaky, bool Value>
+template <typename In, typename Out, bool Subtract, bool Leaky, bool Value>
 void infer_loop(int64_t T, int64_t N, const In* __restrict__ zp, int64_t z_step,
-                const float* __restrict__ thb, int64_t L, float l, In* __restrict__ op,
+                const float* __restrict__ thb, int64_t L, float l, Out* __restrict__ op,
                 float* __restrict__ v) {
   for (int64_t t = 0; t < T; ++t) {
     const In* __restrict__ z = zp + t * z_step;
-    In* __restrict__ o = op + t * N;
+    Out* __restrict__ o = op + t * N;
     at::parallel_for(0, N, 16384, [&](int64_t begin, int64_t end) {
       for (int64_t a = begin; a < end;) {
         const int64_t off = a % L, len = std::min(end - a, L - off);
         const float* __restrict__ th = thb + off;
         float* __restrict__ va = v + a;
         const In* __restrict__ za = z + a;
-        In* __restrict__ oa = o + a;
+        Out* __restrict__ oa = o + a;
         for (int64_t i = 0; i < len; ++i) {
           const float m = (Leaky ? va[i] * l : va[i]) + load(za[i]);
           const bool spike = m >= th[i];
           const float s = static_cast<float>(static_cast<int>(spike));
-          oa[i] = store<In>(Value ? s * th[i] : s);
+          oa[i] = store<Out>(Value ? s * th[i] : s);
           if constexpr (Subtract) {
             va[i] = m - s * th[i];
           } else {
@@ -292,21 +295,28 @@ void infer_loop(int64_t T, int64_t N, const In* __restrict__ zp, int64_t z_step,
   }
 }
 
-template <typename In, bool Value>
+template <typename In, typename Out, bool Value>
 void run_infer_loop(bool subtract, bool leaky, int64_t T, int64_t N, const In* zp,
-                    int64_t z_step, const float* th, int64_t L, float l, In* op, float* v) {
-  const auto loop = subtract ? (leaky ? infer_loop<In, true, true, Value>
-                                      : infer_loop<In, true, false, Value>)
-                             : (leaky ? infer_loop<In, false, true, Value>
-                                      : infer_loop<In, false, false, Value>);
+                    int64_t z_step, const float* th, int64_t L, float l, Out* op, float* v) {
+  const auto loop = subtract ? (leaky ? infer_loop<In, Out, true, true, Value>
+                                      : infer_loop<In, Out, true, false, Value>)
+                             : (leaky ? infer_loop<In, Out, false, true, Value>
+                                      : infer_loop<In, Out, false, false, Value>);
   loop(T, N, zp, z_step, th, L, l, op, v);
 }
 
+// the spikes in the currents' dtype (s, or θ·s where value), or as uint8 codes (s)
 template <typename In>
 void run_infer(bool subtract, bool leaky, bool value, int64_t T, int64_t N, const In* zp,
-               int64_t z_step, const float* th, int64_t L, float l, In* op, float* v) {
-  const auto loop = value ? run_infer_loop<In, true> : run_infer_loop<In, false>;
-  loop(subtract, leaky, T, N, zp, z_step, th, L, l, op, v);
+               int64_t z_step, const float* th, int64_t L, float l, torch::Tensor& out,
+               float* v) {
+  if (out.scalar_type() == at::kByte) {
+    run_infer_loop<In, uint8_t, false>(subtract, leaky, T, N, zp, z_step, th, L, l,
+                                       out.data_ptr<uint8_t>(), v);
+    return;
+  }
+  const auto loop = value ? run_infer_loop<In, In, true> : run_infer_loop<In, In, false>;
+  loop(subtract, leaky, T, N, zp, z_step, th, L, l, bits_of<In>(out), v);
 }
 
 }  // namespace
@@ -331,14 +341,17 @@ void scan_forward(const torch::Tensor& z, const torch::Tensor& theta, const torc
 }
 
 // The same scan without gradient: from the membranes v (N float32 values), which it leaves
-// at their state after the last step; z and out float32, or both bfloat16; out holds the
-// spikes s, or θ·s where value (the eager scan's s, then s·θ, rounded alike).
+// at their state after the last step; z float32 or bfloat16; out holds the spikes s, or θ·s
+// where value (the eager scan's s, then s·θ, rounded alike), in z's dtype, or the spikes s
+// as uint8 codes (not value), what the integer kernels of spikeforge.int8 read.
 void scan_infer(const torch::Tensor& z, const torch::Tensor& theta, torch::Tensor& v,
                 double leak, bool subtract, bool value, torch::Tensor& out) {
   const int64_t T = out.size(0), N = T ? out.numel() / T : 0;
   const auto dtype = current_dtype(z, "z");
   const int64_t z_step = check_steps(z, dtype, T, N, "z");
-  check(out, dtype, T * N, "out");
+  const bool codes = out.scalar_type() == at::kByte;
+  TORCH_CHECK(!(codes && value), "lif_kernels: uint8 codes are spikes s, not values θ·s");
+  check(out, codes ? at::kByte : dtype, T * N, "out");
   check(v, at::kFloat, N, "v");
   const int64_t th_period = check_period(theta, N, "theta");
   float* vp = v.data_ptr<float>();
@@ -350,10 +363,10 @@ void scan_infer(const torch::Tensor& z, const torch::Tensor& theta, torch::Tenso
   gather_block(theta.data_ptr<float>(), th_period, 0, th.size(), th.data());
   if (dtype == at::kFloat) {
     run_infer<float>(subtract, leak != 1.0, value, T, N, bits_of<float>(z), z_step, th.data(),
-                     th.size(), l, bits_of<float>(out), vp);
+                     th.size(), l, out, vp);
   } else {
     run_infer<uint16_t>(subtract, leak != 1.0, value, T, N, bits_of<uint16_t>(z), z_step,
-                        th.data(), th.size(), l, bits_of<uint16_t>(out), vp);
+                        th.data(), th.size(), l, out, vp);
   }
 }
 

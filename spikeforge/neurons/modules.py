@@ -82,6 +82,11 @@ class SpikingNeuron(nn.Module):
 
     Every setting is validated here, once (:func:`~spikeforge.neurons.bptt.check_training`).
 
+    ``codes`` (an attribute, False by default, not saved): a binary neuron without gradient
+    returns its spikes s(t) as uint8 codes, whatever it emits — set by
+    :func:`spikeforge.int8.use_int8_kernels` on the neurons whose spikes reach only integer
+    kernels, which then read one byte per spike instead of four.
+
     Shape:
         - Input: ``(T, B, ...)`` input currents, or the time-folded ``(T·B, ...)`` when
           ``timesteps=T`` is given, or set on the module (:mod:`spikeforge.simulate` passes
@@ -98,6 +103,8 @@ class SpikingNeuron(nn.Module):
 
     #: one unit spike per threshold crossing (read by the converter like a QCFS level count)
     levels = 1
+    #: whether the spikes come out as uint8 codes (see above; per instance)
+    codes = False
 
     def __init__(self, threshold: float | Tensor = 1.0, rule: SpikeRule = "binary",
                  reset: Reset = "subtract", leak: float = 1.0, initial: Initial = "zero",
@@ -152,6 +159,9 @@ class SpikingNeuron(nn.Module):
         params = self.params(theta)
         state = init_state(torch.empty_like(seq[0], dtype=acc), params, self.initial)
         if self.surrogate is not None and torch.is_grad_enabled() and seq.requires_grad:
+            if self.codes:
+                raise ValueError("a neuron writing uint8 spike codes (codes=True) has no "
+                                 "gradient; set codes=False to train it")
             s = bptt_scan(x if constant else seq, theta, state.v, self.leak, self.reset,
                           self.surrogate, self.width, self.detach_reset, self.grad_scale,
                           steps if constant else None)
@@ -159,12 +169,14 @@ class SpikingNeuron(nn.Module):
             if self.emit == "value":
                 s = s * theta
         else:  # θ·s written by the scan itself where it emits values
-            s, _ = neuron_scan(seq, params, state=state, values=self.emit == "value")
+            s, _ = neuron_scan(seq, params, state=state,
+                               values=self.emit == "value" and not self.codes,
+                               codes=self.codes)
             bits = None
         if steps is not None:
             s = s.flatten(0, 1)
             bits = None if bits is None else bits.flatten(0, 1)
-        if self.emit == "count" and self.rule == "binary":
+        if self.emit == "count" and self.rule == "binary" and not self.codes:
             s = mark_spikes(s, bits)
         elif bits is not None:  # θ·s of binary spikes under BPTT: zero where none fired
             s = mark_sparse(s)
@@ -208,6 +220,8 @@ class SpikingNeuron(nn.Module):
             parts.append(f"cap={self.cap}")
         if self.emit != "value":
             parts.append(f"emit={self.emit}")
+        if self.codes:
+            parts.append("codes=uint8")
         if self.surrogate is not None:
             parts.append(f"surrogate={self.surrogate}" + (f"({self.width:g})" if self.width
                                                           else ""))

@@ -9,10 +9,10 @@ are zero (an SNN fires a few to 20% of its neurons per step), and a dense backwa
 them all. :class:`SpikeConv2d` computes this sum from the nonzero inputs only
 (``conv_kernels.cpp``, built like the LIF kernels by
 :func:`spikeforge.neurons.native.build_kernels`) when its input is tagged as such
-(:func:`~spikeforge.neurons.modules.mark_sparse`) and at most :data:`DENSE_ABOVE` of them are
-nonzero; ∂L/∂x stays ATen's. The result equals the dense backward's to float rounding (the
-sum runs in another order). In a time-folded SNN the inputs are the spikes of T·B rows, so
-this is part of every BPTT step.
+(:func:`~spikeforge.neurons.modules.mark_sparse`) and at most a fraction
+:func:`dense_above` of them are nonzero; ∂L/∂x stays ATen's. The result equals the dense
+backward's to float rounding (the sum runs in another order). In a time-folded SNN the
+inputs are the spikes of T·B rows, so this is part of every BPTT step.
 """
 
 from __future__ import annotations
@@ -25,15 +25,21 @@ from torch import Tensor, nn
 
 from spikeforge.neurons.native import build_kernels
 
-__all__ = ["DENSE_ABOVE", "SpikeConv2d"]
+__all__ = ["DENSE_ABOVE", "SpikeConv2d", "dense_above"]
 
 _SOURCE = Path(__file__).with_name("conv_kernels.cpp")
 
-#: the fraction of nonzero inputs above which the dense weight gradient runs instead. For a
-#: 64-channel 3×3 layer the two break even near 21% on an AVX-512 CPU and near 45% with AVX2
-#: (``benchmarks/sparse_weight_grad.py --sweep``); SNNs fire a few to 20% of their neurons
-#: per step.
-DENSE_ABOVE = 0.25
+#: torch's vector ISA (``torch.backends.cpu.get_cpu_capability()``) → the fraction of
+#: nonzero inputs above which the dense weight gradient runs instead (``"default"``: any
+#: other ISA). For a 64-channel 3×3 layer the two break even near 21% on an AVX-512 CPU and
+#: near 45% with AVX2 (``benchmarks/sparse_weight_grad.py --sweep``); SNNs fire a few to 20%
+#: of their neurons per step.
+DENSE_ABOVE: dict[str, float] = {"AVX512": 0.2, "AVX2": 0.4, "default": 0.25}
+
+
+def dense_above() -> float:
+    """The entry of :data:`DENSE_ABOVE` for the ISA torch runs at."""
+    return DENSE_ABOVE.get(torch.backends.cpu.get_cpu_capability(), DENSE_ABOVE["default"])
 
 
 class _SpikeInputConv(torch.autograd.Function):
@@ -52,7 +58,7 @@ class _SpikeInputConv(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        sparse = need_w and _nonzero_fraction(x) <= DENSE_ABOVE
+        sparse = need_w and _nonzero_fraction(x) <= dense_above()
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
             grad, x, weight, None, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1,
             [need_x, need_w and not sparse, False])
