@@ -91,10 +91,15 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--dense-above", type=float, default=None,
+                        help="the fraction of nonzero inputs above which a layer keeps the "
+                             "dense weight gradient (default: DENSE_ABOVE for this ISA)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     keep_freed_memory()  # as every spikeforge command runs
     set_threads(args.threads)
+    if args.dense_above is not None:
+        spike_conv.DENSE_ABOVE = dict.fromkeys(spike_conv.DENSE_ABOVE, args.dense_above)
     if args.sweep:
         record = {"dense_above": dense_above(), "sweep": density_sweep()}
         return _write(args.json, record)
