@@ -214,7 +214,9 @@ def test_spike_codes_are_the_spikes_of_binary_neurons_without_gradient():
         neuron_scan(z, params, codes=True)
     with pytest.raises(ValueError, match="binary neurons without gradient"):
         neuron_scan(z, NeuronParams(torch.tensor(1.0)), values=True, codes=True)
-    trained = LIF(surrogate="atan")
-    trained.codes = True
-    with pytest.raises(ValueError, match="has no gradient"):
-        trained(z.clone().requires_grad_(True))
+    trained = LIF(surrogate="atan", emit="value")
+    trained.codes = True  # with a gradient: θ·s as always
+    current = z.clone().requires_grad_(True)
+    s = trained(current)
+    assert s.dtype == torch.float32 and s.requires_grad
+    assert s.detach().flatten().tolist() == [0.0, 1.0, 0.0, 1.0]

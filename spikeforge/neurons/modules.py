@@ -82,9 +82,9 @@ class SpikingNeuron(nn.Module):
 
     Every setting is validated here, once (:func:`~spikeforge.neurons.bptt.check_training`).
 
-    ``codes`` (an attribute, False by default, not saved): a binary neuron without gradient
-    returns its spikes s(t) as uint8 codes, whatever it emits — set by
-    :func:`spikeforge.int8.use_int8_kernels` on the neurons whose spikes reach only integer
+    ``codes`` (an attribute, False by default, not saved): when no gradient is needed, a
+    binary neuron returns its spikes s(t) as uint8 codes, whatever it emits — set by
+    :func:`spikeforge.int8.emit_spike_codes` on the neurons whose spikes reach only integer
     kernels, which then read one byte per spike instead of four.
 
     Shape:
@@ -158,10 +158,9 @@ class SpikingNeuron(nn.Module):
         theta = broadcast_threshold(self.threshold.to(acc), seq[0], self.channel_dim)
         params = self.params(theta)
         state = init_state(torch.empty_like(seq[0], dtype=acc), params, self.initial)
-        if self.surrogate is not None and torch.is_grad_enabled() and seq.requires_grad:
-            if self.codes:
-                raise ValueError("a neuron writing uint8 spike codes (codes=True) has no "
-                                 "gradient; set codes=False to train it")
+        gradient = torch.is_grad_enabled() and seq.requires_grad
+        codes = self.codes and self.rule == "binary" and not gradient
+        if self.surrogate is not None and gradient:
             s = bptt_scan(x if constant else seq, theta, state.v, self.leak, self.reset,
                           self.surrogate, self.width, self.detach_reset, self.grad_scale,
                           steps if constant else None)
@@ -170,13 +169,12 @@ class SpikingNeuron(nn.Module):
                 s = s * theta
         else:  # θ·s written by the scan itself where it emits values
             s, _ = neuron_scan(seq, params, state=state,
-                               values=self.emit == "value" and not self.codes,
-                               codes=self.codes)
+                               values=self.emit == "value" and not codes, codes=codes)
             bits = None
         if steps is not None:
             s = s.flatten(0, 1)
             bits = None if bits is None else bits.flatten(0, 1)
-        if self.emit == "count" and self.rule == "binary" and not self.codes:
+        if self.emit == "count" and self.rule == "binary" and not codes:
             s = mark_spikes(s, bits)
         elif bits is not None:  # θ·s of binary spikes under BPTT: zero where none fired
             s = mark_sparse(s)
