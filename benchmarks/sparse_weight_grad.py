@@ -16,10 +16,10 @@ relative to the layer's largest gradient. Real data (``SPIKEFORGE_DATA``).
     python benchmarks/sparse_weight_grad.py --sweep \\
         --json benchmarks/results/sparse_weight_grad_sweep.json
 
-``--sweep`` times the weight gradient alone, sparse against dense, of one 64-channel 3×3
-layer (batch 256 of 32×32, as in a CIFAR VGG's T·B rows) on random 0/1 spikes at a range of
-firing rates: where the two break even, the rate above which ``SpikeConv2d`` keeps ATen's
-(``DENSE_ABOVE``).
+``--sweep`` times the weight gradient alone and the forward without autograd, sparse
+against dense, of one 64-channel 3×3 layer (batch 256 of 32×32, as in a CIFAR VGG's T·B
+rows) on random 0/1 spikes at a range of firing rates: where the two break even, the rate
+above which ``SpikeConv2d`` keeps ATen's kernels (``DENSE_ABOVE``).
 """
 
 from __future__ import annotations
@@ -50,12 +50,23 @@ from spikeforge.train import load_model  # noqa: E402
 RATES = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
 
 
+def _median_seconds(call, repeats: int) -> float:
+    """Median seconds of ``repeats`` calls after one warm-up."""
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
 def density_sweep(repeats: int = 5) -> list[dict]:
-    """Median seconds of the weight gradient of a 64 → 64 3×3 layer on 256 rows of 32×32
-    random 0/1 spikes per firing rate, sparse (``SpikeConv2d``) and dense (ATen's): the
-    backward of a call in which only the weight needs a gradient."""
+    """Per firing rate, on 256 rows of 32×32 random 0/1 spikes into a 64 → 64 3×3 layer,
+    median seconds, sparse (``SpikeConv2d``) and dense (ATen's): of the weight gradient (the
+    backward of a call in which only the weight needs a gradient), and of the forward
+    without autograd."""
     torch.manual_seed(0)
-    # the sparse kernel at every rate, to find the break-even
+    # the sparse kernels at every rate, to find the break-even
     spike_conv.DENSE_ABOVE = dict.fromkeys(spike_conv.DENSE_ABOVE, 1.0)
     conv = SpikeConv2d.from_conv(nn.Conv2d(64, 64, 3, padding=1, bias=False)).to(
         memory_format=torch.channels_last)
@@ -64,21 +75,27 @@ def density_sweep(repeats: int = 5) -> list[dict]:
         x = (torch.rand(256, 64, 32, 32) < rate).float().contiguous(
             memory_format=torch.channels_last)
         grad = torch.randn(256, 64, 32, 32).contiguous(memory_format=torch.channels_last)
-        seconds = {}
+        row = {"rate": rate}
         for mode in ("sparse", "dense"):
-            conv.sparse_weight_grad = mode == "sparse"
-            times = []
+            conv.sparse_weight_grad = conv.sparse_forward = mode == "sparse"
+
+            seconds = []
             for _ in range(repeats + 1):  # the first is a warm-up
                 y = conv(mark_spikes(x))
                 start = time.perf_counter()
                 y.backward(grad)
-                times.append(time.perf_counter() - start)
+                seconds.append(time.perf_counter() - start)
                 conv.weight.grad = None
-            seconds[mode] = statistics.median(times[1:])
-        rows.append({"rate": rate, **seconds, "dense_over_sparse": seconds["dense"]
-                     / seconds["sparse"]})
-        print(f"{100 * rate:5.1f}% nonzero: sparse {1e3 * seconds['sparse']:6.1f} ms, dense "
-              f"{1e3 * seconds['dense']:6.1f} ms -> {rows[-1]['dense_over_sparse']:.2f}x")
+            row[mode] = statistics.median(seconds[1:])
+            with torch.inference_mode():
+                row[f"forward_{mode}"] = _median_seconds(functools.partial(conv, x), repeats)
+        row["dense_over_sparse"] = row["dense"] / row["sparse"]
+        row["forward_dense_over_sparse"] = row["forward_dense"] / row["forward_sparse"]
+        rows.append(row)
+        print(f"{100 * rate:5.1f}% nonzero: weight gradient sparse {1e3 * row['sparse']:6.1f} "
+              f"ms, dense {1e3 * row['dense']:6.1f} ms -> {row['dense_over_sparse']:.2f}x; "
+              f"forward {1e3 * row['forward_sparse']:6.1f} ms, "
+              f"{1e3 * row['forward_dense']:6.1f} ms -> {row['forward_dense_over_sparse']:.2f}x")
     return rows
 
 

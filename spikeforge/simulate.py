@@ -40,7 +40,9 @@ from torch import Tensor, fx, nn
 
 from spikeforge.encoding import ENCODERS, encode
 from spikeforge.int8 import emit_spike_codes, int8_kernels_available, use_int8_kernels
+from spikeforge.models.spiking import replace_layers
 from spikeforge.neurons import SpikingMaxPool, SpikingNeuron
+from spikeforge.nn.spike_conv import SpikeConv2d
 from spikeforge.registry import Registry
 from spikeforge.runtime import exact_float32, native_bf16
 
@@ -256,7 +258,9 @@ class SpikingNetwork(nn.Module):
         kernels = (use_int8_kernels(graph) if precision == "int8" and integer_kernels
                    else None)
         codes = emit_spike_codes(graph) if kernels is not None else []
-        if self.dtype != torch.float32:
+        if self.dtype == torch.float32:  # convolutions summed over their nonzero inputs
+            replace_layers(graph, nn.Conv2d, SpikeConv2d.from_conv)
+        else:
             graph = graph.to(self.dtype)
             for module in graph.modules():
                 if isinstance(module, SpikingNeuron):

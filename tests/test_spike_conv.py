@@ -53,7 +53,7 @@ def test_weight_gradient_from_the_spikes_equals_atens(c, o, h, w, k, padding, la
     y, (gx, gw, gb) = (_gradients(spike_conv, x, g, spikes=True) if values == "binary"
                        else _values_gradients(spike_conv, x, g))
     assert y.grad_fn.name() == "_SpikeInputConvBackward"
-    assert torch.equal(y, y_ref) and torch.equal(gx, gx_ref)
+    assert torch.equal(y, y_ref) and torch.equal(gx, gx_ref)  # ATen's under autograd
     torch.testing.assert_close(gw, gw_ref, rtol=1e-5, atol=1e-5 * gw_ref.abs().max().item())
     torch.testing.assert_close(gb, gb_ref, rtol=1e-5, atol=1e-5 * gb_ref.abs().max().item())
     assert gw.stride() == conv.weight.stride()  # in the weight's memory format
@@ -159,3 +159,40 @@ def _counting(forward, calls: list):
             calls.append(y.grad_fn is not None and y.grad_fn.name() == "_SpikeInputConvBackward")
         return y
     return counted
+
+
+@needs_compiler
+@pytest.mark.parametrize(("c", "o", "h", "w", "k", "padding", "bias"), [
+    (64, 64, 12, 12, 3, 1, True),  # one tile of 64 outputs
+    (5, 200, 9, 7, 3, 0, False),  # 128 + 64 + a partial tile of 8; no padding, no bias
+    (3, 37, 7, 8, 5, (2, 1), True),  # a 5×5 kernel, padding per side, a partial tile
+    (70, 16, 6, 6, 1, 0, True),  # 1×1: more than 64 input channels in one pixel
+])
+def test_forward_from_the_spikes_equals_atens(c, o, h, w, k, padding, bias, monkeypatch):
+    """Without autograd (a converted network, an evaluation) the forward of a channels-last
+    input with few nonzero values is summed over them: ATen's result to float rounding, in
+    channels-last; denser inputs, other layouts and ``sparse_forward = False`` run ATen's."""
+    from spikeforge.nn import spike_conv as module
+
+    calls = []
+    sparse = module._sparse_conv2d
+    monkeypatch.setattr(module, "_sparse_conv2d", lambda *a: calls.append(1) or sparse(*a))
+    gen = torch.Generator().manual_seed(1)
+    conv = nn.Conv2d(c, o, k, padding=padding, bias=bias)
+    spike_conv = SpikeConv2d.from_conv(conv)
+    x = ((torch.rand(6, c, h, w, generator=gen) < 0.1).float()
+         * torch.rand(1, c, 1, 1, generator=gen).add_(0.5))  # θ·s, one θ per channel
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        y_ref, y = conv(x), spike_conv(x)
+        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6 * y_ref.abs().max().item())
+        assert y.is_contiguous(memory_format=torch.channels_last) and calls == [1]
+        dense = (torch.rand(6, c, h, w, generator=gen) < 0.9).float().contiguous(
+            memory_format=torch.channels_last)
+        assert torch.equal(spike_conv(dense), conv(dense))
+        assert torch.equal(spike_conv(x.contiguous()), conv(x.contiguous()))
+        spike_conv.sparse_forward = False
+        assert torch.equal(spike_conv(x), y_ref) and calls == [1]
+    with torch.no_grad():  # no graph to build: the same sparse forward
+        spike_conv.sparse_forward = True
+        assert torch.equal(spike_conv(x), y) and calls == [1, 1]

@@ -34,10 +34,10 @@ __all__ = ["NATIVE_ENV", "build_kernels", "build_target", "empty_steps", "held",
 
 NATIVE_ENV = "SPIKEFORGE_NATIVE"
 _SOURCE = Path(__file__).with_name("lif_kernels.cpp")
-# -ffp-contract=off: no fused multiply-adds, so the forward equals the eager scan bit for bit
 # -fopenmp: at::parallel_for spreads the loops over torch's threads, as its own ops do
-# (without it the loops run on one thread); the target (-march) comes from build_target()
-_FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]
+# (without it the loops run on one thread); the target (-march) comes from build_target(),
+# -ffp-contract from build_kernels' caller
+_FLAGS = ["-O3", "-fopenmp"]
 
 #: x86: a capability torch may be capped at (``ATEN_CPU_CAPABILITY``) → the flag of a CPU
 #: above it, and the portable target of that level
@@ -79,21 +79,24 @@ def _cpu_flags() -> set[str]:
 _BUILDS: dict[Path, ModuleType | None] = {}
 
 
-def build_kernels(source: Path) -> ModuleType | None:
+def build_kernels(source: Path, fused_multiply_add: bool = False) -> ModuleType | None:
     """The C++ ``source`` built for this CPU and loaded (once per process; torch caches the
     build across processes), or None, with one warning, where it cannot be built or
-    ``SPIKEFORGE_NATIVE=0``."""
+    ``SPIKEFORGE_NATIVE=0``. Without ``fused_multiply_add`` (``-ffp-contract=off``) every
+    ``a·b + c`` rounds twice, as torch's eager operators compute it: the LIF kernels equal
+    the eager scan bit for bit."""
     if not native_enabled():
         return None
     if source not in _BUILDS:
         from torch.utils import cpp_extension
 
         suffix, march = build_target()
+        contract = f"-ffp-contract={'fast' if fused_multiply_add else 'off'}"
         name = f"spikeforge_{source.stem}_{suffix}"
         log.info("building spikeforge's kernels %s (once per machine)", name)
         try:
             _BUILDS[source] = cpp_extension.load(name, [str(source)],
-                                                 extra_cflags=[*_FLAGS, march],
+                                                 extra_cflags=[*_FLAGS, march, contract],
                                                  extra_ldflags=["-fopenmp"])
         except Exception as err:  # noqa: BLE001 - no compiler, no ninja, a failed build
             last = str(err).strip().splitlines()[-1] if str(err).strip() else ""
