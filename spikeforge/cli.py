@@ -251,8 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-budget", type=float, help="MiB of activations per chunk")
     p.add_argument("--precision", choices=PRECISIONS.names(), default="auto",
                    help="auto (default): bf16 where the device computes it in hardware "
-                        "(GPUs, AVX512-BF16/AMX CPUs), else int8 on CPUs with integer "
-                        "kernels, else float32; bf16: synaptic layers "
+                        "(GPUs, AVX512-BF16/AMX CPUs), else float32; bf16: synaptic layers "
                         "in bfloat16, membranes in float32; int8: weights rounded to 8-bit "
                         "integers per output channel (8-bit neuromorphic hardware), on "
                         "integer kernels; float32: exact (the library's default)")

@@ -11,9 +11,10 @@ graph runs channels-last on CPUs and GPUs (oneDNN's and cuDNN's fast layout), in
 with ``precision="bf16"`` with bfloat16 synaptic layers and float32 membranes, or with
 ``precision="int8"`` with the weights of 8-bit neuromorphic hardware
 (:func:`quantize_weights_`), whose spike-fed layers run on integer kernels
-(:mod:`spikeforge.int8`). ``precision="auto"`` picks the fastest of these that the device
-computes in hardware: bf16 where it has native bfloat16, else int8 on a CPU with integer
-kernels, else float32 (:func:`resolve_precision`).
+(:mod:`spikeforge.int8`). ``precision="auto"`` is bf16 where the device has native
+bfloat16, else float32 (:func:`resolve_precision`). In float32 on a CPU, convolutions are
+summed over their nonzero inputs where few are nonzero
+(:class:`~spikeforge.nn.spike_conv.SpikeConv2d`).
 
 Max pooling, by policy (``max_pool=`` in :func:`spikeforge.convert`):
 
@@ -39,7 +40,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from spikeforge.encoding import ENCODERS, encode
-from spikeforge.int8 import emit_spike_codes, int8_kernels_available, use_int8_kernels
+from spikeforge.int8 import emit_spike_codes, use_int8_kernels
 from spikeforge.models.spiking import replace_layers
 from spikeforge.neurons import SpikingMaxPool, SpikingNeuron
 from spikeforge.nn.spike_conv import SpikeConv2d
@@ -61,14 +62,14 @@ __all__ = ["PRECISIONS", "SpikingMaxPool", "SpikingNetwork",
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> tuple[str, str]:
     """The precision a network on ``device`` runs in, and why.
 
-    ``"auto"`` is the fastest precision that ``device`` computes in hardware: ``"bf16"``
-    where it has native bfloat16 (a GPU that supports it; a CPU with AVX512-BF16 or AMX,
-    :func:`spikeforge.runtime.native_bf16`); else, on a CPU where oneDNN's integer kernels
-    run (:func:`spikeforge.int8.int8_kernels_available`), ``"int8"`` (8-bit weights, the
-    spike-fed layers on integer kernels); else ``"float32"``. bf16 and int8 each move the
-    accuracy by up to about one point at any t (``benchmarks/precision.py``); ``"float32"``
-    is the exact simulation. Any other name is returned as asked; asking for ``"bf16"`` on a
-    CPU that emulates it warns (``UserWarning``).
+    ``"auto"`` is ``"bf16"`` where the device has native bfloat16 (a GPU that supports it; a
+    CPU with AVX512-BF16 or AMX, :func:`spikeforge.runtime.native_bf16`), else
+    ``"float32"``, the exact simulation — on a CPU its spike-fed convolutions are summed
+    over their nonzero inputs (:class:`~spikeforge.nn.spike_conv.SpikeConv2d`), at SNN
+    firing rates about as fast as int8's integer kernels (``benchmarks/compare.py``)
+    without rounding the weights. bf16 moves the accuracy by up to about one point at any t
+    (``benchmarks/precision.py``). Any other name is returned as asked; asking for
+    ``"bf16"`` on a device that emulates it warns (``UserWarning``).
 
     Raises:
         ValueError: an unknown precision.
@@ -80,12 +81,8 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> tup
         hardware = "AVX512-BF16/AMX" if native else "no AVX512-BF16/AMX: bf16 is emulated"
     else:
         hardware = "bf16 in hardware" if native else "no native bf16"
-    integer = (precision in ("auto", "bf16") and device.type == "cpu" and not native
-               and int8_kernels_available() is None)
-    auto = "bf16" if native else "int8" if integer else "float32"
+    auto = "bf16" if native else "float32"
     if precision == "auto":
-        if integer:
-            hardware += "; integer kernels"
         return auto, f"auto on {device.type} ({hardware}): {auto}"
     if precision == "bf16" and not native:
         warnings.warn(f"precision='bf16' on a {device.type} without native bfloat16 "

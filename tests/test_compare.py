@@ -40,10 +40,7 @@ def test_the_auto_row_repeats_the_row_it_resolves_to(monkeypatch):
     from spikeforge import simulate
 
     monkeypatch.setattr(simulate, "native_bf16", lambda device: False)
-    monkeypatch.setattr(simulate, "int8_kernels_available", lambda: None)
     impls = ["spikeforge", "spikeforge-int8", "spikeforge-auto", "snntorch"]
-    assert compare.auto_alias(impls) == "spikeforge-int8"
-    monkeypatch.setattr(simulate, "int8_kernels_available", lambda: "none here")
     assert compare.auto_alias(impls) == "spikeforge"
     assert compare.auto_alias(["spikeforge-auto", "snntorch"]) is None  # measured itself
     rows = [{"implementation": "spikeforge", "images_per_s": 3.0},

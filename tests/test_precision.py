@@ -1,6 +1,6 @@
-"""precision="auto": bf16 where the device computes it in hardware, else int8 on a CPU with
-integer kernels, else float32; the choice and its reason recorded; a warning for bf16 where
-it is emulated; the command line's default."""
+"""precision="auto": bf16 where the device computes it in hardware, else float32; the choice
+and its reason recorded; a warning for bf16 where it is emulated; the command line's
+default."""
 
 from __future__ import annotations
 
@@ -22,20 +22,15 @@ def net_and_images() -> tuple[nn.Module, torch.Tensor]:
     return net, torch.rand(5, 1, 8, 8)
 
 
-@pytest.mark.parametrize(("native", "integer", "chosen"), [
-    (True, True, "bf16"), (False, True, "int8"), (False, False, "float32")])
-def test_auto_picks_the_fastest_precision_the_cpu_computes(monkeypatch, native, integer,
-                                                           chosen):
+@pytest.mark.parametrize(("native", "chosen"), [(True, "bf16"), (False, "float32")])
+def test_auto_picks_bf16_where_the_cpu_computes_it_else_float32(monkeypatch, native, chosen):
     monkeypatch.setattr(simulate, "native_bf16", lambda device: native)
-    monkeypatch.setattr(simulate, "int8_kernels_available",
-                        lambda: None if integer else "no oneDNN integer kernels")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # auto never warns
         precision, reason = resolve_precision("auto", "cpu")
     assert precision == chosen
     assert reason.startswith("auto on cpu") and reason.endswith(chosen)
     assert ("AVX512-BF16/AMX" in reason) and (("emulated" in reason) != native)
-    assert ("integer kernels" in reason) == (chosen == "int8")
     net, x = net_and_images()
     snn = sf.convert(net, [x], timesteps=3, progress=False, precision="auto")
     assert snn.precision == chosen and snn.dtype == simulate.PRECISIONS[chosen]
@@ -43,10 +38,8 @@ def test_auto_picks_the_fastest_precision_the_cpu_computes(monkeypatch, native, 
             snn.info["precision_reason"]) == (chosen, "auto", reason)
     exact = sf.convert(net, [x], timesteps=3, progress=False)
     assert exact.info["precision"] == exact.info["precision_requested"] == "float32"
-    if chosen != "bf16":  # the same network as the one asked for by name
-        named = exact if chosen == "float32" else sf.convert(
-            net, [x], timesteps=3, progress=False, precision="int8")
-        assert torch.equal(snn(x), named(x))
+    if chosen == "float32":  # the same network as the one asked for by name
+        assert torch.equal(snn(x), exact(x))
     else:  # the bf16 network (its accuracy is tested with the bf16 precision itself)
         assert all(m.weight.dtype == torch.bfloat16
                    for m in snn.layers((nn.Conv2d, nn.Linear)).values())
@@ -56,13 +49,12 @@ def test_auto_picks_the_fastest_precision_the_cpu_computes(monkeypatch, native, 
 
 def test_cuda_without_native_bf16_stays_float32(monkeypatch):
     monkeypatch.setattr(simulate, "native_bf16", lambda device: False)
-    assert resolve_precision("auto", "cuda")[0] == "float32"  # no integer kernels on GPUs
+    assert resolve_precision("auto", "cuda")[0] == "float32"
 
 
 def test_bf16_where_it_is_emulated_warns_and_says_so(monkeypatch):
     monkeypatch.setattr(simulate, "native_bf16", lambda device: False)
-    monkeypatch.setattr(simulate, "int8_kernels_available", lambda: None)
-    with pytest.warns(UserWarning, match="bf16.*emulated.*precision='auto' chooses int8"):
+    with pytest.warns(UserWarning, match="bf16.*emulated.*precision='auto' chooses float32"):
         precision, reason = resolve_precision("bf16", "cpu")
     assert precision == "bf16" and "emulated" in reason
     monkeypatch.setattr(simulate, "native_bf16", lambda device: True)

@@ -170,8 +170,9 @@ def convert(model: nn.Module, calibration: Iterable[Any] | None = None,
         precision: ``"float32"`` (exact), ``"bf16"`` (synaptic layers in bfloat16, membrane
             potentials and the readout's sum in float32), ``"int8"`` (weights rounded to
             8-bit integers per output channel, a model of neuromorphic hardware, computed
-            on integer kernels where the CPU has them) or ``"auto"`` (the fastest the
-            device computes in hardware, :func:`~spikeforge.simulate.resolve_precision`); see
+            on integer kernels where the CPU has them) or ``"auto"`` (bf16 where the
+            device computes it in hardware, else float32:
+            :func:`~spikeforge.simulate.resolve_precision`); see
             :class:`~spikeforge.simulate.SpikingNetwork`. The choice and its reason are in
             ``snn.info``.
         progress: show a progress bar while calibrating.

@@ -3,8 +3,9 @@
 These are ordinary (non-spiking) ``nn.Module`` s used while training the ANN; the converter
 later replaces them by spiking neurons whose threshold comes from the layer's parameters.
 :mod:`spikeforge.nn.pooling` and :mod:`spikeforge.nn.spike_conv` hold the average pool and
-the convolution a directly trained SNN runs (an ``nn.AvgPool2d`` with a lighter backward, an
-``nn.Conv2d`` whose weight gradient is summed over its input spikes only).
+the convolution SNNs run (an ``nn.AvgPool2d`` with a lighter backward for a directly trained
+SNN; an ``nn.Conv2d`` whose forward and weight gradient are summed over its nonzero inputs,
+for converted and directly trained SNNs alike).
 """
 
 from __future__ import annotations
