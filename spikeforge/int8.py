@@ -483,7 +483,8 @@ def emit_spike_codes(gm: fx.GraphModule) -> list[str]:
             reached: set[str] = set()
             ok = module.rule == "binary" and _reaches_only_kernels(gm, node, reached)
             uses.setdefault(node.target, []).append(ok)
-            pools |= reached if ok else set()
+            if ok:
+                pools |= reached
     codes = [name for name, ok in uses.items() if all(ok)]
     for name in codes:
         gm.get_submodule(name).codes = True
