@@ -1,6 +1,6 @@
 """spikeforge's C++ kernels for a CPU, built on first use: the fused binary LIF scan
 (``lif_kernels.cpp``: BPTT's forward and backward, and the scan without gradient of a
-converted network) and the weight gradient of a spike-fed convolution
+converted network) and a spike-fed convolution's forward and weight gradient
 (``spikeforge/nn/conv_kernels.cpp``, :mod:`spikeforge.nn.spike_conv`).
 
 :func:`build_kernels` compiles a source with PyTorch's extension builder (a C++ compiler and
@@ -8,8 +8,8 @@ ninja are needed) for the CPU it runs on (:func:`build_target`), once per user (
 the build in ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), and
 returns the loaded module. Where it cannot be built it warns once and returns None, and the
 callers run the same arithmetic with torch's operators, several times slower: the eager scans
-(:mod:`spikeforge.neurons.bptt`, :mod:`spikeforge.neurons.functional`), the dense convolution
-backward. The layout helpers at the end give the LIF kernels their (T, N) views.
+(:mod:`spikeforge.neurons.bptt`, :mod:`spikeforge.neurons.functional`), ATen's dense
+convolutions. The layout helpers at the end give the LIF kernels their (T, N) views.
 ``SPIKEFORGE_NATIVE=0`` turns the kernels off.
 """
 
@@ -102,7 +102,7 @@ def build_kernels(source: Path, fused_multiply_add: bool = False) -> ModuleType 
             last = str(err).strip().splitlines()[-1] if str(err).strip() else ""
             warnings.warn(f"spikeforge's kernels {source.name} could not be built "
                           f"({type(err).__name__}: {last}); torch's operators run instead "
-                          f"(slower: the eager scan, the dense convolution backward). Set "
+                          f"(slower: the eager scan, the dense convolutions). Set "
                           f"{NATIVE_ENV}=0 to skip the build.", stacklevel=3)
             _BUILDS[source] = None
     return _BUILDS[source]

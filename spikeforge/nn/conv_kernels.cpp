@@ -66,6 +66,20 @@ void accumulate_row(const int32_t* where, const float* value, int64_t count, con
   }
 }
 
+// visit(c) for each nonzero q[c] of one pixel's C channels, in channel order
+template <typename Visit>
+inline void for_each_nonzero(const float* q, int64_t C, Visit visit) {
+  for (int64_t c0 = 0; c0 < C; c0 += 64) {
+    const int64_t len = std::min<int64_t>(64, C - c0);
+    uint64_t mask = 0;  // one comparison per value, vectorised; then the set bits only
+    for (int64_t i = 0; i < len; ++i) mask |= static_cast<uint64_t>(q[c0 + i] != 0.0f) << i;
+    while (mask) {
+      visit(c0 + __builtin_ctzll(mask));
+      mask &= mask - 1;
+    }
+  }
+}
+
 // the nonzero inputs of one image, by channel: where[c·P + k] = (ih << 16) | iw and its value
 void list_nonzero(const float* x, int64_t H, int64_t W, int64_t C, int32_t* where,
                   float* value, int64_t* count) {
@@ -74,18 +88,11 @@ void list_nonzero(const float* x, int64_t H, int64_t W, int64_t C, int32_t* wher
   for (int64_t p = 0; p < P; ++p) {
     const float* q = x + p * C;
     const int32_t at = static_cast<int32_t>(((p / W) << 16) | (p % W));
-    for (int64_t c0 = 0; c0 < C; c0 += 64) {
-      const int64_t len = std::min<int64_t>(64, C - c0);
-      uint64_t mask = 0;  // one comparison per value, vectorised; then the set bits only
-      for (int64_t i = 0; i < len; ++i) mask |= static_cast<uint64_t>(q[c0 + i] != 0.0f) << i;
-      while (mask) {
-        const int64_t c = c0 + __builtin_ctzll(mask);
-        mask &= mask - 1;
-        const int64_t k = count[c]++;
-        where[c * P + k] = at;
-        value[c * P + k] = q[c];
-      }
-    }
+    for_each_nonzero(q, C, [&](int64_t c) {
+      const int64_t k = count[c]++;
+      where[c * P + k] = at;
+      value[c * P + k] = q[c];
+    });
   }
 }
 
@@ -119,17 +126,10 @@ void list_row(const float* x, int64_t W, int64_t C, int64_t O, ListedRow& row) {
     int32_t* offset = row.offset.data() + iw * C;
     float* value = row.value.data() + iw * C;
     int32_t k = 0;
-    for (int64_t c0 = 0; c0 < C; c0 += 64) {
-      const int64_t len = std::min<int64_t>(64, C - c0);
-      uint64_t mask = 0;  // as list_nonzero
-      for (int64_t i = 0; i < len; ++i) mask |= static_cast<uint64_t>(q[c0 + i] != 0.0f) << i;
-      while (mask) {
-        const int64_t c = c0 + __builtin_ctzll(mask);
-        mask &= mask - 1;
-        offset[k] = static_cast<int32_t>(c * O);
-        value[k++] = q[c];
-      }
-    }
+    for_each_nonzero(q, C, [&](int64_t c) {
+      offset[k] = static_cast<int32_t>(c * O);
+      value[k++] = q[c];
+    });
     row.count[iw] = k;
   }
 }

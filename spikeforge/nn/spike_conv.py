@@ -119,11 +119,12 @@ class SpikeConv2d(nn.Conv2d):
     :func:`dense_above` of them are nonzero (see the module docstring): its forward without
     autograd, for a channels-last input, and its weight gradient, for an input tagged as a
     spiking layer's output (:func:`~spikeforge.neurons.modules.mark_sparse`); float32 on a
-    CPU, stride 1, no
-    dilation, one group, zero padding given as numbers, and outside autocast. Otherwise, and
-    where the kernels cannot be built, it is ``nn.Conv2d``. ``sparse_forward = False`` or
-    ``sparse_weight_grad = False`` (on the class or on one layer) keeps ATen's kernel, to
-    measure what the sparse one gains."""
+    CPU, stride 1, no dilation, one group, zero padding given as numbers, and outside
+    autocast. Otherwise, and where the kernels cannot be built, it is ``nn.Conv2d``.
+    ``sparse_forward = False`` or ``sparse_weight_grad = False`` (on the class or on one
+    layer) keeps ATen's kernel, to measure what the sparse one gains. The forward lays the
+    weight out for its kernel on every call: a cached copy would miss in-place edits through
+    ``weight.data``, which bump no version counter."""
 
     sparse_forward = True
     sparse_weight_grad = True
