@@ -78,7 +78,6 @@ def density_sweep(repeats: int = 5) -> list[dict]:
         row = {"rate": rate}
         for mode in ("sparse", "dense"):
             conv.sparse_weight_grad = conv.sparse_forward = mode == "sparse"
-
             seconds = []
             for _ in range(repeats + 1):  # the first is a warm-up
                 y = conv(mark_spikes(x))
@@ -103,14 +102,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path, nargs="?")
     parser.add_argument("--sweep", action="store_true",
-                        help="the weight gradient alone at a range of firing rates")
+                        help="the weight gradient alone and the forward, at a range of "
+                             "firing rates")
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--dense-above", type=float, default=None,
-                        help="the fraction of nonzero inputs above which a layer keeps the "
-                             "dense weight gradient (default: DENSE_ABOVE for this ISA)")
+                        help="the fraction of nonzero inputs above which a layer keeps "
+                             "ATen's dense kernels (default: DENSE_ABOVE for this ISA)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     keep_freed_memory()  # as every spikeforge command runs

@@ -1,5 +1,6 @@
-"""SpikeConv2d: the weight gradient of a spike-fed convolution from its nonzero inputs, checked
-against ATen's dense backward, and the cases where it must stay nn.Conv2d."""
+"""SpikeConv2d: the forward and the weight gradient of a spike-fed convolution from its
+nonzero inputs, checked against ATen's dense kernels, and the cases where it must stay
+nn.Conv2d."""
 
 from __future__ import annotations
 
@@ -30,13 +31,17 @@ def _values_gradients(conv: SpikeConv2d, x: torch.Tensor, g: torch.Tensor):
     return y, torch.autograd.grad(y, [x, conv.weight, conv.bias], g)
 
 
-@needs_compiler
-@pytest.mark.parametrize(("c", "o", "h", "w", "k", "padding"), [
+#: (in channels, out channels, height, width, kernel, padding) of the layers checked
+SHAPES = [
     (64, 64, 12, 12, 3, 1),  # one tile of 64 outputs
     (5, 200, 9, 7, 3, 0),  # 128 + 64 + a partial tile of 8; no padding
     (3, 37, 7, 8, 5, (2, 1)),  # a 5×5 kernel, padding per side, a tile of 16 + 5
     (70, 16, 6, 6, 1, 0),  # 1×1: more than 64 input channels in one pixel
-])
+]
+
+
+@needs_compiler
+@pytest.mark.parametrize(("c", "o", "h", "w", "k", "padding"), SHAPES)
 @pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
 @pytest.mark.parametrize("values", ["binary", "theta"])
 def test_weight_gradient_from_the_spikes_equals_atens(c, o, h, w, k, padding, layout, values):
@@ -162,12 +167,8 @@ def _counting(forward, calls: list):
 
 
 @needs_compiler
-@pytest.mark.parametrize(("c", "o", "h", "w", "k", "padding", "bias"), [
-    (64, 64, 12, 12, 3, 1, True),  # one tile of 64 outputs
-    (5, 200, 9, 7, 3, 0, False),  # 128 + 64 + a partial tile of 8; no padding, no bias
-    (3, 37, 7, 8, 5, (2, 1), True),  # a 5×5 kernel, padding per side, a partial tile
-    (70, 16, 6, 6, 1, 0, True),  # 1×1: more than 64 input channels in one pixel
-])
+@pytest.mark.parametrize(("c", "o", "h", "w", "k", "padding"), SHAPES)
+@pytest.mark.parametrize("bias", [True, False])
 def test_forward_from_the_spikes_equals_atens(c, o, h, w, k, padding, bias, monkeypatch):
     """Without autograd (a converted network, an evaluation) the forward of a channels-last
     input with few nonzero values is summed over them: ATen's result to float rounding, in
