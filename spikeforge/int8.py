@@ -200,10 +200,10 @@ class _Int8Layer:
         unit = self.grid.unit
         bias = None if self.bias is None else self.bias.detach().float()
         if kind == "codes":
-            if x.dtype != torch.uint8 and (self.grid.low, self.grid.high) == (0, 1):
-                x = torch.ge(x, 0.5 * unit).view(torch.uint8)  # binary: n = [x ≥ u/2], one pass
-            elif x.dtype != torch.uint8:
-                x = spike_codes(x, unit, zero_point)
+            if x.dtype != torch.uint8:  # values on the grid: their codes
+                binary = (self.grid.low, self.grid.high) == (0, 1)  # n = [x ≥ u/2], one pass
+                x = (torch.ge(x, 0.5 * unit).view(torch.uint8) if binary
+                     else spike_codes(x, unit, zero_point))
             return self._kernel(x, zero_point, bias)
         positive = self._kernel(spike_codes(x.clamp(min=0), unit, 0), 0, bias)
         return positive.sub_(self._kernel(spike_codes(x.clamp(max=0).neg_(), unit, 0), 0,
